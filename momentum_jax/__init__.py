@@ -1,0 +1,26 @@
+"""momentum_jax: momentum and Nesterov momentum as optax gradient transformations.
+
+Every public transform is a pure ``optax.GradientTransformationExtraArgs``:
+``init(params) -> state`` and ``update(grads, state, params=None) -> (updates,
+state)``, with the velocity kept in an immutable NamedTuple state whose
+structure, shapes and dtypes never change between steps. Learning rates and
+momenta accept numbers, scalar arrays or optax schedules.
+"""
+
+from momentum_jax import compat as compat
+from momentum_jax._src._base import MomentumState as MomentumState
+from momentum_jax._src._base import ScalarOrSchedule as ScalarOrSchedule
+from momentum_jax._src._core import momentum as momentum
+from momentum_jax._src._core import nesterov as nesterov
+from momentum_jax._src._core import scale_by_momentum as scale_by_momentum
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MomentumState",
+    "ScalarOrSchedule",
+    "compat",
+    "momentum",
+    "nesterov",
+    "scale_by_momentum",
+]

@@ -1,0 +1,1 @@
+"""Implementation modules of momentum_jax; import from the package instead."""

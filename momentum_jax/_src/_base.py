@@ -1,0 +1,210 @@
+"""Shared machinery: hyperparameter checks, schedule evaluation, tree checks.
+
+Everything here runs either at build time on Python values (the checks) or
+inside traced code without ever branching on a traced value (the helpers).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, TypeAlias
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+# A hyperparameter: a Python number, a scalar array, or a schedule
+# ``count -> value`` evaluated at the number of updates already done.
+ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+class MomentumState(NamedTuple):
+    """State of :func:`momentum_jax.momentum` and :func:`scale_by_momentum`.
+
+    Attributes:
+      count: number of updates done so far. ``shape=(), dtype=int32``; it
+        saturates at ``2**31 - 1`` instead of overflowing.
+      velocity: the momentum buffer, a pytree shaped like the params. Its
+        dtype is the ``accumulator_dtype`` given to the transform, or each
+        param's own dtype when that is ``None``; it never changes between
+        steps.
+    """
+
+    count: jax.Array  # type: ignore[assignment]  # shape=(), dtype=int32
+    velocity: Any  # pytree shaped like params
+
+
+def safe_increment(count: jax.typing.ArrayLike) -> jax.Array:
+    """``count + 1``, saturating at the int32 maximum instead of wrapping."""
+    count = jnp.asarray(count)
+    return jnp.where(count < _INT32_MAX, count + 1, count).astype(jnp.int32)
+
+
+def is_traced(value: Any) -> bool:
+    """True when ``value`` is abstract (inside jit, vmap, grad, ...)."""
+    return isinstance(value, jax.core.Tracer)
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def concrete_scalar(fn_name: str, arg: str, value: Any) -> float | None:
+    """Return ``value`` as a float when it is a concrete number, else None.
+
+    Schedules (callables) and traced arrays yield ``None``: they cannot be
+    checked in Python. Anything else that is not a real scalar raises.
+    """
+    if callable(value) or is_traced(value):
+        return None
+    if isinstance(value, bool | np.bool_):
+        raise TypeError(
+            f"{fn_name}: {arg} must be a number, a scalar array or a schedule "
+            f"(a callable count -> value), got the boolean {arg}={value!r}."
+        )
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, jax.Array | np.ndarray | np.generic):
+        array = np.asarray(value)
+        if array.dtype.kind not in "iuf":
+            raise TypeError(
+                f"{fn_name}: {arg} must be a real number, got an array of dtype "
+                f"{array.dtype} ({arg}={value!r})."
+            )
+        if array.shape != ():
+            raise ValueError(
+                f"{fn_name}: {arg} must be a scalar, got an array of shape "
+                f"{array.shape}. Pass a scalar, or a schedule for values that "
+                "change over steps."
+            )
+        return float(array)
+    raise TypeError(
+        f"{fn_name}: {arg} must be a number, a scalar array or a schedule "
+        f"(a callable count -> value), got {_describe(value)}."
+    )
+
+
+def check_range(
+    fn_name: str,
+    arg: str,
+    value: Any,
+    *,
+    low: float,
+    high: float = math.inf,
+    high_inclusive: bool = False,
+    hint: str = "",
+) -> float | None:
+    """Check a concrete hyperparameter lies in ``[low, high)`` (or ``[low, high]``).
+
+    Returns the value as a float, or ``None`` for schedules and traced values.
+    """
+    number = concrete_scalar(fn_name, arg, value)
+    if number is None:
+        return None
+    above = number > high if high_inclusive else number >= high
+    if math.isnan(number) or number < low or above:
+        close = "]" if high_inclusive or high == math.inf else ")"
+        upper = "inf" if high == math.inf else f"{high:g}"
+        message = f"{fn_name}: {arg} must be in [{low:g}, {upper}{close}, got {arg}={value!r}."
+        raise ValueError(f"{message} {hint}".rstrip())
+    return number
+
+
+def check_momentum(fn_name: str, value: Any, arg: str = "momentum") -> float | None:
+    return check_range(
+        fn_name,
+        arg,
+        value,
+        low=0.0,
+        high=1.0,
+        hint="Values of 1 or more make the velocity grow without bound.",
+    )
+
+
+def check_learning_rate(fn_name: str, value: Any, arg: str = "learning_rate") -> float | None:
+    return check_range(
+        fn_name,
+        arg,
+        value,
+        low=0.0,
+        hint="A negative learning rate ascends the loss; to maximise, negate the gradient.",
+    )
+
+
+def check_weight_decay(fn_name: str, value: Any, arg: str = "weight_decay") -> float | None:
+    return check_range(fn_name, arg, value, low=0.0)
+
+
+def check_dampening(fn_name: str, value: Any, arg: str = "dampening") -> float | None:
+    return check_range(fn_name, arg, value, low=0.0, high=1.0)
+
+
+def check_bool(fn_name: str, arg: str, value: Any) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(
+            f"{fn_name}: {arg} must be True or False (it selects the update "
+            f"equation when the transform is built), got {_describe(value)}."
+        )
+    return bool(value)
+
+
+def check_dtype(fn_name: str, arg: str, value: Any) -> jnp.dtype | None:
+    if value is None:
+        return None
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError as error:
+        raise TypeError(
+            f"{fn_name}: {arg} must be None or a floating-point dtype, got {value!r}."
+        ) from error
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        raise TypeError(
+            f"{fn_name}: {arg} must be None or a floating-point (or complex) dtype, "
+            f"got {arg}={dtype}."
+        )
+    return dtype
+
+
+def evaluate(fn_name: str, arg: str, value: ScalarOrSchedule, count: jax.typing.ArrayLike) -> Any:
+    """Value of a hyperparameter for the update at ``count`` (0 for the first)."""
+    result = value(count) if callable(value) else value
+    if jnp.ndim(result) != 0:
+        raise ValueError(
+            f"{fn_name}: {arg} must evaluate to a scalar, but the schedule returned "
+            f"an array of shape {jnp.shape(result)} at count={count}."
+        )
+    return result
+
+
+def check_params_dtypes(fn_name: str, params: Any) -> None:
+    """Refuse integer or boolean params: momentum cannot move them."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or jnp.issubdtype(dtype, jnp.inexact):
+            continue
+        raise TypeError(
+            f"{fn_name}: params must be floating-point, but the leaf at "
+            f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}. "
+            "Exclude such leaves with optax.masked or optax.set_to_zero."
+        )
+
+
+def check_same_structure(fn_name: str, updates: Any, state_tree: Any) -> None:
+    """Raise a readable error when the gradient tree does not match the state."""
+    updates_def: Any = jax.tree.structure(updates)
+    state_def = jax.tree.structure(state_tree)
+    if updates_def != state_def:
+        raise ValueError(
+            f"{fn_name}: the gradient tree does not match the optimizer state. "
+            f"Gradients have structure {updates_def}, but the state was built for "
+            f"params with structure {state_def}. Call init with params shaped like "
+            "the gradients."
+        )
+
+
+def zeros_like_tree(params: Any, dtype: jnp.dtype | None) -> Any:
+    """A zero buffer per param, in ``dtype`` or in the param's own dtype."""
+    return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dtype), params)

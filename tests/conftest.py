@@ -1,0 +1,5 @@
+"""Test configuration: Keras runs on the JAX backend, without TensorFlow."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
