@@ -27,7 +27,9 @@ def initial_params() -> dict[str, jax.Array]:
 def loss(params: dict[str, jax.Array]) -> jax.Array:
     """A convex quadratic in ``w`` plus a quartic-free bowl in ``b``."""
     d = params["w"] - TARGET
-    return 0.5 * d @ HESSIAN @ d + 0.5 * jnp.sum(jnp.asarray([[1.0, 2.0], [0.5, 3.0]]) * params["b"] ** 2)
+    return 0.5 * d @ HESSIAN @ d + 0.5 * jnp.sum(
+        jnp.asarray([[1.0, 2.0], [0.5, 3.0]]) * params["b"] ** 2
+    )
 
 
 def trajectory(

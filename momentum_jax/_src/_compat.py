@@ -18,8 +18,9 @@ from momentum_jax._src._base import ScalarOrSchedule
 def _decoupled_weight_decay(
     fn_name: str, learning_rate: ScalarOrSchedule, weight_decay: Any
 ) -> optax.GradientTransformationExtraArgs:
-    # Keras 3 shrinks the variable by lr*wd*theta before its momentum step; the
-    # momentum step depends only on the gradient, so the two simply add.
+    # Keras 3 shrinks the variable by lr*wd*theta before its momentum step. That
+    # step depends only on the gradient, so the shrink can be added to the
+    # update it produces (this transform goes last in the chain).
     def init_fn(params: optax.Params) -> optax.ScaleByScheduleState:
         del params
         return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
@@ -181,10 +182,9 @@ def keras_sgd(
         step = _core.momentum(learning_rate, momentum, nesterov=nesterov)
     if weight_decay is None or decay == 0.0:
         return optax.chain(step)
-    return optax.chain(
-        _decoupled_weight_decay(name, learning_rate, weight_decay),
-        step,
-    )
+    # The decay term is added to the finished momentum update: it must not
+    # enter the velocity, and the momentum step depends on the gradient alone.
+    return optax.chain(step, _decoupled_weight_decay(name, learning_rate, weight_decay))
 
 
 def tf1_momentum(

@@ -12,10 +12,16 @@ from momentum_jax._src import _base
 from momentum_jax._src._base import MomentumState, ScalarOrSchedule
 
 
+def _widen(g: jax.Array, buffer: jax.Array) -> jax.Array:
+    # Arithmetic happens in the wider of the gradient and buffer dtypes, so a
+    # float32 buffer for bfloat16 params really accumulates in float32.
+    return g.astype(jnp.promote_types(g.dtype, buffer.dtype))
+
+
 def _velocity_step(g: jax.Array, v: jax.Array, lr: Any, mu: Any) -> jax.Array:
     # The learning rate multiplies only the new gradient, so a schedule never
     # rescales the history already in the velocity (Sutskever et al., 2013).
-    return (mu * v + lr * g).astype(v.dtype)
+    return (mu * v + lr * _widen(g, v)).astype(v.dtype)
 
 
 def _heavy_ball_update(g: jax.Array, v: jax.Array) -> jax.Array:
@@ -23,11 +29,15 @@ def _heavy_ball_update(g: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def _look_ahead_update(g: jax.Array, v: jax.Array, lr: Any, mu_next: Any) -> jax.Array:
-    return (-(mu_next * v + lr * g)).astype(g.dtype)
+    return (-(mu_next * v + lr * _widen(g, v))).astype(g.dtype)
 
 
 def _buffer_step(g: jax.Array, b: jax.Array, mu: Any, damping: Any) -> jax.Array:
-    return (mu * b + damping * g).astype(b.dtype)
+    return (mu * b + damping * _widen(g, b)).astype(b.dtype)
+
+
+def _buffer_look_ahead(g: jax.Array, b: jax.Array, mu: Any) -> jax.Array:
+    return (_widen(g, b) + mu * b).astype(g.dtype)
 
 
 def momentum(
@@ -97,7 +107,7 @@ def momentum(
       ...   updates, state = optimizer.update(grads, state, params)
       ...   params = optax.apply_updates(params, updates)
       >>> print(params)
-      [ 0.7832 -0.54  ]
+      [ 0.7832 -0.5400]
 
     References:
       Polyak, `Some methods of speeding up the convergence of iteration methods
@@ -303,7 +313,7 @@ def scale_by_momentum(
             damping = 1.0
         buffer = jax.tree.map(lambda g, b: _buffer_step(g, b, mu, damping), updates, state.velocity)
         if nesterov:
-            out = jax.tree.map(lambda g, b: (g + mu * b).astype(g.dtype), updates, buffer)
+            out = jax.tree.map(lambda g, b: _buffer_look_ahead(g, b, mu), updates, buffer)
         else:
             out = jax.tree.map(lambda g, b: b.astype(g.dtype), updates, buffer)
         return out, MomentumState(_base.safe_increment(state.count), buffer)

@@ -1,0 +1,242 @@
+"""Bad input is refused when the transform is built, with a message that helps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import momentum_jax
+from momentum_jax import compat
+
+BAD_VALUES = [
+    # (factory, kwargs, exception, message pattern naming argument, value and range)
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "momentum": 1.0},
+        ValueError,
+        r"momentum must be in \[0, 1\), got momentum=1\.0",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "momentum": -0.1},
+        ValueError,
+        r"momentum must be in \[0, 1\), got momentum=-0\.1",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "momentum": float("nan")},
+        ValueError,
+        r"momentum must be in \[0, 1\), got momentum=nan",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": -0.1},
+        ValueError,
+        r"learning_rate must be in \[0, inf\], got learning_rate=-0\.1",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": jnp.asarray(-1.0)},
+        ValueError,
+        r"learning_rate must be in \[0, inf\], got learning_rate=Array\(-1",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "weight_decay": -1e-4},
+        ValueError,
+        r"weight_decay must be in \[0, inf\], got weight_decay=-0\.0001",
+    ),
+    (
+        momentum_jax.nesterov,
+        {"learning_rate": 0.1, "momentum": 1.5},
+        ValueError,
+        r"momentum_jax.momentum: momentum must be in \[0, 1\), got momentum=1\.5",
+    ),
+    (
+        momentum_jax.scale_by_momentum,
+        {"momentum": 0.9, "dampening": 1.0},
+        ValueError,
+        r"dampening must be in \[0, 1\), got dampening=1\.0",
+    ),
+    (
+        momentum_jax.scale_by_momentum,
+        {"momentum": 0.9, "dampening": -0.5},
+        ValueError,
+        r"dampening must be in \[0, 1\), got dampening=-0\.5",
+    ),
+    (
+        momentum_jax.scale_by_momentum,
+        {"momentum": 0.9, "nesterov": True, "dampening": 0.1},
+        ValueError,
+        r"nesterov=True requires dampening=0, got dampening=0\.1",
+    ),
+    (
+        momentum_jax.scale_by_momentum,
+        {"momentum": 2.0},
+        ValueError,
+        r"momentum must be in \[0, 1\), got momentum=2\.0",
+    ),
+    (compat.torch_sgd, {"lr": -0.01}, ValueError, r"lr must be in \[0, inf\], got lr=-0\.01"),
+    (
+        compat.torch_sgd,
+        {"lr": 0.1, "momentum": 0.0, "nesterov": True},
+        ValueError,
+        r"nesterov=True requires momentum > 0 and dampening = 0.*momentum=0\.0",
+    ),
+    (
+        compat.torch_sgd,
+        {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": True},
+        ValueError,
+        r"nesterov=True requires momentum > 0 and dampening = 0.*dampening=0\.1",
+    ),
+    (
+        compat.torch_sgd,
+        {"lr": 0.1, "weight_decay": -1.0},
+        ValueError,
+        r"weight_decay must be in \[0, inf\], got weight_decay=-1\.0",
+    ),
+    (
+        compat.keras_sgd,
+        {"learning_rate": 0.1, "momentum": 1.2},
+        ValueError,
+        r"momentum must be in \[0, 1\), got momentum=1\.2",
+    ),
+    (
+        compat.keras_sgd,
+        {"learning_rate": 0.1, "weight_decay": -0.1},
+        ValueError,
+        r"weight_decay must be in \[0, inf\], got weight_decay=-0\.1",
+    ),
+    (
+        compat.tf1_momentum,
+        {"learning_rate": 0.1, "momentum": -0.9},
+        ValueError,
+        r"momentum must be in \[0, 1\), got momentum=-0\.9",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": "0.1"},
+        TypeError,
+        r"learning_rate must be a number, a scalar array or a schedule.*got str '0\.1'",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "momentum": True},
+        TypeError,
+        r"momentum must be a number.*got the boolean momentum=True",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": jnp.ones(3)},
+        ValueError,
+        r"learning_rate must be a scalar, got an array of shape \(3,\)",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "nesterov": "yes"},
+        TypeError,
+        r"nesterov must be True or False.*got str 'yes'",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "accumulator_dtype": jnp.int32},
+        TypeError,
+        r"accumulator_dtype must be None or a floating-point.*int32",
+    ),
+    (
+        compat.tf1_momentum,
+        {"learning_rate": 0.1, "momentum": 0.9, "use_nesterov": 1},
+        TypeError,
+        r"use_nesterov must be True or False",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("factory", "kwargs", "error", "pattern"),
+    BAD_VALUES,
+    ids=[f"{f.__name__}-{'-'.join(map(str, k))}-{i}" for i, (f, k, _, _) in enumerate(BAD_VALUES)],
+)
+def test_bad_hyperparameters_raise_at_build_time(
+    factory: Callable[..., Any], kwargs: dict[str, Any], error: type[Exception], pattern: str
+) -> None:
+    with pytest.raises(error, match=pattern):
+        factory(**kwargs)
+
+
+def test_edges_of_the_valid_ranges_are_accepted() -> None:
+    momentum_jax.momentum(0.0, 0.0)
+    momentum_jax.momentum(1.0, 0.999999, weight_decay=0.0)
+    momentum_jax.scale_by_momentum(0.0, dampening=0.999)
+    compat.torch_sgd(0.1, momentum=0.5, nesterov=True)
+    compat.keras_sgd(weight_decay=None)
+
+
+def test_traced_hyperparameters_are_not_checked_in_python() -> None:
+    @jax.jit
+    def run(lr: jax.Array, mu: jax.Array) -> jax.Array:
+        tx = momentum_jax.momentum(lr, mu)
+        updates, _ = tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))
+        return updates
+
+    # Building inside jit with traced values works; the values are data.
+    np.testing.assert_allclose(run(jnp.asarray(0.5), jnp.asarray(0.9)), [-0.5, -0.5])
+
+
+def test_mismatched_gradient_tree_names_both_structures() -> None:
+    tx = momentum_jax.momentum(0.1)
+    state = tx.init({"w": jnp.zeros(2), "b": jnp.zeros(1)})
+    with pytest.raises(
+        ValueError, match=r"does not match.*'w'.*'b'|does not match.*'b'.*'w'"
+    ) as info:
+        tx.update({"w": jnp.zeros(2)}, state)
+    message = str(info.value)
+    assert "Gradients have structure PyTreeDef({'w': *})" in message
+    assert "'b': *" in message
+
+
+def test_mismatched_tree_in_scale_by_momentum() -> None:
+    tx = momentum_jax.scale_by_momentum(0.9)
+    state = tx.init((jnp.zeros(2), jnp.zeros(2)))
+    with pytest.raises(ValueError, match=r"gradient tree does not match the optimizer state"):
+        tx.update([jnp.zeros(2), jnp.zeros(2)], state)
+
+
+def test_weight_decay_without_params_is_explained() -> None:
+    tx = momentum_jax.momentum(0.1, weight_decay=1e-4)
+    state = tx.init(jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"weight_decay=0\.0001 needs the params"):
+        tx.update(jnp.ones(2), state)
+    keras_tx = compat.keras_sgd(0.1, 0.9, weight_decay=0.1)
+    with pytest.raises(ValueError, match=r"weight_decay=0\.1 needs the params"):
+        keras_tx.update(jnp.ones(2), keras_tx.init(jnp.zeros(2)))
+
+
+def test_integer_params_are_refused_with_their_path() -> None:
+    tx = momentum_jax.momentum(0.1)
+    with pytest.raises(TypeError, match=r"leaf at \['step'\] has dtype int32.*optax.masked"):
+        tx.init({"w": jnp.zeros(2), "step": jnp.zeros((), jnp.int32)})
+
+
+def test_schedule_returning_an_array_is_refused() -> None:
+    tx = momentum_jax.momentum(lambda count: jnp.ones(2) * 0.1)
+    state = tx.init(jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"learning_rate must evaluate to a scalar.*shape \(2,\)"):
+        tx.update(jnp.ones(2), state)
+
+
+def test_nesterov_alias_refuses_a_nesterov_argument() -> None:
+    with pytest.raises(TypeError, match="always uses nesterov=True"):
+        momentum_jax.nesterov(0.1, nesterov=False)
+
+
+def test_optax_schedule_objects_are_accepted() -> None:
+    tx = momentum_jax.momentum(optax.linear_schedule(0.1, 0.0, 10), optax.constant_schedule(0.5))
+    updates, _ = tx.update(jnp.ones(1), tx.init(jnp.zeros(1)))
+    np.testing.assert_allclose(updates, [-0.1])

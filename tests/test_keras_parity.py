@@ -1,0 +1,66 @@
+"""compat.keras_sgd and momentum_jax.momentum against the real Keras 3 SGD."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+import pytest
+
+import momentum_jax
+from momentum_jax import compat
+from tests import _problems
+
+keras = pytest.importorskip("keras")
+
+STEPS = 30
+
+
+def _keras_trajectory(options: dict[str, Any], schedule: bool) -> list[dict[str, np.ndarray]]:
+    lr: Any = (
+        keras.optimizers.schedules.ExponentialDecay(0.08, decay_steps=5, decay_rate=0.7)
+        if schedule
+        else 0.08
+    )
+    opt = keras.optimizers.SGD(learning_rate=lr, **options)
+    variables = {"w": keras.Variable(_problems.W0), "b": keras.Variable(_problems.B0)}
+    grad = jax.grad(_problems.loss)
+    out = []
+    for _ in range(STEPS):
+        values = {k: np.asarray(v.value) for k, v in variables.items()}
+        grads = grad(values)
+        opt.apply_gradients([(np.asarray(grads[k]), variables[k]) for k in ("w", "b")])
+        out.append({k: np.asarray(v.value).copy() for k, v in variables.items()})
+    return out
+
+
+def _schedule(count: Any) -> Any:
+    return 0.08 * 0.7 ** (count / 5)
+
+
+OPTIONS = [
+    pytest.param({"momentum": 0.9}, id="momentum"),
+    pytest.param({"momentum": 0.9, "nesterov": True}, id="nesterov"),
+    pytest.param({"momentum": 0.9, "weight_decay": 0.05}, id="weight_decay"),
+    pytest.param({"momentum": 0.85, "nesterov": True, "weight_decay": 0.05}, id="nesterov_wd"),
+    pytest.param({"momentum": 0.0, "weight_decay": 0.05}, id="plain_sgd"),
+]
+
+
+@pytest.mark.parametrize("schedule", [False, True], ids=["constant_lr", "exponential_decay"])
+@pytest.mark.parametrize("options", OPTIONS)
+def test_matches_keras_sgd(options: dict[str, Any], schedule: bool) -> None:
+    reference = _keras_trajectory(options, schedule)
+    tx = compat.keras_sgd(_schedule if schedule else 0.08, **options)
+    ours = _problems.trajectory(tx, STEPS)
+    _problems.assert_trajectories_close(ours, reference)
+    assert np.linalg.norm(ours[-1]["w"] - _problems.W0) > 0.5
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_core_momentum_is_keras_sgd(nesterov: bool) -> None:
+    """The seed formula (learning rate inside the velocity) is Keras' SGD."""
+    reference = _keras_trajectory({"momentum": 0.9, "nesterov": nesterov}, schedule=True)
+    ours = _problems.trajectory(momentum_jax.momentum(_schedule, 0.9, nesterov=nesterov), STEPS)
+    _problems.assert_trajectories_close(ours, reference)
