@@ -8,19 +8,29 @@ momenta accept numbers, scalar arrays or optax schedules.
 """
 
 from momentum_jax import compat as compat
+from momentum_jax import schedules as schedules
 from momentum_jax._src._base import MomentumState as MomentumState
 from momentum_jax._src._base import ScalarOrSchedule as ScalarOrSchedule
 from momentum_jax._src._core import momentum as momentum
 from momentum_jax._src._core import nesterov as nesterov
 from momentum_jax._src._core import scale_by_momentum as scale_by_momentum
+from momentum_jax._src._variants import AggMoState as AggMoState
+from momentum_jax._src._variants import QHMState as QHMState
+from momentum_jax._src._variants import aggmo as aggmo
+from momentum_jax._src._variants import qhm as qhm
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AggMoState",
     "MomentumState",
+    "QHMState",
     "ScalarOrSchedule",
+    "aggmo",
     "compat",
     "momentum",
     "nesterov",
+    "qhm",
     "scale_by_momentum",
+    "schedules",
 ]

@@ -232,11 +232,18 @@ def test_schedule_returning_an_array_is_refused() -> None:
 
 
 def test_nesterov_alias_refuses_a_nesterov_argument() -> None:
-    with pytest.raises(TypeError, match="always uses nesterov=True"):
-        momentum_jax.nesterov(0.1, nesterov=False)
+    with pytest.raises(TypeError, match="nesterov"):
+        momentum_jax.nesterov(0.1, nesterov=False)  # type: ignore[call-arg]
 
 
 def test_optax_schedule_objects_are_accepted() -> None:
     tx = momentum_jax.momentum(optax.linear_schedule(0.1, 0.0, 10), optax.constant_schedule(0.5))
     updates, _ = tx.update(jnp.ones(1), tx.init(jnp.zeros(1)))
     np.testing.assert_allclose(updates, [-0.1])
+
+
+def test_gradient_with_a_different_shape_names_the_leaf() -> None:
+    tx = momentum_jax.momentum(0.1)
+    state = tx.init({"w": jnp.zeros((2, 3))})
+    with pytest.raises(ValueError, match=r"gradient at \['w'\] has shape \(3,\).*shape \(2, 3\)"):
+        tx.update({"w": jnp.zeros(3)}, state)

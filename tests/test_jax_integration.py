@@ -132,6 +132,14 @@ def test_inject_hyperparams_gives_the_same_trajectory(nesterov: bool) -> None:
     assert float(state.hyperparams["learning_rate"]) == pytest.approx(_decay(19), rel=1e-6)
 
 
+def test_inject_hyperparams_on_the_nesterov_alias() -> None:
+    injected = optax.inject_hyperparams(momentum_jax.nesterov)(learning_rate=_decay, momentum=0.9)
+    expected = _problems.trajectory(momentum_jax.nesterov(_decay, 0.9), 15)
+    got = _problems.trajectory(injected, 15)
+    _problems.assert_trajectories_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert set(got[-1]) == {"w", "b"}
+
+
 def test_inject_hyperparams_without_params_needs_static_weight_decay() -> None:
     injected = optax.inject_hyperparams(momentum_jax.momentum)(learning_rate=0.1)
     grads = jnp.ones(3)

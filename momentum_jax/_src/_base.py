@@ -203,8 +203,46 @@ def check_same_structure(fn_name: str, updates: Any, state_tree: Any) -> None:
             f"params with structure {state_def}. Call init with params shaped like "
             "the gradients."
         )
+    # Shapes are static, so this check costs nothing at run time. Without it a
+    # gradient that broadcasts against its buffer would silently reshape the
+    # state and break a lax.scan carry several steps later.
+    for (path, g), buffer in zip(
+        jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(state_tree), strict=True
+    ):
+        if jnp.shape(g) != jnp.shape(buffer):
+            raise ValueError(
+                f"{fn_name}: the gradient at {jax.tree_util.keystr(path) or '<root>'} has "
+                f"shape {jnp.shape(g)}, but the optimizer state holds shape "
+                f"{jnp.shape(buffer)} there. Call init with params shaped like the gradients."
+            )
 
 
 def zeros_like_tree(params: Any, dtype: jnp.dtype | None) -> Any:
-    """A zero buffer per param, in ``dtype`` or in the param's own dtype."""
-    return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dtype), params)
+    """A zero buffer per param, in ``dtype`` or in the param's own dtype.
+
+    Each buffer gets its param's sharding, under ``jax.jit`` too (see
+    :func:`_zeros_sharded_like`).
+    """
+    return jax.tree.map(lambda p: _zeros_sharded_like(p, dtype), params)
+
+
+def _zeros_sharded_like(param: Any, dtype: jnp.dtype | None) -> jax.Array:
+    """``jnp.zeros_like(param, dtype)`` placed like ``param``, also when traced.
+
+    Eagerly, ``zeros_like`` already copies a committed param's sharding. Under
+    ``jax.jit`` on a mesh with auto axes a tracer carries no sharding, and a
+    constant depends on no input, so the partitioner would replicate the buffer
+    or put all of it on one device: out of memory for a model that only fits
+    sharded. ``shard_alike`` puts the param and its buffer in one sharding
+    group, so the buffer is laid out like the param; it adds no computation
+    and no communication. (Zero-size leaves hold no bytes and may come out
+    replicated.)
+    """
+    # Imported here to keep the module's import block untouched; the import
+    # is cached after the first call.
+    from jax.experimental.shard_alike import shard_alike
+
+    zeros = jnp.zeros_like(param, dtype=dtype)
+    if is_traced(param):
+        _, zeros = shard_alike(param, zeros)  # type: ignore[no-untyped-call]
+    return zeros

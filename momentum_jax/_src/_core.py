@@ -178,7 +178,9 @@ _momentum = momentum
 def nesterov(
     learning_rate: ScalarOrSchedule,
     momentum: ScalarOrSchedule = 0.9,
-    **kwargs: Any,
+    *,
+    weight_decay: float | jax.Array = 0.0,
+    accumulator_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Nesterov momentum: :func:`momentum` with ``nesterov=True``.
 
@@ -189,7 +191,8 @@ def nesterov(
     Args:
       learning_rate: the step size :math:`\alpha_t`, or a schedule.
       momentum: the decay :math:`\mu_t` in ``[0, 1)``, or a schedule.
-      **kwargs: ``weight_decay`` and ``accumulator_dtype``, as in :func:`momentum`.
+      weight_decay: coupled L2 coefficient, as in :func:`momentum`.
+      accumulator_dtype: dtype of the velocity, as in :func:`momentum`.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -215,12 +218,15 @@ def nesterov(
       and momentum in deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_,
       ICML 2013.
     """
-    if "nesterov" in kwargs:
-        raise TypeError(
-            "momentum_jax.nesterov: it always uses nesterov=True; call "
-            "momentum_jax.momentum to choose."
-        )
-    return _momentum(learning_rate, momentum, nesterov=True, **kwargs)
+    # Keyword arguments are spelled out (not **kwargs) so that
+    # optax.inject_hyperparams can bind and inject them.
+    return _momentum(
+        learning_rate,
+        momentum,
+        nesterov=True,
+        weight_decay=weight_decay,
+        accumulator_dtype=accumulator_dtype,
+    )
 
 
 def scale_by_momentum(
