@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental.shard_alike import shard_alike
 
 # A hyperparameter: a Python number, a scalar array, or a schedule
 # ``count -> value`` evaluated at the number of updates already done.
@@ -193,7 +194,11 @@ def check_params_dtypes(fn_name: str, params: Any) -> None:
 
 
 def check_same_structure(fn_name: str, updates: Any, state_tree: Any) -> None:
-    """Raise a readable error when the gradient tree does not match the state."""
+    """Raise a readable error when the gradients do not match the state (or params).
+
+    Checks the tree structure, then each leaf's shape, and that every gradient
+    is floating-point.
+    """
     updates_def: Any = jax.tree.structure(updates)
     state_def = jax.tree.structure(state_tree)
     if updates_def != state_def:
@@ -203,12 +208,18 @@ def check_same_structure(fn_name: str, updates: Any, state_tree: Any) -> None:
             f"params with structure {state_def}. Call init with params shaped like "
             "the gradients."
         )
-    # Shapes are static, so this check costs nothing at run time. Without it a
-    # gradient that broadcasts against its buffer would silently reshape the
-    # state and break a lax.scan carry several steps later.
+    # Shapes and dtypes are static, so these checks cost nothing at run time.
+    # Without them a gradient that broadcasts against its buffer would silently
+    # reshape the state (breaking a lax.scan carry several steps later), and an
+    # integer gradient would come back as truncated integer updates.
     for (path, g), buffer in zip(
         jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(state_tree), strict=True
     ):
+        if not jnp.issubdtype(jnp.result_type(g), jnp.inexact):
+            raise TypeError(
+                f"{fn_name}: the gradient at {jax.tree_util.keystr(path) or '<root>'} has "
+                f"dtype {jnp.result_type(g)}; gradients must be floating-point (or complex)."
+            )
         if jnp.shape(g) != jnp.shape(buffer):
             raise ValueError(
                 f"{fn_name}: the gradient at {jax.tree_util.keystr(path) or '<root>'} has "
@@ -238,11 +249,10 @@ def _zeros_sharded_like(param: Any, dtype: jnp.dtype | None) -> jax.Array:
     and no communication. (Zero-size leaves hold no bytes and may come out
     replicated.)
     """
-    # Imported here to keep the module's import block untouched; the import
-    # is cached after the first call.
-    from jax.experimental.shard_alike import shard_alike
-
     zeros = jnp.zeros_like(param, dtype=dtype)
+    # A weakly typed param (a Python scalar) would give a weakly typed buffer
+    # that the first update turns strong: one retrace and a changed carry type.
+    zeros = jax.lax.convert_element_type(zeros, zeros.dtype)
     if is_traced(param):
         _, zeros = shard_alike(param, zeros)  # type: ignore[no-untyped-call]
     return zeros

@@ -15,6 +15,67 @@ from momentum_jax._src import _base, _core
 from momentum_jax._src._base import ScalarOrSchedule
 
 
+def _scale_by_learning_rate(
+    fn_name: str, learning_rate: ScalarOrSchedule, arg: str = "learning_rate"
+) -> optax.GradientTransformationExtraArgs:
+    """``u = -lr_t * u``, outside any buffer, with the checks of the core transforms."""
+
+    def init_fn(params: optax.Params) -> optax.ScaleByScheduleState:
+        _base.check_params_dtypes(fn_name, params)
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(
+        updates: optax.Updates,
+        state: optax.OptState,
+        params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, optax.ScaleByScheduleState]:
+        del extra_args
+        state = cast(optax.ScaleByScheduleState, state)
+        if params is not None:
+            _base.check_same_structure(fn_name, updates, params)
+        lr = _base.evaluate(fn_name, arg, learning_rate, state.count)
+        updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
+        return updates, optax.ScaleByScheduleState(_base.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _torch_gradient(
+    fn_name: str, weight_decay: Any, maximize: bool
+) -> optax.GradientTransformationExtraArgs:
+    """PyTorch's gradient preprocessing: negate for ``maximize``, then add ``wd * theta``."""
+
+    def init_fn(params: optax.Params) -> optax.EmptyState:
+        _base.check_params_dtypes(fn_name, params)
+        return optax.EmptyState()
+
+    def update_fn(
+        updates: optax.Updates,
+        state: optax.OptState,
+        params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, optax.OptState]:
+        del extra_args
+        if params is None:
+            if weight_decay is not None:
+                raise ValueError(
+                    f"{fn_name}: weight_decay={weight_decay!r} needs the params, but "
+                    "update() was called with params=None. Pass params to update()."
+                )
+        else:
+            _base.check_same_structure(fn_name, updates, params)
+        if maximize:
+            updates = jax.tree.map(jnp.negative, updates)
+        if weight_decay is not None:
+            updates = jax.tree.map(
+                lambda g, p: (g + weight_decay * p).astype(g.dtype), updates, params
+            )
+        return updates, state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def _decoupled_weight_decay(
     fn_name: str, learning_rate: ScalarOrSchedule, weight_decay: Any
 ) -> optax.GradientTransformationExtraArgs:
@@ -31,8 +92,8 @@ def _decoupled_weight_decay(
         params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, optax.ScaleByScheduleState]:
-        state = cast(optax.ScaleByScheduleState, state)
         del extra_args
+        state = cast(optax.ScaleByScheduleState, state)
         if params is None:
             raise ValueError(
                 f"{fn_name}: weight_decay={weight_decay!r} needs the params, but "
@@ -114,13 +175,11 @@ def torch_sgd(
             f"torch.optim.SGD; got momentum={momentum!r}, dampening={dampening!r}."
         )
     parts: list[optax.GradientTransformation] = []
-    if maximize:
-        parts.append(optax.scale(-1.0))
-    if decay != 0.0:
-        parts.append(optax.add_decayed_weights(weight_decay))
+    if maximize or decay != 0.0:
+        parts.append(_torch_gradient(name, None if decay == 0.0 else weight_decay, maximize))
     if mu != 0.0:
-        parts.append(_core.scale_by_momentum(momentum, nesterov=nesterov, dampening=dampening))
-    parts.append(optax.scale_by_learning_rate(lr))
+        parts.append(_core.gradient_buffer(name, momentum, nesterov=nesterov, dampening=dampening))
+    parts.append(_scale_by_learning_rate(name, lr, arg="lr"))
     return optax.chain(*parts)
 
 
@@ -177,7 +236,7 @@ def keras_sgd(
     decay = None if weight_decay is None else _base.check_weight_decay(name, weight_decay)
     if mu == 0.0:
         # Keras keeps no momentum variable then; neither do we.
-        step: optax.GradientTransformation = optax.scale_by_learning_rate(learning_rate)
+        step: optax.GradientTransformation = _scale_by_learning_rate(name, learning_rate)
     else:
         step = _core.momentum(learning_rate, momentum, nesterov=nesterov)
     if weight_decay is None or decay == 0.0:
@@ -233,6 +292,6 @@ def tf1_momentum(
     _base.check_momentum(name, momentum)
     use_nesterov = _base.check_bool(name, "use_nesterov", use_nesterov)
     return optax.chain(
-        _core.scale_by_momentum(momentum, nesterov=use_nesterov),
-        optax.scale_by_learning_rate(learning_rate),
+        _core.gradient_buffer(name, momentum, nesterov=use_nesterov),
+        _scale_by_learning_rate(name, learning_rate),
     )

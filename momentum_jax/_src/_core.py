@@ -280,7 +280,24 @@ def scale_by_momentum(
       learning library <https://arxiv.org/abs/1912.01703>`_, 2019
       (``torch.optim.SGD``).
     """
-    name = "momentum_jax.scale_by_momentum"
+    return gradient_buffer(
+        "momentum_jax.scale_by_momentum",
+        momentum,
+        nesterov=nesterov,
+        dampening=dampening,
+        accumulator_dtype=accumulator_dtype,
+    )
+
+
+def gradient_buffer(
+    name: str,
+    momentum: ScalarOrSchedule,
+    *,
+    nesterov: bool = False,
+    dampening: float | jax.Array = 0.0,
+    accumulator_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """:func:`scale_by_momentum`, reporting errors under the caller's ``name``."""
     _base.check_momentum(name, momentum)
     nesterov = _base.check_bool(name, "nesterov", nesterov)
     tau = _base.check_dampening(name, dampening)

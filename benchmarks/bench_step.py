@@ -1,0 +1,331 @@
+"""Time one full momentum step (update + apply) against optax and PyTorch.
+
+Every contender runs interleaved with the others in the same process, config by
+config and repetition by repetition, so drift of a shared machine hits them all
+alike; results are reported as medians and as per-repetition ratios.
+
+Contenders, all with momentum 0.9 and float32 params:
+  * ``momentum_jax.momentum`` and ``momentum_jax.nesterov`` under ``jax.jit``
+    with the params and state donated (update and ``optax.apply_updates`` in
+    one compiled step);
+  * ``optax.sgd(lr, momentum=0.9)``, compiled and donated the same way;
+  * ``torch.optim.SGD(momentum=0.9, foreach=True)`` and ``fused=True``;
+  * a STREAM-style triad ``a = b + s*c`` (torch and jax, over arrays of the
+    same total size): the memory-bandwidth roofline of this machine.
+
+A momentum step reads params, velocity and gradients and writes params and
+velocity: 20 bytes per float32 parameter. The triad moves 12 bytes per element.
+
+    python benchmarks/bench_step.py                 # the full suite (~5 min)
+    python benchmarks/bench_step.py --quick         # a smoke run (~30 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import momentum_jax
+
+LR = 1e-3
+MU = 0.9
+BYTES_PER_PARAM_STEP = 20  # read theta, v, g; write theta, v (float32)
+TRIAD_BYTES_PER_ELEMENT = 12  # read b, c; write a
+
+
+@dataclass
+class Contender:
+    """A step to time: ``run(n)`` performs n steps and blocks until done."""
+
+    name: str
+    run: Callable[[int], None]
+    compile_seconds: float | None = None
+    state_bytes: int | None = None
+    temp_bytes: int | None = None
+    bytes_per_step: float = 0.0
+    times: list[float] = field(default_factory=list)
+
+
+def split_sizes(total: int, arrays: int) -> list[int]:
+    base, extra = divmod(total, arrays)
+    return [base + (1 if i < extra else 0) for i in range(arrays)]
+
+
+def _tree_bytes(tree: Any) -> int:
+    return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def jax_contender(
+    name: str, tx: optax.GradientTransformation, sizes: list[int], seed: int
+) -> Contender:
+    rng = np.random.default_rng(seed)
+    params = [jnp.asarray(rng.standard_normal(n, dtype=np.float32)) for n in sizes]
+    grads = [jnp.asarray(rng.standard_normal(n, dtype=np.float32) * 1e-3) for n in sizes]
+    state = tx.init(params)
+
+    def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    start = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+    compile_seconds = time.perf_counter() - start
+    analysis = compiled.memory_analysis()
+    temp = int(getattr(analysis, "temp_size_in_bytes", 0)) if analysis is not None else None
+    holder = {"params": params, "state": state}
+
+    def run(n: int) -> None:
+        p, s = holder["params"], holder["state"]
+        for _ in range(n):
+            p, s = compiled(p, s, grads)
+        jax.block_until_ready((p, s))
+        holder["params"], holder["state"] = p, s
+
+    run(2)  # warm up; buffers are donated from here on
+    return Contender(
+        name,
+        run,
+        compile_seconds=compile_seconds,
+        state_bytes=_tree_bytes(holder["state"]),
+        temp_bytes=temp,
+        bytes_per_step=BYTES_PER_PARAM_STEP * sum(sizes),
+    )
+
+
+def torch_contender(name: str, sizes: list[int], seed: int, **options: Any) -> Contender:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    params = [torch.randn(n, generator=generator) for n in sizes]
+    for p in params:
+        p.grad = torch.randn(n := p.numel(), generator=generator) * 1e-3
+        del n
+    opt = torch.optim.SGD(params, lr=LR, momentum=MU, **options)
+
+    @torch.no_grad()
+    def run(n: int) -> None:
+        for _ in range(n):
+            opt.step()
+
+    run(2)  # creates the momentum buffers
+    state_bytes = sum(
+        opt.state[p]["momentum_buffer"].numel() * opt.state[p]["momentum_buffer"].element_size()
+        for p in params
+    )
+    return Contender(
+        name, run, state_bytes=state_bytes, bytes_per_step=BYTES_PER_PARAM_STEP * sum(sizes)
+    )
+
+
+def triad_contenders(total: int) -> list[Contender]:
+    import torch
+
+    a, b, c = (torch.rand(total) for _ in range(3))
+
+    def run_torch(n: int) -> None:
+        for _ in range(n):
+            torch.add(b, c, alpha=3.0, out=a)
+
+    jb = jnp.ones(total)
+    jc = jnp.ones(total)
+    triad = jax.jit(lambda a, b, c: b + 3.0 * c, donate_argnums=0)
+    holder = {"a": jnp.zeros(total)}
+
+    def run_jax(n: int) -> None:
+        out = holder["a"]
+        for _ in range(n):
+            out = triad(out, jb, jc)
+        out.block_until_ready()
+        holder["a"] = out
+
+    run_torch(2)
+    run_jax(2)
+    nbytes = TRIAD_BYTES_PER_ELEMENT * total
+    return [
+        Contender("triad (torch)", run_torch, bytes_per_step=nbytes),
+        Contender("triad (jax)", run_jax, bytes_per_step=nbytes),
+    ]
+
+
+def build(total: int, arrays: int, contenders: list[str], seed: int) -> list[Contender]:
+    sizes = split_sizes(total, arrays)
+    factories: dict[str, Callable[[], Contender]] = {
+        "momentum_jax.momentum": lambda: jax_contender(
+            "momentum_jax.momentum", momentum_jax.momentum(LR, MU), sizes, seed
+        ),
+        "momentum_jax.nesterov": lambda: jax_contender(
+            "momentum_jax.nesterov", momentum_jax.nesterov(LR, MU), sizes, seed
+        ),
+        "optax.sgd": lambda: jax_contender(
+            "optax.sgd", optax.sgd(LR, momentum=MU), sizes, seed
+        ),
+        "torch foreach": lambda: torch_contender("torch foreach", sizes, seed, foreach=True),
+        "torch fused": lambda: torch_contender("torch fused", sizes, seed, fused=True),
+    }
+    built = [factories[name]() for name in contenders]
+    if arrays == 1:
+        built += triad_contenders(total)
+    return built
+
+
+def measure(built: list[Contender], reps: int, target_seconds: float) -> None:
+    # Enough steps per repetition that each timing spans ~target_seconds.
+    for c in built:
+        start = time.perf_counter()
+        c.run(1)
+        one = max(time.perf_counter() - start, 1e-5)
+        c.steps = max(1, min(200, int(target_seconds / one)))  # type: ignore[attr-defined]
+    for rep in range(reps):
+        order = built[rep % len(built) :] + built[: rep % len(built)]
+        for c in order:
+            gc.collect()
+            start = time.perf_counter()
+            c.run(c.steps)  # type: ignore[attr-defined]
+            c.times.append((time.perf_counter() - start) / c.steps)  # type: ignore[attr-defined]
+
+
+def summarise(total: int, arrays: int, built: list[Contender]) -> dict[str, Any]:
+    by_name = {c.name: c for c in built}
+    peers = [by_name[n] for n in ("optax.sgd", "torch fused") if n in by_name]
+    triads = [c for c in built if c.name.startswith("triad")]
+    roofline = (
+        max(c.bytes_per_step / statistics.median(c.times) for c in triads) if triads else None
+    )
+    rows = []
+    for c in built:
+        median = statistics.median(c.times)
+        q = np.percentile(c.times, [25, 75])
+        row: dict[str, Any] = {
+            "contender": c.name,
+            "median_ms": 1e3 * median,
+            "iqr_ms": [1e3 * q[0], 1e3 * q[1]],
+            "gbytes_per_s": c.bytes_per_step / median / 1e9,
+            "compile_s": c.compile_seconds,
+            "state_bytes": c.state_bytes,
+            "temp_bytes": c.temp_bytes,
+        }
+        if peers and c not in triads:
+            # Per repetition: this contender's time over the best peer's in the
+            # same repetition, then the median of those ratios.
+            best = [min(p.times[i] for p in peers) for i in range(len(c.times))]
+            row["ratio_to_best_peer"] = statistics.median(
+                t / b for t, b in zip(c.times, best, strict=True)
+            )
+        if roofline is not None and c not in triads:
+            row["fraction_of_roofline"] = c.bytes_per_step / median / roofline
+        rows.append(row)
+    return {
+        "params": total,
+        "arrays": arrays,
+        "roofline_gbytes_per_s": None if roofline is None else roofline / 1e9,
+        "rows": rows,
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    roof = result["roofline_gbytes_per_s"]
+    head = f"\n{result['params'] / 1e6:g}M params in {result['arrays']} array(s)"
+    print(head + (f" — triad roofline {roof:.1f} GB/s" if roof else ""))
+    print(
+        f"{'contender':24s} {'median ms':>10s} {'IQR ms':>15s} {'GB/s':>7s} "
+        f"{'ratio':>6s} {'roof':>5s} {'compile s':>9s} {'state MB':>9s} {'temp MB':>8s}"
+    )
+    for r in result["rows"]:
+        print(
+            f"{r['contender']:24s} {r['median_ms']:10.3f} "
+            f"{r['iqr_ms'][0]:7.3f}-{r['iqr_ms'][1]:<7.3f} {r['gbytes_per_s']:7.1f} "
+            f"{_fmt(r.get('ratio_to_best_peer'), '.2f'):>6s} "
+            f"{_fmt(r.get('fraction_of_roofline'), '.0%'):>5s} "
+            f"{_fmt(r['compile_s'], '.2f'):>9s} "
+            f"{_fmt(r['state_bytes'], '.1f', 1e-6):>9s} "
+            f"{_fmt(r['temp_bytes'], '.2f', 1e-6):>8s}"
+        )
+
+
+def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
+    return "" if value is None else format(value * scale, spec)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "optax": optax.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "momentum_jax": momentum_jax.__version__,
+    }
+
+
+CONFIGS = [(10_000_000, 1), (10_000_000, 100), (10_000_000, 1000), (10_000_000, 5000),
+           (50_000_000, 1)]  # fmt: skip
+CONTENDERS = [
+    "momentum_jax.momentum",
+    "momentum_jax.nesterov",
+    "optax.sgd",
+    "torch foreach",
+    "torch fused",
+]
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=7, help="interleaved repetitions")
+    parser.add_argument(
+        "--seconds", type=float, default=0.25, help="target time per timing (default 0.25 s)"
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
+    parser.add_argument(
+        "--arrays", type=int, nargs="*", help="only configs with these array counts"
+    )
+    parser.add_argument("--json", default="benchmarks/out/bench_step.json", help="JSON output")
+    args = parser.parse_args(argv)
+
+    configs = [(1_000_000, 1), (1_000_000, 100)] if args.quick else CONFIGS
+    if args.arrays:
+        configs = [c for c in configs if c[1] in args.arrays]
+    reps = 3 if args.quick else args.reps
+    info = machine()
+    print("machine:", json.dumps(info))
+    results = []
+    for total, arrays in configs:
+        built = build(total, arrays, CONTENDERS, seed=0)
+        measure(built, reps, args.seconds)
+        result = summarise(total, arrays, built)
+        print_table(result)
+        results.append(result)
+        del built
+        gc.collect()
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"machine": info, "reps": reps, "results": results}, f, indent=2)
+    print(f"\nwrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
