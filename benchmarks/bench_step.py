@@ -169,9 +169,7 @@ def build(total: int, arrays: int, contenders: list[str], seed: int) -> list[Con
         "momentum_jax.nesterov": lambda: jax_contender(
             "momentum_jax.nesterov", momentum_jax.nesterov(LR, MU), sizes, seed
         ),
-        "optax.sgd": lambda: jax_contender(
-            "optax.sgd", optax.sgd(LR, momentum=MU), sizes, seed
-        ),
+        "optax.sgd": lambda: jax_contender("optax.sgd", optax.sgd(LR, momentum=MU), sizes, seed),
         "torch foreach": lambda: torch_contender("torch foreach", sizes, seed, foreach=True),
         "torch fused": lambda: torch_contender("torch fused", sizes, seed, fused=True),
     }

@@ -1,15 +1,16 @@
-"""The README's quick-start code runs and trains."""
+"""The code in the README and in docs/variants.md runs as written."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
-def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+def _python_blocks(path: Path = README) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
 
 
 def test_quick_start_block_trains() -> None:
@@ -24,3 +25,11 @@ def test_quick_start_block_trains() -> None:
         namespace["y"],
     )
     assert loss < 1e-2 * float(first)
+
+
+def test_variants_doc_examples_run() -> None:
+    blocks = _python_blocks(ROOT / "docs" / "variants.md")
+    assert len(blocks) >= 4
+    for block in blocks:
+        namespace: dict[str, object] = {}
+        exec(compile(block, "docs/variants.md", "exec"), namespace)
