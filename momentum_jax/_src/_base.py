@@ -228,6 +228,17 @@ def check_same_structure(fn_name: str, updates: Any, state_tree: Any) -> None:
             )
 
 
+def zero_count() -> jax.Array:
+    """The update counter of a fresh state."""
+    return jnp.zeros([], jnp.int32)
+
+
+def init_buffer(fn_name: str, params: Any, dtype: jnp.dtype | None) -> Any:
+    """Refuse non-float params, then return a zero buffer per param."""
+    check_params_dtypes(fn_name, params)
+    return zeros_like_tree(params, dtype)
+
+
 def zeros_like_tree(params: Any, dtype: jnp.dtype | None) -> Any:
     """A zero buffer per param, in ``dtype`` or in the param's own dtype.
 

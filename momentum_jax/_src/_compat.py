@@ -22,7 +22,7 @@ def _scale_by_learning_rate(
 
     def init_fn(params: optax.Params) -> optax.ScaleByScheduleState:
         _base.check_params_dtypes(fn_name, params)
-        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+        return optax.ScaleByScheduleState(count=_base.zero_count())
 
     def update_fn(
         updates: optax.Updates,
@@ -84,7 +84,7 @@ def _decoupled_weight_decay(
     # update it produces (this transform goes last in the chain).
     def init_fn(params: optax.Params) -> optax.ScaleByScheduleState:
         del params
-        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+        return optax.ScaleByScheduleState(count=_base.zero_count())
 
     def update_fn(
         updates: optax.Updates,

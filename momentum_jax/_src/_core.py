@@ -128,11 +128,7 @@ def momentum(
     use_decay = decay != 0.0
 
     def init_fn(params: optax.Params) -> MomentumState:
-        _base.check_params_dtypes(name, params)
-        return MomentumState(
-            count=jnp.zeros([], jnp.int32),
-            velocity=_base.zeros_like_tree(params, dtype),
-        )
+        return MomentumState(_base.zero_count(), _base.init_buffer(name, params, dtype))
 
     def update_fn(
         updates: optax.Updates,
@@ -312,11 +308,7 @@ def gradient_buffer(
     needs_first_step_rule = tau != 0.0
 
     def init_fn(params: optax.Params) -> MomentumState:
-        _base.check_params_dtypes(name, params)
-        return MomentumState(
-            count=jnp.zeros([], jnp.int32),
-            velocity=_base.zeros_like_tree(params, dtype),
-        )
+        return MomentumState(_base.zero_count(), _base.init_buffer(name, params, dtype))
 
     def update_fn(
         updates: optax.Updates,

@@ -164,11 +164,7 @@ def qhm(
     dtype = _base.check_dtype(name, "accumulator_dtype", accumulator_dtype)
 
     def init_fn(params: optax.Params) -> QHMState:
-        _base.check_params_dtypes(name, params)
-        return QHMState(
-            count=jnp.zeros([], jnp.int32),
-            buffer=_base.zeros_like_tree(params, dtype),
-        )
+        return QHMState(_base.zero_count(), _base.init_buffer(name, params, dtype))
 
     def update_fn(
         updates: optax.Updates,
@@ -308,10 +304,9 @@ def aggmo(
     dtype = _base.check_dtype(name, "accumulator_dtype", accumulator_dtype)
 
     def init_fn(params: optax.Params) -> AggMoState:
-        _base.check_params_dtypes(name, params)
         return AggMoState(
-            count=jnp.zeros([], jnp.int32),
-            buffers=tuple(_base.zeros_like_tree(params, dtype) for _ in range(num_buffers)),
+            _base.zero_count(),
+            tuple(_base.init_buffer(name, params, dtype) for _ in range(num_buffers)),
         )
 
     def update_fn(
