@@ -18,6 +18,9 @@ HESSIAN = np.array([[3.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 0.4]], np.float
 TARGET = np.array([1.0, -2.0, 0.5], np.float32)
 W0 = np.array([0.3, 0.7, -1.2], np.float32)
 B0 = np.array([[0.5, -0.25], [1.5, 0.75]], np.float32)
+CURVATURE = np.array([[1.0, 2.0], [0.5, 3.0]], np.float32)
+
+NpTree = dict[str, np.ndarray]
 
 
 def initial_params() -> dict[str, jax.Array]:
@@ -63,3 +66,16 @@ def assert_trajectories_close(
                 atol=atol,
                 err_msg=f"param {key!r} differs after step {step + 1}",
             )
+
+
+def np_grad(params: NpTree) -> NpTree:
+    """The gradient of :func:`loss` written out in float64 numpy, never through JAX."""
+    hessian = HESSIAN.astype(np.float64)
+    return {
+        "w": hessian @ (params["w"] - TARGET.astype(np.float64)),
+        "b": CURVATURE.astype(np.float64) * params["b"],
+    }
+
+
+def np_initial() -> NpTree:
+    return {"w": W0.astype(np.float64), "b": B0.astype(np.float64)}

@@ -23,19 +23,9 @@ from tests import _problems
 
 STEPS = 40
 
-_HESSIAN = _problems.HESSIAN.astype(np.float64)
-_TARGET = _problems.TARGET.astype(np.float64)
-_CURVATURE = np.array([[1.0, 2.0], [0.5, 3.0]])
-
-NpTree = dict[str, np.ndarray]
-
-
-def _np_grad(params: NpTree) -> NpTree:
-    return {"w": _HESSIAN @ (params["w"] - _TARGET), "b": _CURVATURE * params["b"]}
-
-
-def _np_initial() -> NpTree:
-    return {"w": _problems.W0.astype(np.float64), "b": _problems.B0.astype(np.float64)}
+NpTree = _problems.NpTree
+_np_grad = _problems.np_grad
+_np_initial = _problems.np_initial
 
 
 def sutskever_formula(t: int, max_momentum: float, steps_per_stage: int = 250) -> float:

@@ -28,7 +28,7 @@ def _torch_trajectory(options: dict[str, Any], schedule: bool, sign: float) -> l
     b = torch.tensor(_problems.B0, requires_grad=True)
     hessian = torch.tensor(_problems.HESSIAN)
     target = torch.tensor(_problems.TARGET)
-    scale = torch.tensor([[1.0, 2.0], [0.5, 3.0]])
+    scale = torch.tensor(_problems.CURVATURE)
     opt = torch.optim.SGD([w, b], lr=BASE_LR, **options)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, _decay) if schedule else None
     out = []

@@ -27,19 +27,9 @@ STEPS = 40
 
 # The shared problem's gradient written out in numpy, so the references below
 # never go through JAX: d/dw = H (w - target), d/db = C * b.
-_HESSIAN = _problems.HESSIAN.astype(np.float64)
-_TARGET = _problems.TARGET.astype(np.float64)
-_CURVATURE = np.array([[1.0, 2.0], [0.5, 3.0]])
-
-NpTree = dict[str, np.ndarray]
-
-
-def _np_grad(params: NpTree) -> NpTree:
-    return {"w": _HESSIAN @ (params["w"] - _TARGET), "b": _CURVATURE * params["b"]}
-
-
-def _np_initial() -> NpTree:
-    return {"w": _problems.W0.astype(np.float64), "b": _problems.B0.astype(np.float64)}
+NpTree = _problems.NpTree
+_np_grad = _problems.np_grad
+_np_initial = _problems.np_initial
 
 
 def _zeros() -> NpTree:
@@ -203,7 +193,7 @@ def test_qhm_nu_one_matches_torch_sgd_with_dampening() -> None:
         b = torch.tensor(_problems.B0, requires_grad=True)
         hessian = torch.tensor(_problems.HESSIAN)
         target = torch.tensor(_problems.TARGET)
-        curvature = torch.tensor(_CURVATURE, dtype=torch.float32)
+        curvature = torch.tensor(_problems.CURVATURE)
         opt = torch.optim.SGD([w, b], lr=lr, momentum=beta, dampening=beta)
         if seed_buffer:
             for p in (w, b):
