@@ -431,3 +431,53 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 90) -> Pat
         palette = image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
         palette.save(path, format="PNG", optimize=True)
     return path
+
+
+def add_mlp_training_arguments(
+    group: Any, *, full_seeds: int, quick_seeds: int, target_loss: float
+) -> None:
+    """The digits-MLP training options shared by the examples that train one."""
+    group.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help=f"number of seeds; each fixes the initial weights and the minibatch order "
+        f"(default {full_seeds}, {quick_seeds} with --quick)",
+    )
+    group.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, +1, ...")
+    group.add_argument("--batch-size", type=int, default=64, help="minibatch size")
+    group.add_argument(
+        "--hidden", type=int, nargs="+", default=[64, 64], help="hidden layer widths of the MLP"
+    )
+    group.add_argument(
+        "--target-loss",
+        type=float,
+        default=target_loss,
+        help="training loss that defines 'steps to target' (convergence speed)",
+    )
+    group.add_argument(
+        "--eval-every", type=int, default=10, help="measure the training loss every N steps"
+    )
+
+
+class SeedOutcomes:
+    """Counts over the seeds of one configuration.
+
+    Mixed into result records that have ``diverged`` (a bool per seed) and
+    ``steps`` (steps to the target loss per seed, NaN where it was missed).
+    """
+
+    diverged: np.ndarray
+    steps: np.ndarray
+
+    @property
+    def num_seeds(self) -> int:
+        return int(self.diverged.size)
+
+    @property
+    def num_diverged(self) -> int:
+        return int(self.diverged.sum())
+
+    @property
+    def num_reached(self) -> int:
+        return int(np.isfinite(self.steps).sum())

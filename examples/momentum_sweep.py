@@ -90,7 +90,7 @@ def finite_std(values: np.ndarray) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class ConfigSummary:
+class ConfigSummary(_common.SeedOutcomes):
     """The runs (one per seed) of one (variant, momentum) configuration."""
 
     variant: str
@@ -99,18 +99,6 @@ class ConfigSummary:
     steps: np.ndarray  # steps to target per seed; NaN if not reached or diverged
     final_loss: np.ndarray  # NaN where diverged
     test_accuracy: np.ndarray  # NaN where diverged
-
-    @property
-    def num_seeds(self) -> int:
-        return int(self.diverged.size)
-
-    @property
-    def num_diverged(self) -> int:
-        return int(self.diverged.sum())
-
-    @property
-    def num_reached(self) -> int:
-        return int(np.isfinite(self.steps).sum())
 
     @property
     def stable(self) -> bool:
@@ -606,26 +594,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"training steps, a multiple of --eval-every (default {FULL['steps']}, "
         f"{QUICK['steps']} with --quick)",
     )
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        default=None,
-        help=f"number of seeds; each fixes the initial weights and the minibatch order "
-        f"(default {FULL['seeds']}, {QUICK['seeds']} with --quick)",
-    )
-    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, +1, ...")
-    parser.add_argument("--batch-size", type=int, default=64, help="minibatch size")
-    parser.add_argument(
-        "--hidden", type=int, nargs="+", default=[64, 64], help="hidden layer widths of the MLP"
-    )
-    parser.add_argument(
-        "--target-loss",
-        type=float,
-        default=0.05,
-        help="training loss that defines 'steps to target' (convergence speed)",
-    )
-    parser.add_argument(
-        "--eval-every", type=int, default=10, help="measure the training loss every N steps"
+    _common.add_mlp_training_arguments(
+        parser, full_seeds=FULL["seeds"], quick_seeds=QUICK["seeds"], target_loss=0.05
     )
     parser.add_argument(
         "--eval-size",

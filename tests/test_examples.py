@@ -270,7 +270,7 @@ def test_convergence_rates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["momentum_sweep", "landscapes", "convergence_rates"])
+@pytest.mark.parametrize("name", ["momentum_sweep", "landscapes", "convergence_rates", "variants"])
 def test_help_runs_as_a_script(name: str) -> None:
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / f"{name}.py"), "--help"],
