@@ -10,8 +10,9 @@ Contenders, all with momentum 0.9 and float32 params:
     one compiled step);
   * ``optax.sgd(lr, momentum=0.9)``, compiled and donated the same way;
   * ``torch.optim.SGD(momentum=0.9, foreach=True)`` and ``fused=True``;
-  * a STREAM-style triad ``a = b + s*c`` (torch and jax, over arrays of the
-    same total size): the memory-bandwidth roofline of this machine.
+  * a STREAM-style triad ``a = b + s*c`` (torch, ``out=a``) and its in-place
+    form ``a = a + s*c`` (jax, donated), over arrays of the same total size:
+    the memory-bandwidth roofline of this machine (the faster of the two).
 
 A momentum step reads params, velocity and gradients and writes params and
 velocity: 20 bytes per float32 parameter. The triad moves 12 bytes per element.
@@ -139,15 +140,16 @@ def triad_contenders(total: int) -> list[Contender]:
         for _ in range(n):
             torch.add(b, c, alpha=3.0, out=a)
 
-    jb = jnp.ones(total)
-    jc = jnp.ones(total)
-    triad = jax.jit(lambda a, b, c: b + 3.0 * c, donate_argnums=0)
+    # In place (a = a + s*c, the buffer donated): a fresh output buffer every
+    # call would time the page faults of the allocation, not the memory.
+    jc = jnp.full(total, 1e-6)
+    axpy = jax.jit(lambda a, c: a + 3.0 * c, donate_argnums=0)
     holder = {"a": jnp.zeros(total)}
 
     def run_jax(n: int) -> None:
         out = holder["a"]
         for _ in range(n):
-            out = triad(out, jb, jc)
+            out = axpy(out, jc)
         out.block_until_ready()
         holder["a"] = out
 
@@ -156,7 +158,7 @@ def triad_contenders(total: int) -> list[Contender]:
     nbytes = TRIAD_BYTES_PER_ELEMENT * total
     return [
         Contender("triad (torch)", run_torch, bytes_per_step=nbytes),
-        Contender("triad (jax)", run_jax, bytes_per_step=nbytes),
+        Contender("triad (jax, in place)", run_jax, bytes_per_step=nbytes),
     ]
 
 
@@ -279,6 +281,38 @@ def machine() -> dict[str, Any]:
     }
 
 
+def memory_report(total: int) -> dict[str, Any]:
+    """State size per parameter, and what donation leaves behind, for one array."""
+    params = [jnp.ones(total)]
+    grads = [jnp.full(total, 1e-3)]
+    report: dict[str, Any] = {"params": total, "param_bytes": 4 * total}
+    for name, tx in [
+        ("momentum_jax.momentum", momentum_jax.momentum(LR, MU)),
+        ("momentum_jax.momentum bf16 accumulator", momentum_jax.momentum(
+            LR, MU, accumulator_dtype=jnp.bfloat16)),
+        ("optax.sgd", optax.sgd(LR, momentum=MU)),
+    ]:  # fmt: skip
+        state = tx.init(params)
+
+        def step(p: Any, s: Any, g: Any, tx: optax.GradientTransformation = tx) -> Any:
+            updates, s = tx.update(g, s, p)
+            return optax.apply_updates(p, updates), s
+
+        compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+        analysis = compiled.memory_analysis()
+        inputs = jax.tree.leaves((params, state))
+        new_params, new_state = compiled(params, state, grads)
+        jax.block_until_ready((new_params, new_state))
+        report[name] = {
+            "state_bytes_per_param": _tree_bytes(new_state) / total,
+            "temp_bytes": int(analysis.temp_size_in_bytes) if analysis else None,
+            "alias_bytes": int(analysis.alias_size_in_bytes) if analysis else None,
+            "donated_inputs_freed": all(x.is_deleted() for x in inputs),
+        }
+        params = [jnp.ones(total)]
+    return report
+
+
 CONFIGS = [(10_000_000, 1), (10_000_000, 100), (10_000_000, 1000), (10_000_000, 5000),
            (50_000_000, 1)]  # fmt: skip
 CONTENDERS = [
@@ -318,9 +352,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         results.append(result)
         del built
         gc.collect()
+    memory = memory_report(configs[0][0])
+    print("\nmemory (one array):")
+    for name, entry in memory.items():
+        if isinstance(entry, dict):
+            print(
+                f"  {name:40s} state {entry['state_bytes_per_param']:.1f} B/param, "
+                f"temp {entry['temp_bytes']} B, aliased {entry['alias_bytes']} B, "
+                f"donated inputs freed: {entry['donated_inputs_freed']}"
+            )
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"machine": info, "reps": reps, "results": results}, f, indent=2)
+        json.dump(
+            {"machine": info, "reps": reps, "results": results, "memory": memory}, f, indent=2
+        )
     print(f"\nwrote {args.json}")
     return results
 

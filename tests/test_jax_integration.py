@@ -267,3 +267,18 @@ def test_counter_saturates_instead_of_overflowing() -> None:
     for _ in range(3):
         _, state = tx.update(jnp.ones(2), state, params)
     assert int(state.count) == np.iinfo(np.int32).max
+
+
+def test_injected_weight_decay_keeps_bfloat16_updates() -> None:
+    """A float32 weight decay from inject_hyperparams must not widen bf16 updates."""
+    tx = optax.inject_hyperparams(momentum_jax.momentum, hyperparam_dtype=jnp.float32)(
+        learning_rate=0.1, momentum=0.9, weight_decay=0.01
+    )
+    params = jnp.ones(3, jnp.bfloat16)
+    state = tx.init(params)
+    for _ in range(2):
+        updates, state = tx.update(jnp.full(3, 0.5, jnp.bfloat16), state, params)
+        assert updates.dtype == jnp.bfloat16
+        assert state.inner_state.velocity.dtype == jnp.bfloat16
+    expected = -(0.9 * 0.1 * 0.51 + 0.1 * 0.51)
+    np.testing.assert_allclose(np.asarray(updates, np.float32), expected, rtol=2e-2)

@@ -212,20 +212,27 @@ def check_same_structure(fn_name: str, updates: Any, state_tree: Any) -> None:
     # Without them a gradient that broadcasts against its buffer would silently
     # reshape the state (breaking a lax.scan carry several steps later), and an
     # integer gradient would come back as truncated integer updates.
-    for (path, g), buffer in zip(
-        jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(state_tree), strict=True
+    # Paths are looked up only for the error message: tracing a model with
+    # thousands of arrays pays for the cheap comparisons alone.
+    for index, (g, buffer) in enumerate(
+        zip(jax.tree.leaves(updates), jax.tree.leaves(state_tree), strict=True)
     ):
         if not jnp.issubdtype(jnp.result_type(g), jnp.inexact):
             raise TypeError(
-                f"{fn_name}: the gradient at {jax.tree_util.keystr(path) or '<root>'} has "
-                f"dtype {jnp.result_type(g)}; gradients must be floating-point (or complex)."
+                f"{fn_name}: the gradient at {_leaf_path(updates, index)} has dtype "
+                f"{jnp.result_type(g)}; gradients must be floating-point (or complex)."
             )
         if jnp.shape(g) != jnp.shape(buffer):
             raise ValueError(
-                f"{fn_name}: the gradient at {jax.tree_util.keystr(path) or '<root>'} has "
-                f"shape {jnp.shape(g)}, but the optimizer state holds shape "
-                f"{jnp.shape(buffer)} there. Call init with params shaped like the gradients."
+                f"{fn_name}: the gradient at {_leaf_path(updates, index)} has shape "
+                f"{jnp.shape(g)}, but the optimizer state holds shape {jnp.shape(buffer)} "
+                "there. Call init with params shaped like the gradients."
             )
+
+
+def _leaf_path(tree: Any, index: int) -> str:
+    path, _ = jax.tree_util.tree_leaves_with_path(tree)[index]
+    return jax.tree_util.keystr(path) or "<root>"
 
 
 def zero_count() -> jax.Array:

@@ -12,32 +12,38 @@ from momentum_jax._src import _base
 from momentum_jax._src._base import MomentumState, ScalarOrSchedule
 
 
+def _cast(x: jax.Array, dtype: Any) -> jax.Array:
+    # A Python-level test on a static dtype: no cast traced when none is needed,
+    # which keeps tracing cheap for models with thousands of arrays.
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
 def _widen(g: jax.Array, buffer: jax.Array) -> jax.Array:
     # Arithmetic happens in the wider of the gradient and buffer dtypes, so a
     # float32 buffer for bfloat16 params really accumulates in float32.
-    return g.astype(jnp.promote_types(g.dtype, buffer.dtype))
+    return g if g.dtype == buffer.dtype else g.astype(jnp.promote_types(g.dtype, buffer.dtype))
 
 
 def _velocity_step(g: jax.Array, v: jax.Array, lr: Any, mu: Any) -> jax.Array:
     # The learning rate multiplies only the new gradient, so a schedule never
     # rescales the history already in the velocity (Sutskever et al., 2013).
-    return (mu * v + lr * _widen(g, v)).astype(v.dtype)
+    return _cast(mu * v + lr * _widen(g, v), v.dtype)
 
 
 def _heavy_ball_update(g: jax.Array, v: jax.Array) -> jax.Array:
-    return (-v).astype(g.dtype)
+    return _cast(-v, g.dtype)
 
 
 def _look_ahead_update(g: jax.Array, v: jax.Array, lr: Any, mu_next: Any) -> jax.Array:
-    return (-(mu_next * v + lr * _widen(g, v))).astype(g.dtype)
+    return _cast(-(mu_next * v + lr * _widen(g, v)), g.dtype)
 
 
 def _buffer_step(g: jax.Array, b: jax.Array, mu: Any, damping: Any) -> jax.Array:
-    return (mu * b + damping * _widen(g, b)).astype(b.dtype)
+    return _cast(mu * b + damping * _widen(g, b), b.dtype)
 
 
 def _buffer_look_ahead(g: jax.Array, b: jax.Array, mu: Any) -> jax.Array:
-    return (_widen(g, b) + mu * b).astype(g.dtype)
+    return _cast(_widen(g, b) + mu * b, g.dtype)
 
 
 def momentum(
@@ -147,7 +153,10 @@ def momentum(
                     "under optax.inject_hyperparams with no weight decay, use "
                     "static_args=('weight_decay',) to keep it a Python zero."
                 )
-            updates = jax.tree.map(lambda g, p: g + weight_decay * p, updates, params)
+            # Coupled L2 in the gradient's own dtype, as torch's grad.add(param, alpha=wd).
+            updates = jax.tree.map(
+                lambda g, p: _cast(g + weight_decay * p, g.dtype), updates, params
+            )
         lr = _base.evaluate(name, "learning_rate", learning_rate, state.count)
         mu = _base.evaluate(name, "momentum", momentum, state.count)
         velocity = jax.tree.map(lambda g, v: _velocity_step(g, v, lr, mu), updates, state.velocity)
@@ -330,7 +339,7 @@ def gradient_buffer(
         if nesterov:
             out = jax.tree.map(lambda g, b: _buffer_look_ahead(g, b, mu), updates, buffer)
         else:
-            out = jax.tree.map(lambda g, b: b.astype(g.dtype), updates, buffer)
+            out = jax.tree.map(lambda g, b: _cast(b, g.dtype), updates, buffer)
         return out, MomentumState(_base.safe_increment(state.count), buffer)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
