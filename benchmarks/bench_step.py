@@ -5,9 +5,10 @@ config and repetition by repetition, so drift of a shared machine hits them all
 alike; results are reported as medians and as per-repetition ratios.
 
 Contenders, all with momentum 0.9 and float32 params:
-  * ``momentum_jax.momentum`` and ``momentum_jax.nesterov`` under ``jax.jit``
-    with the params and state donated (update and ``optax.apply_updates`` in
-    one compiled step);
+  * ``momentum_jax.momentum`` and ``momentum_jax.nesterov`` (learning rate
+    inside the velocity) and ``momentum_jax.compat.torch_sgd`` (the gradient
+    buffer with the learning rate outside) under ``jax.jit`` with the params
+    and state donated (update and ``optax.apply_updates`` in one compiled step);
   * ``optax.sgd(lr, momentum=0.9)``, compiled and donated the same way;
   * ``torch.optim.SGD(momentum=0.9, foreach=True)`` and ``fused=True``;
   * a STREAM-style triad ``a = b + s*c`` (torch, ``out=a``) and its in-place
@@ -40,6 +41,7 @@ import numpy as np
 import optax
 
 import momentum_jax
+from momentum_jax import compat
 
 LR = 1e-3
 MU = 0.9
@@ -171,6 +173,9 @@ def build(total: int, arrays: int, contenders: list[str], seed: int) -> list[Con
         "momentum_jax.nesterov": lambda: jax_contender(
             "momentum_jax.nesterov", momentum_jax.nesterov(LR, MU), sizes, seed
         ),
+        "momentum_jax.compat.torch_sgd": lambda: jax_contender(
+            "momentum_jax.compat.torch_sgd", compat.torch_sgd(LR, MU), sizes, seed
+        ),
         "optax.sgd": lambda: jax_contender("optax.sgd", optax.sgd(LR, momentum=MU), sizes, seed),
         "torch foreach": lambda: torch_contender("torch foreach", sizes, seed, foreach=True),
         "torch fused": lambda: torch_contender("torch fused", sizes, seed, fused=True),
@@ -240,12 +245,12 @@ def print_table(result: dict[str, Any]) -> None:
     head = f"\n{result['params'] / 1e6:g}M params in {result['arrays']} array(s)"
     print(head + (f" — triad roofline {roof:.1f} GB/s" if roof else ""))
     print(
-        f"{'contender':24s} {'median ms':>10s} {'IQR ms':>15s} {'GB/s':>7s} "
+        f"{'contender':30s} {'median ms':>10s} {'IQR ms':>15s} {'GB/s':>7s} "
         f"{'ratio':>6s} {'roof':>5s} {'compile s':>9s} {'state MB':>9s} {'temp MB':>8s}"
     )
     for r in result["rows"]:
         print(
-            f"{r['contender']:24s} {r['median_ms']:10.3f} "
+            f"{r['contender']:30s} {r['median_ms']:10.3f} "
             f"{r['iqr_ms'][0]:7.3f}-{r['iqr_ms'][1]:<7.3f} {r['gbytes_per_s']:7.1f} "
             f"{_fmt(r.get('ratio_to_best_peer'), '.2f'):>6s} "
             f"{_fmt(r.get('fraction_of_roofline'), '.0%'):>5s} "
@@ -318,6 +323,7 @@ CONFIGS = [(10_000_000, 1), (10_000_000, 100), (10_000_000, 1000), (10_000_000, 
 CONTENDERS = [
     "momentum_jax.momentum",
     "momentum_jax.nesterov",
+    "momentum_jax.compat.torch_sgd",
     "optax.sgd",
     "torch foreach",
     "torch fused",

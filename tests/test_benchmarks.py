@@ -1,0 +1,66 @@
+"""The benchmark's bookkeeping (no timing here: that lives in benchmarks/)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ratios_are_per_repetition_against_the_best_peer() -> None:
+    bench = _load("bench_step")
+    ours = bench.Contender("ours", lambda n: None, bytes_per_step=20e6)
+    optax_sgd = bench.Contender("optax.sgd", lambda n: None, bytes_per_step=20e6)
+    fused = bench.Contender("torch fused", lambda n: None, bytes_per_step=20e6)
+    triad = bench.Contender("triad (torch)", lambda n: None, bytes_per_step=12e6)
+    # Repetition 2 is slow for everyone (machine noise): per-repetition ratios cancel it.
+    ours.times = [2.0e-3, 4.0e-3, 2.2e-3]
+    optax_sgd.times = [2.5e-3, 5.0e-3, 2.0e-3]
+    fused.times = [1.0e-3, 2.0e-3, 2.0e-3]
+    triad.times = [0.6e-3, 0.6e-3, 0.6e-3]
+    result = bench.summarise(1_000_000, 1, [ours, optax_sgd, fused, triad])
+    rows = {row["contender"]: row for row in result["rows"]}
+    # Best peer per repetition: 1.0, 2.0, 2.0 ms -> ratios 2.0, 2.0, 1.1.
+    assert rows["ours"]["ratio_to_best_peer"] == pytest.approx(2.0)
+    assert rows["torch fused"]["ratio_to_best_peer"] == pytest.approx(1.0)
+    assert result["roofline_gbytes_per_s"] == pytest.approx(12e6 / 0.6e-3 / 1e9)
+    assert rows["ours"]["fraction_of_roofline"] == pytest.approx((20e6 / 2.2e-3) / (12e6 / 0.6e-3))
+    assert "ratio_to_best_peer" not in rows["triad (torch)"]
+
+    report = _load("report")
+    machine = {
+        "cpu": "test cpu",
+        "cores": 2,
+        "python": "3",
+        "jax": "0",
+        "jax_backend": "cpu",
+        "optax": "0",
+        "torch": "0",
+        "torch_threads": 2,
+        "momentum_jax": "0",
+    }
+    text = report.markdown({"machine": machine, "reps": 3, "results": [result], "memory": None})
+    assert "| ours | 2.00 |" in text
+    assert "triad roofline 20.0 GB/s" in text
+
+
+def test_split_sizes_cover_the_total() -> None:
+    bench = _load("bench_step")
+    sizes = bench.split_sizes(10_000_001, 7)
+    assert sum(sizes) == 10_000_001
+    assert max(sizes) - min(sizes) <= 1
