@@ -114,7 +114,7 @@ def test_scale_by_momentum_three_steps_by_hand() -> None:
 
 
 def test_learning_rate_placement_witness() -> None:
-    """references.md: g = 1, mu = 0.9, lr 0.1 then 0.01 gives -0.2 inside, -0.119 outside."""
+    """Closed form: g = 1, mu = 0.9, lr 0.1 then 0.01 gives -0.2 inside, -0.119 outside."""
     lr = lambda count: jnp.where(count == 0, 0.1, 0.01)  # noqa: E731
     ones = [np.ones(1, np.float32)] * 2
 

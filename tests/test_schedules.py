@@ -51,7 +51,7 @@ def _value(schedule: Callable[[Any], Any], t: int) -> float:
 
 
 def test_sutskever_published_values() -> None:
-    """0.5, 0.75, 0.833, 0.875, then the cap 0.9 from t = 1000 (references.md)."""
+    """0.5, 0.75, 0.833, 0.875, then the cap 0.9 from t = 1000 (Sutskever et al., 2013)."""
     schedule = schedules.sutskever(0.9)
     got = [_value(schedule, t) for t in (0, 250, 500, 750, 1000, 1250, 10_000)]
     np.testing.assert_allclose(got, [0.5, 0.75, 0.833333, 0.875, 0.9, 0.9, 0.9], atol=1e-6)
