@@ -171,11 +171,18 @@ def test_bad_hyperparameters_raise_at_build_time(
 
 
 def test_edges_of_the_valid_ranges_are_accepted() -> None:
-    momentum_jax.momentum(0.0, 0.0)
-    momentum_jax.momentum(1.0, 0.999999, weight_decay=0.0)
-    momentum_jax.scale_by_momentum(0.0, dampening=0.999)
-    compat.torch_sgd(0.1, momentum=0.5, nesterov=True)
-    compat.keras_sgd(weight_decay=None)
+    g = jnp.array([1.0, -2.0])
+    # (transform, its first update for gradient g), each at an edge of a valid range.
+    cases = [
+        (momentum_jax.momentum(0.0, 0.0), 0.0 * g),
+        (momentum_jax.momentum(1.0, 0.999999, weight_decay=0.0), -g),
+        (momentum_jax.scale_by_momentum(0.0, dampening=0.999), g),  # b_1 = g_1, undamped
+        (compat.torch_sgd(0.1, momentum=0.5, nesterov=True), -0.1 * (g + 0.5 * g)),
+        (compat.keras_sgd(weight_decay=None), -0.01 * g),
+    ]
+    for tx, expected in cases:
+        updates, _ = tx.update(g, tx.init(jnp.zeros(2)), jnp.zeros(2))
+        np.testing.assert_allclose(updates, expected, rtol=1e-6)
 
 
 def test_traced_hyperparameters_are_not_checked_in_python() -> None:
