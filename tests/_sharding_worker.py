@@ -29,11 +29,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import AxisType, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import momentum_jax
 from momentum_jax import compat
+
+# Mesh axis types (auto vs explicit sharding) arrived after JAX 0.4; older
+# versions have auto axes only, so only those are checked there.
+AxisType = getattr(jax.sharding, "AxisType", None)
+HAS_EXPLICIT_AXES = AxisType is not None and hasattr(jax, "set_mesh")
+MESH_KINDS = ("auto", "explicit") if HAS_EXPLICIT_AXES else ("auto",)
+
+
+def auto_mesh(devices: np.ndarray, names: tuple[str, ...]) -> jax.sharding.Mesh:
+    if AxisType is None:
+        return jax.sharding.Mesh(devices, names)
+    return jax.sharding.Mesh(devices, names, axis_types=(AxisType.Auto,) * len(names))
+
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 
@@ -245,7 +258,7 @@ def zero1(devices: np.ndarray) -> dict[str, Any]:
 
     The recipe of docs/production.md, step for step.
     """
-    mesh = jax.sharding.Mesh(devices, ("data",), axis_types=(AxisType.Auto,))
+    mesh = auto_mesh(devices, ("data",))
     replicated = NamedSharding(mesh, P())
     over_data = NamedSharding(mesh, P("data"))
     rng = np.random.default_rng(0)
@@ -310,9 +323,10 @@ def zero1(devices: np.ndarray) -> dict[str, Any]:
         "velocity_bytes_total": int(velocity.size * velocity.dtype.itemsize),
         "velocity_bytes_per_device": int(velocity.addressable_shards[0].data.nbytes),
         "param_bytes_per_device": int(params["w"].addressable_shards[0].data.nbytes),
-        "velocity_spec": str(velocity.sharding.spec),
+        # As a list: str() of a PartitionSpec differs between JAX versions.
+        "velocity_spec": list(velocity.sharding.spec),
         "count_replicated": bool(opt_state.count.sharding.is_fully_replicated),
-        "device_put_spec": str(placed.velocity["w"].sharding.spec),
+        "device_put_spec": list(placed.velocity["w"].sharding.spec),
         "params_fully_replicated": all(
             p.sharding.is_fully_replicated for p in jax.tree.leaves(params)
         ),
@@ -335,8 +349,7 @@ def main() -> None:
         print(json.dumps(report))
         return
     grid = devices.reshape(2, 4)
-    auto = jax.sharding.Mesh(grid, ("data", "model"), axis_types=(AxisType.Auto,) * 2)
-    explicit = jax.sharding.Mesh(grid, ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    auto = auto_mesh(grid, ("data", "model"))
     only = set(sys.argv[1:])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -344,9 +357,13 @@ def main() -> None:
             if only and name not in only:
                 continue
             report["cases"][f"auto/{name}"] = check_transform(factory, auto)
-            # Explicit axes: sharding is part of the type; jit needs the mesh set.
-            with jax.set_mesh(explicit):
-                report["cases"][f"explicit/{name}"] = check_transform(factory, explicit)
+            if HAS_EXPLICIT_AXES:
+                # Explicit axes: sharding is part of the type; jit needs the mesh set.
+                explicit = jax.sharding.Mesh(
+                    grid, ("data", "model"), axis_types=(AxisType.Explicit,) * 2
+                )
+                with jax.set_mesh(explicit):
+                    report["cases"][f"explicit/{name}"] = check_transform(factory, explicit)
         report["guarded"] = guarded(auto)
         report["detector"] = detector_self_test(auto)
         report["zero1"] = zero1(devices)

@@ -26,7 +26,7 @@ from tests import _sharding_worker as worker
 
 WORKER = Path(worker.__file__)
 ROOT = WORKER.parents[1]
-CASES = [f"{mesh}/{name}" for name in worker.transforms() for mesh in ("auto", "explicit")]
+CASES = [f"{mesh}/{name}" for name in worker.transforms() for mesh in worker.MESH_KINDS]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,15 @@ def report() -> dict[str, Any]:
     parsed: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     assert parsed["devices"] == 8, "XLA_FLAGS did not give the worker 8 CPU devices"
     return parsed
+
+
+def test_explicit_mesh_axes_are_checked_wherever_jax_has_them() -> None:
+    # The feature detection must not quietly switch the explicit-axes cases
+    # off: every JAX from 0.7 on has mesh axis types and jax.set_mesh.
+    version = tuple(int(part) for part in jax.__version__.split(".")[:2])
+    if version >= (0, 7):
+        assert worker.HAS_EXPLICIT_AXES
+        assert worker.MESH_KINDS == ("auto", "explicit")
 
 
 def test_every_transform_was_checked(report: dict[str, Any]) -> None:
@@ -98,7 +107,7 @@ def test_optimizer_state_sharding_zero1(report: dict[str, Any]) -> None:
     zero1 = report["zero1"]
     n = zero1["num_devices"]
     assert n == 8
-    assert zero1["velocity_spec"] == zero1["device_put_spec"] == "P('data',)"
+    assert zero1["velocity_spec"] == zero1["device_put_spec"] == ["data"]
     assert zero1["count_replicated"]
     assert zero1["params_fully_replicated"]
     assert zero1["velocity_bytes_per_device"] * n == zero1["velocity_bytes_total"]
@@ -161,3 +170,24 @@ def test_init_under_eval_shape_and_jit_on_one_device(name: str) -> None:
         assert a.dtype == e.dtype == j.dtype
         assert np.array_equal(e, j)
     assert jax.tree.structure(vmapped) == jax.tree.structure(eager)
+
+
+@pytest.mark.parametrize("name", list(worker.transforms()))
+def test_jitted_init_buffers_are_exact_positive_zeros(name: str) -> None:
+    """The jitted init derives its zeros from the params: inf, NaN and -x must give +0."""
+    tx = worker.transforms()[name]()
+    special = jnp.array([-1.5, jnp.inf, -jnp.inf, jnp.nan, -0.0, 3.0])
+    params = {
+        "f32": special,
+        "bf16": special.astype(jnp.bfloat16),
+        "c64": (special + 1j * special[::-1]).astype(jnp.complex64),
+    }
+    for state in (jax.jit(tx.init)(params), tx.init(params)):
+        buffers = [leaf for leaf in jax.tree.leaves(state) if jnp.ndim(leaf) == 1]
+        assert len(buffers) >= len(params)
+        for buffer in buffers:
+            parts = (buffer.real, buffer.imag) if jnp.iscomplexobj(buffer) else (buffer,)
+            for part in parts:
+                values = np.asarray(part, np.float32)
+                assert np.all(values == 0.0), values
+                assert not np.any(np.signbit(values)), values

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental.shard_alike import shard_alike
 
 # A hyperparameter: a Python number, a scalar array, or a schedule
 # ``count -> value`` evaluated at the number of updates already done.
@@ -258,19 +257,31 @@ def zeros_like_tree(params: Any, dtype: jnp.dtype | None) -> Any:
 def _zeros_sharded_like(param: Any, dtype: jnp.dtype | None) -> jax.Array:
     """``jnp.zeros_like(param, dtype)`` placed like ``param``, also when traced.
 
-    Eagerly, ``zeros_like`` already copies a committed param's sharding. Under
-    ``jax.jit`` on a mesh with auto axes a tracer carries no sharding, and a
-    constant depends on no input, so the partitioner would replicate the buffer
-    or put all of it on one device: out of memory for a model that only fits
-    sharded. ``shard_alike`` puts the param and its buffer in one sharding
-    group, so the buffer is laid out like the param; it adds no computation
-    and no communication. (Zero-size leaves hold no bytes and may come out
-    replicated.)
+    Eagerly, ``zeros_like`` already copies a committed param's sharding, and
+    on a mesh with explicit axes the traced param carries its sharding in its
+    type, which ``zeros_like`` copies too. On a mesh with auto axes a tracer
+    carries no sharding, and a constant depends on no input, so the
+    partitioner would replicate the buffer or put all of it on one device:
+    out of memory for a model that only fits sharded.
+
+    The zeros are therefore computed *from* the param, elementwise, so that
+    sharding propagation lays them out like it. ``param * 0`` is the one such
+    expression that XLA does not fold away before propagation (it is not
+    zero for inf or NaN, so it may not be folded); selecting 0 where it is
+    NaN and taking the absolute value then gives exactly ``+0`` everywhere.
+    This runs once, in ``init``: elementwise work on each param, and no
+    communication. It uses only core ``jax.numpy``, so it works on every JAX
+    version (``jax.experimental.shard_alike``, the earlier tool for this,
+    was removed in JAX 0.11). Zero-size leaves hold no bytes and may come
+    out replicated.
     """
-    zeros = jnp.zeros_like(param, dtype=dtype)
+    target = jnp.result_type(param) if dtype is None else dtype
+    if not is_traced(param):
+        zeros = jnp.zeros_like(param, dtype=target)
+    else:
+        product = param * jnp.zeros((), jnp.result_type(param))
+        zeros = jnp.abs(jnp.where(jnp.isnan(product), jnp.zeros_like(product), product))
+        zeros = zeros.astype(target)
     # A weakly typed param (a Python scalar) would give a weakly typed buffer
     # that the first update turns strong: one retrace and a changed carry type.
-    zeros = jax.lax.convert_element_type(zeros, zeros.dtype)
-    if is_traced(param):
-        _, zeros = shard_alike(param, zeros)  # type: ignore[no-untyped-call]
-    return zeros
+    return jax.lax.convert_element_type(zeros, zeros.dtype)
