@@ -35,6 +35,8 @@ napoleon_use_rtype = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
+# Show the alias, not the long union it stands for.
+autodoc_type_aliases = {"ScalarOrSchedule": "momentum_jax.ScalarOrSchedule"}
 autodoc_default_options = {"members": False}
 
 myst_enable_extensions = ["dollarmath", "colon_fence"]

@@ -64,3 +64,14 @@ def test_split_sizes_cover_the_total() -> None:
     sizes = bench.split_sizes(10_000_001, 7)
     assert sum(sizes) == 10_000_001
     assert max(sizes) - min(sizes) <= 1
+
+
+def test_compile_time_script_runs_and_reports_every_contender(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    compile_time = _load("compile_time")
+    compile_time.main(["--leaves", "6", "--repeats", "1"])
+    out = capsys.readouterr().out
+    for name in compile_time.contenders():
+        assert f"\n{name} " in out
+    assert "6 leaves" in out
