@@ -18,8 +18,16 @@ Contenders, all with momentum 0.9 and float32 params:
 A momentum step reads params, velocity and gradients and writes params and
 velocity: 20 bytes per float32 parameter. The triad moves 12 bytes per element.
 
-    python benchmarks/bench_step.py                 # the full suite (~5 min)
+Parameter sets: synthetic ones (10M params split into 1 to 5000 equal arrays,
+50M in one) and the shapes of real models: GPT-2 small (124M params in 148
+arrays) and ResNet-50 (25.6M in 161). On a GPU (detected from JAX's default
+backend; torch then runs on CUDA) each JAX contender is also timed as device
+time: ``--loop`` steps inside one jitted ``lax.fori_loop``, which removes the
+per-call dispatch that the Python loop pays.
+
+    python benchmarks/bench_step.py                 # the full suite (~5 min on CPU)
     python benchmarks/bench_step.py --quick         # a smoke run (~30 s)
+    python benchmarks/bench_step.py --sets gpt2-small resnet50
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -60,6 +69,7 @@ class Contender:
     temp_bytes: int | None = None
     bytes_per_step: float = 0.0
     times: list[float] = field(default_factory=list)
+    steps_per_call: int = 1
 
 
 def split_sizes(total: int, arrays: int) -> list[int]:
@@ -67,24 +77,86 @@ def split_sizes(total: int, arrays: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(arrays)]
 
 
+Shapes = list[tuple[int, ...]]
+
+
+def gpt2_small_shapes() -> Shapes:
+    """The parameter arrays of GPT-2 small (Radford et al. 2019): 124,439,808 params, 148 arrays."""
+    d, vocab, context, layers = 768, 50257, 1024, 12
+    shapes: Shapes = [(vocab, d), (context, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,)]  # ln_1
+        shapes += [(d, 3 * d), (3 * d,), (d, d), (d,)]  # attention: qkv and projection
+        shapes += [(d,), (d,)]  # ln_2
+        shapes += [(d, 4 * d), (4 * d,), (4 * d, d), (d,)]  # MLP
+    return [*shapes, (d,), (d,)]  # ln_f
+
+
+def resnet50_shapes() -> Shapes:
+    """The trainable arrays of ResNet-50 (He et al. 2016): 25,557,032 params, 161 arrays."""
+    shapes: Shapes = [(64, 3, 7, 7), (64,), (64,)]
+    inplanes = 64
+    for planes, blocks in [(64, 3), (128, 4), (256, 6), (512, 3)]:
+        for block in range(blocks):
+            convs = [(planes, inplanes, 1, 1), (planes, planes, 3, 3), (4 * planes, planes, 1, 1)]
+            if block == 0:
+                convs.append((4 * planes, inplanes, 1, 1))  # the projection shortcut
+            for shape in convs:
+                shapes += [shape, (shape[0],), (shape[0],)]  # conv, batch-norm scale and bias
+            inplanes = 4 * planes
+    return [*shapes, (1000, 2048), (1000,)]
+
+
+def synthetic(total: int, arrays: int) -> Shapes:
+    return [(n,) for n in split_sizes(total, arrays)]
+
+
+PARAM_SETS: dict[str, Callable[[], Shapes]] = {
+    "10M in 1": lambda: synthetic(10_000_000, 1),
+    "10M in 100": lambda: synthetic(10_000_000, 100),
+    "10M in 1000": lambda: synthetic(10_000_000, 1000),
+    "10M in 5000": lambda: synthetic(10_000_000, 5000),
+    "50M in 1": lambda: synthetic(50_000_000, 1),
+    "gpt2-small": gpt2_small_shapes,
+    "resnet50": resnet50_shapes,
+}
+
+
 def _tree_bytes(tree: Any) -> int:
     return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
+def _numel(shapes: Shapes) -> int:
+    return sum(math.prod(shape) for shape in shapes)
+
+
 def jax_contender(
-    name: str, tx: optax.GradientTransformation, sizes: list[int], seed: int
+    name: str, tx: optax.GradientTransformation, shapes: Shapes, seed: int, loop: int = 0
 ) -> Contender:
+    """One donated, jitted step per call; with ``loop > 0``, ``loop`` steps in one call.
+
+    The looped form runs the steps inside a ``lax.fori_loop``: no Python
+    dispatch between steps, so on an accelerator it measures device time.
+    """
     rng = np.random.default_rng(seed)
-    params = [jnp.asarray(rng.standard_normal(n, dtype=np.float32)) for n in sizes]
-    grads = [jnp.asarray(rng.standard_normal(n, dtype=np.float32) * 1e-3) for n in sizes]
+    params = [jnp.asarray(rng.standard_normal(shape, dtype=np.float32)) for shape in shapes]
+    grads = [jnp.asarray(rng.standard_normal(shape, dtype=np.float32) * 1e-3) for shape in shapes]
     state = tx.init(params)
 
     def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
+    def steps(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
+        return jax.lax.fori_loop(0, loop, lambda _, c: step(*c, grads), (params, state))
+
+    per_call = loop if loop > 0 else 1
     start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+    compiled = (
+        jax.jit(steps if loop > 0 else step, donate_argnums=(0, 1))
+        .lower(params, state, grads)
+        .compile()
+    )
     compile_seconds = time.perf_counter() - start
     analysis = compiled.memory_analysis()
     temp = int(getattr(analysis, "temp_size_in_bytes", 0)) if analysis is not None else None
@@ -92,36 +164,51 @@ def jax_contender(
 
     def run(n: int) -> None:
         p, s = holder["params"], holder["state"]
-        for _ in range(n):
+        for _ in range(max(1, n // per_call)):
             p, s = compiled(p, s, grads)
         jax.block_until_ready((p, s))
         holder["params"], holder["state"] = p, s
 
-    run(2)  # warm up; buffers are donated from here on
+    run(per_call)  # warm up; buffers are donated from here on
     return Contender(
         name,
         run,
         compile_seconds=compile_seconds,
         state_bytes=_tree_bytes(holder["state"]),
         temp_bytes=temp,
-        bytes_per_step=BYTES_PER_PARAM_STEP * sum(sizes),
+        bytes_per_step=BYTES_PER_PARAM_STEP * _numel(shapes),
+        steps_per_call=per_call,
     )
 
 
-def torch_contender(name: str, sizes: list[int], seed: int, **options: Any) -> Contender:
+def torch_device() -> str:
     import torch
 
+    return "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+
+
+def _torch_sync() -> None:
+    import torch
+
+    if torch_device() == "cuda":
+        torch.cuda.synchronize()
+
+
+def torch_contender(name: str, shapes: Shapes, seed: int, **options: Any) -> Contender:
+    import torch
+
+    device = torch_device()
     generator = torch.Generator().manual_seed(seed)
-    params = [torch.randn(n, generator=generator) for n in sizes]
+    params = [torch.randn(shape, generator=generator).to(device) for shape in shapes]
     for p in params:
-        p.grad = torch.randn(n := p.numel(), generator=generator) * 1e-3
-        del n
+        p.grad = (torch.randn(p.shape, generator=generator) * 1e-3).to(device)
     opt = torch.optim.SGD(params, lr=LR, momentum=MU, **options)
 
     @torch.no_grad()
     def run(n: int) -> None:
         for _ in range(n):
             opt.step()
+        _torch_sync()
 
     run(2)  # creates the momentum buffers
     state_bytes = sum(
@@ -129,18 +216,19 @@ def torch_contender(name: str, sizes: list[int], seed: int, **options: Any) -> C
         for p in params
     )
     return Contender(
-        name, run, state_bytes=state_bytes, bytes_per_step=BYTES_PER_PARAM_STEP * sum(sizes)
+        name, run, state_bytes=state_bytes, bytes_per_step=BYTES_PER_PARAM_STEP * _numel(shapes)
     )
 
 
 def triad_contenders(total: int) -> list[Contender]:
     import torch
 
-    a, b, c = (torch.rand(total) for _ in range(3))
+    a, b, c = (torch.rand(total, device=torch_device()) for _ in range(3))
 
     def run_torch(n: int) -> None:
         for _ in range(n):
             torch.add(b, c, alpha=3.0, out=a)
+        _torch_sync()
 
     # In place (a = a + s*c, the buffer donated): a fresh output buffer every
     # call would time the page faults of the allocation, not the memory.
@@ -164,25 +252,33 @@ def triad_contenders(total: int) -> list[Contender]:
     ]
 
 
-def build(total: int, arrays: int, contenders: list[str], seed: int) -> list[Contender]:
-    sizes = split_sizes(total, arrays)
+def build(shapes: Shapes, contenders: list[str], seed: int, loop: int = 0) -> list[Contender]:
     factories: dict[str, Callable[[], Contender]] = {
         "momentum_jax.momentum": lambda: jax_contender(
-            "momentum_jax.momentum", momentum_jax.momentum(LR, MU), sizes, seed
+            "momentum_jax.momentum", momentum_jax.momentum(LR, MU), shapes, seed
         ),
         "momentum_jax.nesterov": lambda: jax_contender(
-            "momentum_jax.nesterov", momentum_jax.nesterov(LR, MU), sizes, seed
+            "momentum_jax.nesterov", momentum_jax.nesterov(LR, MU), shapes, seed
         ),
         "momentum_jax.compat.torch_sgd": lambda: jax_contender(
-            "momentum_jax.compat.torch_sgd", compat.torch_sgd(LR, MU), sizes, seed
+            "momentum_jax.compat.torch_sgd", compat.torch_sgd(LR, MU), shapes, seed
         ),
-        "optax.sgd": lambda: jax_contender("optax.sgd", optax.sgd(LR, momentum=MU), sizes, seed),
-        "torch foreach": lambda: torch_contender("torch foreach", sizes, seed, foreach=True),
-        "torch fused": lambda: torch_contender("torch fused", sizes, seed, fused=True),
+        "optax.sgd": lambda: jax_contender("optax.sgd", optax.sgd(LR, momentum=MU), shapes, seed),
+        "torch foreach": lambda: torch_contender("torch foreach", shapes, seed, foreach=True),
+        "torch fused": lambda: torch_contender("torch fused", shapes, seed, fused=True),
     }
+    if loop > 0:
+        # Device time: the same steps inside one jitted loop.
+        for name, tx in [
+            ("momentum_jax.momentum", momentum_jax.momentum(LR, MU)),
+            ("optax.sgd", optax.sgd(LR, momentum=MU)),
+        ]:
+            looped = f"{name} [jitted loop]"
+            factories[looped] = lambda n=looped, t=tx: jax_contender(n, t, shapes, seed, loop)
+            contenders = [*contenders, looped]
     built = [factories[name]() for name in contenders]
-    if arrays == 1:
-        built += triad_contenders(total)
+    if len(shapes) == 1:
+        built += triad_contenders(_numel(shapes))
     return built
 
 
@@ -190,9 +286,11 @@ def measure(built: list[Contender], reps: int, target_seconds: float) -> None:
     # Enough steps per repetition that each timing spans ~target_seconds.
     for c in built:
         start = time.perf_counter()
-        c.run(1)
+        c.run(c.steps_per_call)
         one = max(time.perf_counter() - start, 1e-5)
-        c.steps = max(1, min(200, int(target_seconds / one)))  # type: ignore[attr-defined]
+        per_call = c.steps_per_call
+        calls = max(1, min(200, int(target_seconds / one)))
+        c.steps = calls * per_call  # type: ignore[attr-defined]
     for rep in range(reps):
         order = built[rep % len(built) :] + built[: rep % len(built)]
         for c in order:
@@ -202,7 +300,9 @@ def measure(built: list[Contender], reps: int, target_seconds: float) -> None:
             c.times.append((time.perf_counter() - start) / c.steps)  # type: ignore[attr-defined]
 
 
-def summarise(total: int, arrays: int, built: list[Contender]) -> dict[str, Any]:
+def summarise(
+    total: int, arrays: int, built: list[Contender], name: str | None = None
+) -> dict[str, Any]:
     by_name = {c.name: c for c in built}
     peers = [by_name[n] for n in ("optax.sgd", "torch fused") if n in by_name]
     triads = [c for c in built if c.name.startswith("triad")]
@@ -233,6 +333,7 @@ def summarise(total: int, arrays: int, built: list[Contender]) -> dict[str, Any]
             row["fraction_of_roofline"] = c.bytes_per_step / median / roofline
         rows.append(row)
     return {
+        "set": name or f"{total / 1e6:g}M in {arrays}",
         "params": total,
         "arrays": arrays,
         "roofline_gbytes_per_s": None if roofline is None else roofline / 1e9,
@@ -242,15 +343,18 @@ def summarise(total: int, arrays: int, built: list[Contender]) -> dict[str, Any]
 
 def print_table(result: dict[str, Any]) -> None:
     roof = result["roofline_gbytes_per_s"]
-    head = f"\n{result['params'] / 1e6:g}M params in {result['arrays']} array(s)"
+    head = (
+        f"\n{result.get('set', '')}: {result['params'] / 1e6:g}M params in "
+        f"{result['arrays']} array(s)"
+    )
     print(head + (f" — triad roofline {roof:.1f} GB/s" if roof else ""))
     print(
-        f"{'contender':30s} {'median ms':>10s} {'IQR ms':>15s} {'GB/s':>7s} "
+        f"{'contender':38s} {'median ms':>10s} {'IQR ms':>15s} {'GB/s':>7s} "
         f"{'ratio':>6s} {'roof':>5s} {'compile s':>9s} {'state MB':>9s} {'temp MB':>8s}"
     )
     for r in result["rows"]:
         print(
-            f"{r['contender']:30s} {r['median_ms']:10.3f} "
+            f"{r['contender']:38s} {r['median_ms']:10.3f} "
             f"{r['iqr_ms'][0]:7.3f}-{r['iqr_ms'][1]:<7.3f} {r['gbytes_per_s']:7.1f} "
             f"{_fmt(r.get('ratio_to_best_peer'), '.2f'):>6s} "
             f"{_fmt(r.get('fraction_of_roofline'), '.0%'):>5s} "
@@ -280,7 +384,10 @@ def machine() -> dict[str, Any]:
         "jax": jax.__version__,
         "jax_backend": jax.default_backend(),
         "optax": optax.__version__,
+        "jax_devices": [str(d.device_kind) for d in jax.devices()][:1],
         "torch": torch.__version__,
+        "torch_device": torch_device(),
+        "torch_cuda_device": torch.cuda.get_device_name() if torch_device() == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
         "momentum_jax": momentum_jax.__version__,
     }
@@ -318,8 +425,8 @@ def memory_report(total: int) -> dict[str, Any]:
     return report
 
 
-CONFIGS = [(10_000_000, 1), (10_000_000, 100), (10_000_000, 1000), (10_000_000, 5000),
-           (50_000_000, 1)]  # fmt: skip
+CPU_SETS = ["10M in 1", "10M in 100", "10M in 1000", "10M in 5000", "50M in 1", "resnet50"]
+GPU_SETS = ["10M in 1", "10M in 1000", "resnet50", "gpt2-small"]
 CONTENDERS = [
     "momentum_jax.momentum",
     "momentum_jax.nesterov",
@@ -338,27 +445,39 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
     parser.add_argument(
-        "--arrays", type=int, nargs="*", help="only configs with these array counts"
+        "--sets",
+        nargs="*",
+        choices=list(PARAM_SETS),
+        help="parameter sets to time (default: the CPU or GPU list, by backend)",
+    )
+    parser.add_argument(
+        "--loop",
+        type=int,
+        default=None,
+        help="also time steps inside one jitted loop of this length (default 20 on GPU)",
     )
     parser.add_argument("--json", default="benchmarks/out/bench_step.json", help="JSON output")
     args = parser.parse_args(argv)
 
-    configs = [(1_000_000, 1), (1_000_000, 100)] if args.quick else CONFIGS
-    if args.arrays:
-        configs = [c for c in configs if c[1] in args.arrays]
+    gpu = jax.default_backend() == "gpu"
+    if args.quick:
+        sets = {"1M in 1": synthetic(1_000_000, 1), "1M in 100": synthetic(1_000_000, 100)}
+    else:
+        sets = {name: PARAM_SETS[name]() for name in args.sets or (GPU_SETS if gpu else CPU_SETS)}
+    loop = args.loop if args.loop is not None else (20 if gpu else 0)
     reps = 3 if args.quick else args.reps
     info = machine()
     print("machine:", json.dumps(info))
     results = []
-    for total, arrays in configs:
-        built = build(total, arrays, CONTENDERS, seed=0)
+    for name, shapes in sets.items():
+        built = build(shapes, CONTENDERS, seed=0, loop=loop)
         measure(built, reps, args.seconds)
-        result = summarise(total, arrays, built)
+        result = summarise(_numel(shapes), len(shapes), built, name)
         print_table(result)
         results.append(result)
         del built
         gc.collect()
-    memory = memory_report(configs[0][0])
+    memory = memory_report(_numel(next(iter(sets.values()))))
     print("\nmemory (one array):")
     for name, entry in memory.items():
         if isinstance(entry, dict):

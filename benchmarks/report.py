@@ -26,6 +26,8 @@ def markdown(data: dict[str, Any]) -> str:
     for result in data["results"]:
         roof = result["roofline_gbytes_per_s"]
         title = f"{result['params'] / 1e6:g}M float32 params in {result['arrays']} array(s)"
+        if "set" in result and not result["set"][0].isdigit():
+            title = f"{result['set']}: {title}"
         if roof:
             title += f" (triad roofline {roof:.1f} GB/s)"
         lines += ["", f"**{title}**", ""]

@@ -75,3 +75,13 @@ def test_compile_time_script_runs_and_reports_every_contender(
     for name in compile_time.contenders():
         assert f"\n{name} " in out
     assert "6 leaves" in out
+
+
+def test_model_shape_sets_have_the_published_sizes() -> None:
+    bench = _load("bench_step")
+    gpt2 = bench.gpt2_small_shapes()
+    resnet = bench.resnet50_shapes()
+    # GPT-2 small: 124M params in 148 arrays; torchvision's resnet50: 25,557,032 in 161.
+    assert (len(gpt2), bench._numel(gpt2)) == (148, 124_439_808)
+    assert (len(resnet), bench._numel(resnet)) == (161, 25_557_032)
+    assert set(bench.CPU_SETS) | set(bench.GPU_SETS) <= set(bench.PARAM_SETS)
