@@ -43,6 +43,12 @@ LOCAL_X, BARRIER_X, GLOBAL_X = np.sort(np.roots([4.0, 0.0, -4.0, -TILT]).real)
 METHODS = ("gd", "heavy_ball", "nesterov")
 LABELS = {"gd": "gradient descent", "heavy_ball": "heavy ball", "nesterov": "Nesterov"}
 COLORS = {"gd": "black", "heavy_ball": "tab:blue", "nesterov": "tab:orange"}
+MARKERS = {"gd": "o", "heavy_ball": "^", "nesterov": "s"}
+TITLES = {
+    "local minimum": "(a) local minimum: (x²−1)² − 0.3x",
+    "plateau": "(b) plateau: 1 − exp(−(x² + 3y²)/2)",
+    "ravine": "(c) ravine: Rosenbrock",
+}
 CSV_HEADER = ["problem", "method", "momentum", "steps_to_tol", "final_loss", "final_gap", "escaped"]
 
 
@@ -165,16 +171,17 @@ def plot_paths(results: list[dict[str, Any]], path: Path) -> None:
             xs = np.linspace(*view[0], 400)
             ax.plot(xs, (xs**2 - 1) ** 2 - TILT * xs, color="0.6")
             for r in runs:
-                x = r["path"][::4, 0]
+                x = r["path"][::2, 0]
                 ax.plot(
                     x,
                     (x**2 - 1) ** 2 - TILT * x,
-                    "o-",
-                    ms=3,
-                    lw=0.8,
+                    MARKERS[r["method"]],
+                    ms=5,
+                    mfc="none",
                     color=COLORS[r["method"]],
                     label=LABELS[r["method"]],
                 )
+            ax.axvline(BARRIER_X, color="0.6", ls=":", lw=1)
             f_min = float(fn(jnp.asarray(minimizer)))
             ax.plot(minimizer[0], f_min, "*", ms=14, color="gold", mec="black", label="global min")
             ax.set(ylim=(-0.8, 4.0), xlabel="x", ylabel="f(x)")
@@ -183,14 +190,25 @@ def plot_paths(results: list[dict[str, Any]], path: Path) -> None:
             z = np.asarray(jax.vmap(fn)(jnp.stack([gx.ravel(), gy.ravel()], 1))).reshape(gx.shape)
             ax.contour(gx, gy, np.log1p(z), levels=20, colors="0.7", linewidths=0.6)
             for r in runs:
+                gd = (
+                    r["method"] == "gd"
+                )  # drawn on top, with a dot every 5% of the run: it moves least
                 ax.plot(
-                    *r["path"].T, "-", lw=1.2, color=COLORS[r["method"]], label=LABELS[r["method"]]
+                    *r["path"].T,
+                    "--" if gd else "-",
+                    lw=1.2,
+                    color=COLORS[r["method"]],
+                    label=LABELS[r["method"]],
+                    zorder=3 if gd else 2,
                 )
+                if gd:
+                    dots = r["path"][:: max(1, len(r["path"]) // 20)]
+                    ax.plot(*dots.T, ".", color="black", ms=5, zorder=3)
             ax.plot(*start, "ko", mfc="none", ms=8, label="start")
             ax.plot(*minimizer, "*", ms=14, color="gold", mec="black", label="global min")
             ax.set(xlim=view[0], ylim=view[1], xlabel="x", ylabel="y")
-        ax.set_title(f"{name}, learning rate {lr:g}", fontsize=10)
-        ax.legend(fontsize=8)
+        ax.set_title(f"{TITLES[name]}\nlearning rate {lr:g}", fontsize=10)
+        ax.legend(fontsize=7.5, loc="upper right" if len(start) == 1 else "lower left")
     _common.save(fig, path)
 
 
@@ -203,8 +221,9 @@ def plot_gaps(results: list[dict[str, Any]], tol: float, path: Path) -> None:
                 np.maximum(r["gap"], 1e-12), color=COLORS[r["method"]], label=LABELS[r["method"]]
             )
         ax.axhline(tol, color="gray", ls=":", lw=1)
-        ax.set(yscale="log", ylim=(1e-10, None), xlabel="step", ylabel="f − f*", title=name)
+        ax.set(yscale="log", ylim=(1e-10, None), xlabel="step", ylabel="f − f*", title=TITLES[name])
         ax.legend(fontsize=8)
+    fig.tight_layout()
     _common.save(fig, path)
 
 

@@ -290,7 +290,7 @@ def plot(
         ylabel="training loss (median, min–max band)",
         title=f"digits MLP, α = {args.digits_lr:g}, {num_seeds} seeds",
     )
-    fig.legend(loc="lower center", ncol=7, fontsize=8, bbox_to_anchor=(0.5, -0.06))
+    fig.legend(loc="lower center", ncol=7, fontsize=8, bbox_to_anchor=(0.5, -0.1))
     _common.save(fig, path)
 
 
