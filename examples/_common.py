@@ -241,6 +241,13 @@ def clearly_less(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(mean_a + std_a < mean_b - std_b)
 
 
+def verdict(a: np.ndarray, b: np.ndarray, less: str = "lower", more: str = "higher") -> str:
+    """``less`` or ``more`` where a differs from b beyond the seed spread (see clearly_less)."""
+    if clearly_less(a, b):
+        return less
+    return more if clearly_less(b, a) else "no clear difference"
+
+
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     with path.open("w", newline="") as stream:
         csv.writer(stream).writerows([header, *rows])

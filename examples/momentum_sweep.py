@@ -145,9 +145,7 @@ def compare(steps_a: np.ndarray, steps_b: np.ndarray, momenta: np.ndarray) -> st
     """Where a needs fewer steps than b (per momentum), beyond the seed spread."""
     groups: dict[str, list[str]] = {"faster": [], "slower": [], "no clear difference": []}
     for a, b, mu in zip(steps_a, steps_b, momenta, strict=True):
-        key = "faster" if _common.clearly_less(a, b) else "slower"
-        key = key if key == "faster" or _common.clearly_less(b, a) else "no clear difference"
-        groups[key].append(f"{mu:g}")
+        groups[_common.verdict(a, b, "faster", "slower")].append(f"{mu:g}")
     return "; ".join(f"{key} at {', '.join(mus)}" for key, mus in groups.items() if mus)
 
 

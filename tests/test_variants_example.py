@@ -73,8 +73,10 @@ def test_digits(run: tuple[Path, dict]) -> None:
     # All methods start from the same weights for a given seed.
     np.testing.assert_allclose(loss[..., 0], loss[:1, :, 0].repeat(7, 0), rtol=1e-6)
     # Gradient descent (a tenth of the others' long-run step) trails momentum.
-    assert run[1]["verdicts"]["gd"] == "slower"
-    assert set(run[1]["verdicts"].values()) <= {"faster", "slower", "no clear difference"}
+    assert run[1]["verdicts"]["gd"] == ("slower", "higher")
+    for steps, final in run[1]["verdicts"].values():
+        assert steps in {"faster", "slower", "no clear difference"}
+        assert final in {"lower", "higher", "no clear difference"}
 
 
 @pytest.mark.parametrize(("cap", "steps"), [(0.99, 3000), (0.95, 2000), (0.9, 400)])
