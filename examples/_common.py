@@ -1,410 +1,259 @@
-"""Shared code for the examples: optimizers, scan loops, a small MLP, tables and figures.
+"""Helpers shared by the examples: data, a small MLP trained many times at once, outputs.
 
-The examples import this module as ``_common`` (each script's own directory is
-on ``sys.path`` when it runs as ``python examples/NAME.py``).
-
-* :func:`build_optimizer` — the one place where a method name becomes a
-  ``momentum_jax`` transform; gradient descent is ``momentum_jax.momentum``
-  with ``momentum=0``.
-* :func:`run_trajectory` — one optimizer on one deterministic objective, as a
-  single ``lax.scan``.
-* :func:`train_sweep` — many MLPs (variants x momenta x seeds) trained by one
-  compiled program: ``jax.vmap`` over momenta and seeds, ``lax.scan`` over steps.
-* :func:`format_table`, :func:`write_csv`, :func:`get_pyplot`,
-  :func:`save_figure`, :class:`HelpFormatter` — output and command-line helpers.
+The scripts import this module as ``_common`` (a script's own folder is on
+``sys.path`` when it runs as ``python examples/NAME.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import dataclasses
-import io
+import gzip
 import itertools
-import math
-import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
-import momentum_jax
-
-if TYPE_CHECKING:
-    from types import ModuleType
-
-    from _data import Dataset
-    from matplotlib.figure import Figure
-
-# ---------------------------------------------------------------------------
-# Optimizers
-# ---------------------------------------------------------------------------
-
-VARIANTS = ("heavy_ball", "nesterov")
-LABELS = {"gd": "gradient descent", "heavy_ball": "heavy ball", "nesterov": "Nesterov"}
-
-
-def build_optimizer(
-    variant: str, learning_rate: float | jax.Array, momentum: float | jax.Array
-) -> optax.GradientTransformationExtraArgs:
-    """The ``momentum_jax`` transform for ``variant`` (``"heavy_ball"`` or ``"nesterov"``).
-
-    ``momentum`` may be a traced JAX scalar (the transforms never branch on
-    it), so one program can be vmapped over momentum values. With
-    ``momentum=0`` both variants are plain gradient descent.
-    """
-    if variant == "heavy_ball":
-        return momentum_jax.momentum(learning_rate, momentum)
-    if variant == "nesterov":
-        return momentum_jax.nesterov(learning_rate, momentum)
-    raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-
-
-def run_trajectory(
-    loss_fn: Callable[[Any], jax.Array],
-    optimizer: optax.GradientTransformation,
-    params: Any,
-    num_steps: int,
-    record: Callable[[Any], Any] | None = None,
-) -> tuple[Any, jax.Array]:
-    """Run ``num_steps`` optimizer steps on ``loss_fn`` in one compiled ``lax.scan``.
-
-    Args:
-      loss_fn: the objective, ``params -> scalar``.
-      optimizer: any optax transformation.
-      params: the starting point.
-      num_steps: number of updates.
-      record: what to keep from each iterate (default: the params themselves).
-
-    Returns:
-      ``(records, losses)`` for the iterates ``0..num_steps`` (the start
-      included), each with a leading axis of length ``num_steps + 1``.
-    """
-    keep: Callable[[Any], Any] = (lambda p: p) if record is None else record
-
-    def step(carry: tuple[Any, Any], _: None) -> tuple[tuple[Any, Any], tuple[Any, jax.Array]]:
-        params, state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, state = optimizer.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), (keep(params), loss)
-
-    @jax.jit
-    def run(params: Any) -> tuple[Any, jax.Array]:
-        carry = (params, optimizer.init(params))
-        (final, _), (records, losses) = jax.lax.scan(step, carry, None, length=num_steps)
-        records = jax.tree.map(
-            lambda r, last: jnp.concatenate([r, last[None]]), records, keep(final)
-        )
-        return records, jnp.concatenate([losses, loss_fn(final)[None]])
-
-    return run(params)
-
-
-def first_step_below(values: np.ndarray, threshold: float, *, stay: bool = False) -> int | None:
-    """Index of the first entry ``<= threshold`` (``None`` if there is none).
-
-    With ``stay=True``, the first index from which every later entry is also
-    ``<= threshold``; NaN counts as above the threshold.
-    """
-    below = np.asarray(values) <= threshold
-    if stay:
-        above = np.flatnonzero(~below)
-        if above.size == 0:
-            return 0
-        index = int(above[-1]) + 1
-        return index if index < below.size else None
-    hits = np.flatnonzero(below)
-    return int(hits[0]) if hits.size else None
-
-
-# ---------------------------------------------------------------------------
-# A small MLP classifier (pure JAX)
-# ---------------------------------------------------------------------------
-
-MLPParams = list[tuple[jax.Array, jax.Array]]
-
-
-def init_mlp(key: jax.Array, sizes: Sequence[int]) -> MLPParams:
-    """Weights ``N(0, 2/fan_in)`` (He, for ReLU) and zero biases for layer sizes ``sizes``."""
-    shapes = list(itertools.pairwise(sizes))
-    # One draw for all layers: each random op costs compile time on CPU.
-    noise = jax.random.normal(key, (sum(a * b for a, b in shapes),), jnp.float32)
-    params, offset = [], 0
-    for fan_in, fan_out in shapes:
-        block = noise[offset : offset + fan_in * fan_out].reshape(fan_in, fan_out)
-        offset += fan_in * fan_out
-        params.append((block * math.sqrt(2.0 / fan_in), jnp.zeros((fan_out,), jnp.float32)))
-    return params
-
-
-def mlp_logits(params: MLPParams, x: jax.Array) -> jax.Array:
-    """ReLU hidden layers, linear output layer."""
-    for weights, bias in params[:-1]:
-        x = jax.nn.relu(x @ weights + bias)
-    weights, bias = params[-1]
-    return x @ weights + bias
-
-
-def cross_entropy(params: MLPParams, x: jax.Array, y: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy of the MLP on ``(x, y)``."""
-    logits = mlp_logits(params, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-
-def accuracy(params: MLPParams, x: jax.Array, y: jax.Array) -> jax.Array:
-    """Share of rows of ``x`` whose largest logit is the label."""
-    return jnp.mean(jnp.argmax(mlp_logits(params, x), axis=-1) == y)
-
-
-# ---------------------------------------------------------------------------
-# Many MLPs in one compiled program
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepResult:
-    """Everything :func:`train_sweep` measured; array axes are (variant, momentum, seed, ...).
-
-    Attributes:
-      variants: the variant names, e.g. ``("heavy_ball", "nesterov")``.
-      momenta: the momentum values, shape ``(M,)``.
-      seeds: the seeds (each fixes the initial weights and the minibatch order).
-      eval_steps: the steps at which the training loss was measured, shape ``(E,)``;
-        the first is 0 (before training), the last is the number of steps.
-      train_loss: training loss on the evaluation subset, shape ``(V, M, S, E)``.
-      test_loss: final test loss, shape ``(V, M, S)``.
-      test_accuracy: final test accuracy in ``[0, 1]``, shape ``(V, M, S)``.
-      compile_seconds: time spent initializing the models and compiling the programs.
-      train_seconds: time spent training and testing.
-    """
-
-    variants: tuple[str, ...]
-    momenta: np.ndarray
-    seeds: tuple[int, ...]
-    eval_steps: np.ndarray
-    train_loss: np.ndarray
-    test_loss: np.ndarray
-    test_accuracy: np.ndarray
-    compile_seconds: float
-    train_seconds: float
-
-
-def _evals_per_chunk(total_evals: int, target_chunks: int) -> int:
-    # The largest divisor of total_evals giving at least target_chunks chunks,
-    # so that every chunk has the same length and the program compiles once.
-    limit = max(1, total_evals // target_chunks)
-    return max(d for d in range(1, limit + 1) if total_evals % d == 0)
-
-
-def train_sweep(
-    data: Dataset,
-    *,
-    momenta: Sequence[float],
-    seeds: Sequence[int],
-    variants: Sequence[str] = VARIANTS,
-    hidden: Sequence[int] = (64, 64),
-    learning_rate: float = 0.05,
-    batch_size: int = 64,
-    num_steps: int = 1000,
-    eval_every: int = 10,
-    eval_size: int = 2048,
-    progress: bool = True,
-    target_chunks: int = 25,
-) -> SweepResult:
-    """Train one MLP per (variant, momentum, seed) with minibatch SGD + momentum.
-
-    All models train together in one jitted program: ``jax.vmap`` over
-    momentum values and seeds (momentum enters ``momentum_jax`` as a traced
-    scalar), ``lax.scan`` over steps, one vmapped program per variant inside
-    the same ``jax.jit``. The program runs in equal chunks of steps so a
-    progress bar can move between them; it compiles once.
-
-    Each step draws ``batch_size`` training rows uniformly with replacement.
-    Every ``eval_every`` steps the full-batch loss on the first ``eval_size``
-    training rows is recorded. A seed fixes the initial weights and the
-    minibatch sequence, so for a given seed all momentum values and variants
-    start from the same weights and see the same batches.
-
-    Returns:
-      A :class:`SweepResult`.
-    """
-    if num_steps <= 0 or eval_every <= 0 or num_steps % eval_every:
-        raise ValueError(
-            f"num_steps must be a positive multiple of eval_every, got num_steps={num_steps}, "
-            f"eval_every={eval_every}."
-        )
-    for variant in variants:
-        build_optimizer(variant, learning_rate, 0.0)  # validates the name and learning rate
-    for mu in momenta:
-        build_optimizer(variants[0], learning_rate, mu)  # validates the momentum range
-    x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    x_eval, y_eval = jnp.asarray(data.x_train[:eval_size]), jnp.asarray(data.y_train[:eval_size])
-    x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
-    num_train = x_train.shape[0]
-    sizes = (data.num_features, *hidden, 10)
-    mus = jnp.asarray(momenta, jnp.float32)
-    num_momenta = len(momenta)
-
-    @jax.jit
-    def setup(seeds: jax.Array) -> tuple[jax.Array, list[tuple[MLPParams, Any]]]:
-        keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(seeds)
-        seed_params = jax.vmap(lambda k: init_mlp(k, sizes))(keys[:, 0])
-        # Same initial weights for every momentum value: broadcast along a new axis 0.
-        params = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_momenta, *p.shape)), seed_params)
-        states = [
-            (params, jax.vmap(jax.vmap(build_optimizer(v, learning_rate, 0.0).init))(params))
-            for v in variants
-        ]
-        return keys[:, 1], states
-
-    def per_model_chunk(variant: str, evals: int) -> Callable[..., Any]:
-        def chunk(
-            mu: jax.Array,
-            params: MLPParams,
-            opt_state: Any,
-            data_key: jax.Array,
-            step0: jax.Array,
-            x: jax.Array,
-            y: jax.Array,
-            xe: jax.Array,
-            ye: jax.Array,
-        ) -> tuple[tuple[MLPParams, Any], jax.Array]:
-            optimizer = build_optimizer(variant, learning_rate, mu)
-
-            def sgd_step(carry: tuple[MLPParams, Any], t: jax.Array) -> tuple[Any, None]:
-                params, opt_state = carry
-                idx = jax.random.randint(
-                    jax.random.fold_in(data_key, t), (batch_size,), 0, num_train
-                )
-                grads = jax.grad(cross_entropy)(params, x[idx], y[idx])
-                updates, opt_state = optimizer.update(grads, opt_state, params)
-                return (optax.apply_updates(params, updates), opt_state), None
-
-            def block(carry: tuple[MLPParams, Any], t0: jax.Array) -> tuple[Any, jax.Array]:
-                carry, _ = jax.lax.scan(sgd_step, carry, t0 + jnp.arange(eval_every))
-                return carry, cross_entropy(carry[0], xe, ye)
-
-            starts = step0 + eval_every * jnp.arange(evals)
-            return jax.lax.scan(block, (params, opt_state), starts)
-
-        over_seeds = jax.vmap(chunk, in_axes=(None, 0, 0, 0, None, None, None, None, None))
-        return jax.vmap(over_seeds, in_axes=(0, 0, 0, None, None, None, None, None, None))
-
-    total_evals = num_steps // eval_every
-    evals = _evals_per_chunk(total_evals, target_chunks)
-    chunk_fns = [per_model_chunk(variant, evals) for variant in variants]
-
-    # The data travel as arguments, not closed-over constants, so that a large
-    # dataset is not baked into the compiled program.
-    def program(states: Any, step0: jax.Array, inputs: tuple[jax.Array, ...]) -> Any:
-        new_states, losses = [], []
-        for fn, (params, opt_state) in zip(chunk_fns, states, strict=True):
-            state, loss = fn(inputs[0], params, opt_state, inputs[1], step0, *inputs[2:])
-            new_states.append(state)
-            losses.append(loss)
-        return new_states, jnp.stack(losses)
-
-    def evaluate(states: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        def both(params: MLPParams) -> tuple[jax.Array, jax.Array]:
-            return cross_entropy(params, x, y), accuracy(params, x, y)
-
-        results = [jax.vmap(jax.vmap(both))(params) for params, _ in states]
-        return jnp.stack([r[0] for r in results]), jnp.stack([r[1] for r in results])
-
-    start = time.perf_counter()
-    data_keys, states = setup(jnp.asarray(seeds))
-    step0 = jnp.asarray(0, jnp.int32)
-    inputs = (mus, data_keys, x_train, y_train, x_eval, y_eval)
-    compiled = jax.jit(program).lower(states, step0, inputs).compile()
-    evaluate_jit = jax.jit(evaluate)
-    initial_loss, _ = evaluate_jit(states, x_eval, y_eval)
-    compile_seconds = time.perf_counter() - start
-
-    start = time.perf_counter()
-    chunk_losses = [np.asarray(initial_loss)[..., None]]
-    with tqdm(
-        total=num_steps, desc="training", unit="step", disable=not progress, leave=False
-    ) as bar:
-        bar.set_postfix_str(f"{len(variants) * num_momenta * len(seeds)} models")
-        for step in range(0, num_steps, evals * eval_every):
-            states, loss = compiled(states, jnp.asarray(step, jnp.int32), inputs)
-            chunk_losses.append(np.asarray(loss))  # (variant, momentum, seed, evals)
-            bar.update(evals * eval_every)
-    test_loss, test_accuracy = evaluate_jit(states, x_test, y_test)
-    test_accuracy = np.asarray(test_accuracy)
-    train_seconds = time.perf_counter() - start
-
-    return SweepResult(
-        variants=tuple(variants),
-        momenta=np.asarray(momenta, np.float64),
-        seeds=tuple(int(s) for s in seeds),
-        eval_steps=np.arange(total_evals + 1) * eval_every,
-        train_loss=np.concatenate(chunk_losses, axis=-1).astype(np.float64),
-        test_loss=np.asarray(test_loss, np.float64),
-        test_accuracy=test_accuracy.astype(np.float64),
-        compile_seconds=compile_seconds,
-        train_seconds=train_seconds,
-    )
-
-
-# ---------------------------------------------------------------------------
-# Tables, CSV and figures
-# ---------------------------------------------------------------------------
-
-
-def mean_std(values: Sequence[float] | np.ndarray, fmt: str = ".3g", scale: float = 1.0) -> str:
-    """``"mean ± std"`` of the finite values (``"n/a"`` if there are none)."""
-    array = np.asarray(values, np.float64) * scale
-    array = array[np.isfinite(array)]
-    if array.size == 0:
-        return "n/a"
-    if array.size == 1:
-        return format(float(array[0]), fmt)
-    return f"{format(float(array.mean()), fmt)} ± {format(float(array.std()), fmt)}"
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table: a header, a rule, one line per row; columns padded to fit."""
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-
-    def line(row: Sequence[str]) -> str:
-        return "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])]).rstrip()
-
-
-def write_csv(
-    path: str | os.PathLike[str], headers: Sequence[str], rows: Sequence[Sequence[Any]]
-) -> Path:
-    """Write ``rows`` under ``headers`` as CSV, creating the parent directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(headers)
-        writer.writerows(rows)
+OUT = Path(__file__).resolve().parent / "out"
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_train, x_test, y_test
+
+
+def out_dir(name: str, quick: bool, out: Path | None) -> Path:
+    """``--out`` if given, else ``examples/out/NAME`` (``NAME_quick`` for a quick run)."""
+    path = out if out is not None else OUT / (f"{name}_quick" if quick else name)
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except ``None`` (the help text then explains it)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
-            return action.help
-        return super()._get_help_string(action)
+# --- data -------------------------------------------------------------------
 
 
-def get_pyplot() -> ModuleType:
-    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display needed)."""
+def load_digits(seed: int = 0) -> Data:
+    """scikit-learn's bundled 8x8 digits in [0, 1], shuffled by ``seed`` and split 75/25."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    x, y = (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int32)
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = 3 * len(x) // 4
+    return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file of unsigned bytes (plain or gzipped), as an array of its shape."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as error:
+        raise ValueError(f"{path}: cannot decompress ({error})") from error
+    if len(raw) < 4 or raw[:3] != b"\0\0\x08":
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    shape = tuple(int(n) for n in np.frombuffer(raw, ">u4", ndim, offset=4))
+    if len(shape) != ndim or len(raw) != 4 + 4 * ndim + int(np.prod(shape)):
+        raise ValueError(f"{path}: size does not match the header's shape {shape}")
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_mnist(data_dir: Path) -> Data:
+    """MNIST from ``data_dir``: the four IDX files (plain or ``.gz``), else ``mnist.npz``."""
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir}: no such directory")
+    arrays = {}
+    npz = data_dir / "mnist.npz"
+    first = data_dir / IDX_FILES["x_train"]
+    if not first.exists() and not first.with_name(first.name + ".gz").exists() and npz.exists():
+        try:
+            with np.load(npz) as archive:
+                arrays = {key: archive[key] for key in IDX_FILES}
+        except KeyError as error:
+            raise ValueError(
+                f"{npz}: missing array {error}; needs {', '.join(IDX_FILES)}"
+            ) from None
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{npz}: not a readable .npz archive ({error})") from error
+    else:
+        for key, stem in IDX_FILES.items():
+            path = data_dir / stem
+            if not path.exists() and (data_dir / f"{stem}.gz").exists():
+                path = data_dir / f"{stem}.gz"
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: not found (nor {npz})")
+            arrays[key] = read_idx(path)
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if len(x) != len(y):
+            raise ValueError(f"{data_dir}: {len(x)} {split} images but {len(y)} labels")
+    return tuple(  # type: ignore[return-value]
+        arrays[k].reshape(len(arrays[k]), -1).astype(np.float32) / 255.0
+        if k.startswith("x")
+        else arrays[k].astype(np.int32)
+        for k in IDX_FILES
+    )
+
+
+def load_data(name: str, data_dir: Path | None) -> Data:
+    if name == "digits":
+        return load_digits()
+    if data_dir is None:
+        raise ValueError("--data mnist needs --data-dir DIR (the IDX files or mnist.npz)")
+    return load_mnist(Path(data_dir).expanduser())
+
+
+# --- a small MLP, many copies trained in one program -----------------------
+
+
+def init_mlp(key: jax.Array, sizes: Sequence[int]) -> list[tuple[jax.Array, jax.Array]]:
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [
+        (jax.random.normal(k, (a, b)) * jnp.sqrt(2.0 / a), jnp.zeros(b))
+        for k, (a, b) in zip(keys, itertools.pairwise(sizes), strict=True)
+    ]
+
+
+def logits(params: list[tuple[jax.Array, jax.Array]], x: jax.Array) -> jax.Array:
+    for w, b in params[:-1]:
+        x = jax.nn.relu(x @ w + b)
+    return x @ params[-1][0] + params[-1][1]
+
+
+def cross_entropy(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits(params, x), y).mean()
+
+
+def train_mlps(
+    data: Data,
+    optimizers: dict[str, Callable[[jax.Array], optax.GradientTransformation]],
+    hypers: Sequence[float],
+    seeds: Sequence[int],
+    *,
+    steps: int,
+    eval_every: int = 10,
+    batch_size: int = 64,
+    hidden: Sequence[int] = (64, 64),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train one MLP per (method, hyperparameter, seed), all in one jitted program.
+
+    ``optimizers[name](h)`` builds a method's transform from a traced scalar
+    ``h`` (e.g. the momentum); ``jax.vmap`` runs over ``hypers`` and ``seeds``,
+    ``lax.scan`` over the steps. A seed fixes the initial weights and the
+    minibatches, shared by every method and hyperparameter.
+
+    Returns ``(eval_steps, train_loss, test_accuracy)`` with shapes ``(E,)``,
+    ``(methods, hypers, seeds, E)`` and ``(methods, hypers, seeds)``.
+    """
+    x, y, x_test, y_test = map(jnp.asarray, data)
+    sizes = (x.shape[1], *hidden, 10)
+
+    def one(make: Callable[..., Any], h: jax.Array, seed: jax.Array) -> Any:
+        init_key, data_key = jax.random.split(jax.random.key(seed))
+        optimizer = make(h)
+        params = init_mlp(init_key, sizes)
+
+        def step(carry: Any, t: jax.Array) -> Any:
+            params, state = carry
+            idx = jax.random.randint(jax.random.fold_in(data_key, t), (batch_size,), 0, len(x))
+            grads = jax.grad(cross_entropy)(params, x[idx], y[idx])
+            updates, state = optimizer.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), None
+
+        def block(carry: Any, t0: jax.Array) -> Any:
+            carry, _ = jax.lax.scan(step, carry, t0 + jnp.arange(eval_every))
+            return carry, cross_entropy(carry[0], x, y)
+
+        starts = jnp.arange(0, steps, eval_every)
+        (params_end, _), losses = jax.lax.scan(block, (params, optimizer.init(params)), starts)
+        losses = jnp.concatenate([cross_entropy(params, x, y)[None], losses])
+        accuracy = jnp.mean(jnp.argmax(logits(params_end, x_test), -1) == y_test)
+        return losses, accuracy
+
+    @jax.jit
+    def program(hs: jax.Array, ss: jax.Array) -> Any:
+        outs = []
+        for make in optimizers.values():
+            over_seeds = jax.vmap(lambda h, s, make=make: one(make, h, s), (None, 0))
+            outs.append(jax.vmap(over_seeds, (0, None))(hs, ss))
+        return jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs])
+
+    loss, acc = program(jnp.asarray(hypers, jnp.float32), jnp.asarray(seeds))
+    eval_steps = np.arange(0, steps + 1, eval_every)
+    return eval_steps, np.asarray(loss, np.float64), np.asarray(acc, np.float64)
+
+
+# --- numbers ------------------------------------------------------------------
+
+
+def diverged(loss: np.ndarray) -> np.ndarray:
+    """Per run (last axis: time): NaN/inf, above 10x the initial loss, or ending above half of it.
+
+    The last rule catches runs that blew up into a dead network (stuck near
+    chance) or undid their progress, without ever producing a NaN.
+    """
+    first = loss[..., :1]
+    bad = ~np.all(np.isfinite(loss), -1) | np.any(loss > 10 * first, -1)
+    return bad | (loss[..., -1] > 0.5 * first[..., 0])
+
+
+def steps_to(loss: np.ndarray, eval_steps: np.ndarray, target: float) -> np.ndarray:
+    """First evaluated step with ``loss <= target`` (NaN where never reached)."""
+    hit = loss <= target
+    return np.where(hit.any(-1), eval_steps[hit.argmax(-1)], np.nan)
+
+
+def spread(values: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample standard deviation over seeds (std 0 for one seed; NaN propagates)."""
+    v = np.asarray(values, np.float64)
+    std = v.std(axis, ddof=1) if v.shape[axis] > 1 else np.zeros_like(v.mean(axis))
+    return v.mean(axis), std
+
+
+def mean_std(values: np.ndarray, fmt: str = ".0f") -> str:
+    v = np.asarray(values, np.float64).ravel()
+    if v.size == 0 or not np.isfinite(v).all():
+        return f"n/a ({np.isfinite(v).sum()}/{v.size})"
+    mean, std = spread(v)
+    return f"{mean:{fmt}} ± {std:{fmt}}"
+
+
+def clearly_less(a: np.ndarray, b: np.ndarray) -> bool:
+    """a is lower than b beyond the seed spread: mean(a) + std(a) < mean(b) - std(b).
+
+    Needs two seeds or more. NaN means "never reached": a wins if it has none and
+    b has some; a NaN in a is never a win.
+    """
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if min(a.size, b.size) < 2 or not np.isfinite(a).all():
+        return False
+    if not np.isfinite(b).all():
+        return True
+    (mean_a, std_a), (mean_b, std_b) = spread(a), spread(b)
+    return bool(mean_a + std_a < mean_b - std_b)
+
+
+def verdict(a: np.ndarray, b: np.ndarray, less: str = "lower", more: str = "higher") -> str:
+    """``less`` or ``more`` where a differs from b beyond the seed spread (see clearly_less)."""
+    if clearly_less(a, b):
+        return less
+    return more if clearly_less(b, a) else "no clear difference"
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    with path.open("w", newline="") as stream:
+        csv.writer(stream).writerows([header, *rows])
+
+
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -413,71 +262,16 @@ def get_pyplot() -> ModuleType:
     return plt
 
 
-def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 90) -> Path:
-    """Save ``fig`` as a 256-colour palette PNG (parent directory created) and close it.
+def save(fig: Any, path: Path) -> None:
+    """Save as a 256-colour PNG: a third of the size of full colour, same look for line plots."""
+    import io
 
-    A palette keeps a figure with shaded areas around a third of the size of a
-    full-colour PNG, with no visible difference for line plots.
-    """
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    get_pyplot().close(fig)
-    buffer.seek(0)
+    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    pyplot().close(fig)
     with Image.open(buffer) as image:
-        palette = image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
-        palette.save(path, format="PNG", optimize=True)
-    return path
-
-
-def add_mlp_training_arguments(
-    group: Any, *, full_seeds: int, quick_seeds: int, target_loss: float
-) -> None:
-    """The digits-MLP training options shared by the examples that train one."""
-    group.add_argument(
-        "--seeds",
-        type=int,
-        default=None,
-        help=f"number of seeds; each fixes the initial weights and the minibatch order "
-        f"(default {full_seeds}, {quick_seeds} with --quick)",
-    )
-    group.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, +1, ...")
-    group.add_argument("--batch-size", type=int, default=64, help="minibatch size")
-    group.add_argument(
-        "--hidden", type=int, nargs="+", default=[64, 64], help="hidden layer widths of the MLP"
-    )
-    group.add_argument(
-        "--target-loss",
-        type=float,
-        default=target_loss,
-        help="training loss that defines 'steps to target' (convergence speed)",
-    )
-    group.add_argument(
-        "--eval-every", type=int, default=10, help="measure the training loss every N steps"
-    )
-
-
-class SeedOutcomes:
-    """Counts over the seeds of one configuration.
-
-    Mixed into result records that have ``diverged`` (a bool per seed) and
-    ``steps`` (steps to the target loss per seed, NaN where it was missed).
-    """
-
-    diverged: np.ndarray
-    steps: np.ndarray
-
-    @property
-    def num_seeds(self) -> int:
-        return int(self.diverged.size)
-
-    @property
-    def num_diverged(self) -> int:
-        return int(self.diverged.sum())
-
-    @property
-    def num_reached(self) -> int:
-        return int(np.isfinite(self.steps).sum())
+        image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(
+            path, optimize=True
+        )
