@@ -28,6 +28,16 @@ IDX_FILES = {
 Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_train, x_test, y_test
 
 
+def float64() -> Any:
+    """A context in which JAX computes in float64 (``jax.enable_x64``; older JAX: experimental)."""
+    context = getattr(jax, "enable_x64", None)
+    if context is not None:
+        return context(True)
+    from jax import experimental
+
+    return experimental.enable_x64()
+
+
 def out_dir(name: str, quick: bool, out: Path | None) -> Path:
     """``--out`` if given, else ``examples/out/NAME`` (``NAME_quick`` for a quick run)."""
     path = out if out is not None else OUT / (f"{name}_quick" if quick else name)

@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         f"{'κ':>6} {'method':<17} {'theory':>8} {'exact':>8} {'measured':>8} "
         f"{'steps to tol':>12} {'predicted':>9}"
     )
-    with jax.enable_x64(True):
+    with _common.float64():
         for kappa in kappas:
             lam = np.linspace(1.0, kappa, args.dim)
             # Enough steps for gradient descent, the slowest, to pass the floor.

@@ -35,6 +35,7 @@ Outputs (``examples/out/variants/``, ``..._quick/`` with ``--quick``):
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,7 +101,7 @@ def optimizers(lr: float, steps: int, cap: float) -> dict[str, optax.GradientTra
     }
 
 
-@jax.jit(static_argnums=(0, 4))
+@functools.partial(jax.jit, static_argnums=(0, 4))
 def distances(opt: Any, a: jax.Array, x_star: jax.Array, x0: jax.Array, steps: int) -> Any:
     """‖x_t − x*‖ for t = 1..steps, one ``lax.scan``."""
 
@@ -121,7 +122,7 @@ def quadratic(dim: int, kappa: float, seed: int, lr: float, steps: int) -> dict[
     x_star = rng.standard_normal(dim)
     x0 = x_star + rng.standard_normal(dim)
     errors = {}
-    with jax.enable_x64(True):
+    with _common.float64():
         a, x_star, x0 = jnp.asarray(a), jnp.asarray(x_star), jnp.asarray(x0)
         for name, opt in optimizers(lr, steps, cap=0.99).items():
             dist = np.asarray(distances(opt, a, x_star, x0, steps))
