@@ -1,17 +1,22 @@
 """Write ``trajectories_0.1.0.npz``: params after each step of every public transform.
 
-Run from the repository root: ``python tests/golden/make_golden.py``. The
-committed fixture was written by momentum_jax 0.1.0 (commit 26c16e8);
-``tests/test_golden.py`` checks that later code reproduces it.
+Run from the repository root: ``python tests/golden/make_golden.py``; with
+``--states`` it also writes ``states_0.1.0.pkl``, the state of each transform
+after ``STATE_STEP`` updates. Both committed fixtures were written by
+momentum_jax 0.1.0 (commit 26c16e8; the states by this script run with
+``PYTHONPATH`` on an export of that commit's ``momentum_jax``);
+``tests/test_golden.py`` checks that later code reproduces them.
 """
 
 from __future__ import annotations
 
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import optax
 
@@ -23,7 +28,11 @@ from momentum_jax import compat, schedules  # noqa: E402
 from tests import _problems  # noqa: E402
 
 STEPS = 25
+# The optimizer state after this many steps is saved too, as plain nested
+# dicts and lists (what a checkpoint restored without a target looks like).
+STATE_STEP = 20
 FIXTURE = Path(__file__).with_name("trajectories_0.1.0.npz")
+STATES = Path(__file__).with_name("states_0.1.0.pkl")
 
 
 def _lr_schedule() -> optax.Schedule:
@@ -95,6 +104,28 @@ def run(name: str) -> list[Any]:
     return _problems.trajectory(cases()[name](), STEPS)
 
 
+def plain(state: Any) -> Any:
+    """``state`` as nested dicts, lists and numpy arrays (no momentum_jax classes)."""
+    if hasattr(state, "_asdict"):
+        return {key: plain(value) for key, value in state._asdict().items()}
+    if isinstance(state, dict):
+        return {key: plain(value) for key, value in state.items()}
+    if isinstance(state, list | tuple):
+        return [plain(value) for value in state]
+    return None if state is None else np.asarray(state)
+
+
+def state_after(name: str, steps: int) -> Any:
+    tx = cases()[name]()
+    params = _problems.initial_params()
+    state = tx.init(params)
+    for _ in range(steps):
+        grads = jax.grad(_problems.loss)(params)
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return state
+
+
 def main() -> None:
     arrays: dict[str, np.ndarray] = {}
     for name in cases():
@@ -102,6 +133,10 @@ def main() -> None:
         for key in steps[0]:
             arrays[f"{name}/{key}"] = np.stack([step[key] for step in steps])
     np.savez(FIXTURE, **arrays)
+    if "--states" in sys.argv:
+        states = {name: plain(state_after(name, STATE_STEP)) for name in cases()}
+        with STATES.open("wb") as file:
+            pickle.dump(states, file)
     print(f"wrote {len(arrays)} arrays for {len(cases())} transforms to {FIXTURE}")
 
 
