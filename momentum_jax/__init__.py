@@ -5,6 +5,16 @@ Every public transform is a pure ``optax.GradientTransformationExtraArgs``:
 state)``, with the velocity kept in an immutable NamedTuple state whose
 structure, shapes and dtypes never change between steps. Learning rates and
 momenta accept numbers, scalar arrays or optax schedules.
+
+Leaves that do not train: integer and boolean param leaves (Equinox keeps
+them in ``eqx.filter(model, eqx.is_array)``) get no buffer (``None`` in the
+state) and a ``None`` update when their gradient is ``None``, as optax does;
+a gradient that arrives for one is an error naming its path.
+
+The learning-rate-free blocks :func:`scale_by_momentum`, :func:`scale_by_qhm`
+and :func:`scale_by_aggmo` chain with ``optax.scale_by_learning_rate``; the
+optimizers are such chains, except :func:`momentum` (learning rate inside the
+velocity). :func:`restore_state` carries a 0.1.0 state into today's layout.
 """
 
 from momentum_jax import compat as compat

@@ -92,8 +92,7 @@ def scale_by_qhm(
       [ 0.875 -1.25 ]
 
     References:
-      Ma and Yarats, `Quasi-hyperbolic momentum and Adam for deep learning
-      <https://arxiv.org/abs/1810.06801>`_, ICLR 2019.
+      Ma and Yarats, 2019: see :func:`momentum_jax.qhm`.
     """
     name = "momentum_jax.scale_by_qhm"
     _check.check_momentum(name, momentum)
@@ -162,19 +161,17 @@ def qhm(
       its state is a tuple whose first element is a :class:`momentum_jax.QHMState`.
 
     Example:
-      >>> import jax
       >>> import jax.numpy as jnp
       >>> import optax
       >>> import momentum_jax
-      >>> def loss(params):
-      ...   return jnp.sum(jnp.array([1.0, 10.0]) * params ** 2)
+      >>> curvature = jnp.array([1.0, 10.0])
       >>> optimizer = momentum_jax.qhm(learning_rate=0.05, momentum=0.9, nu=0.7)
-      >>> params = jnp.array([1.0, 1.0])
-      >>> state = optimizer.init(params)
+      >>> def step(params, state):  # on the loss sum(curvature * params**2)
+      ...   updates, state = optimizer.update(2 * curvature * params, state)
+      ...   return optax.apply_updates(params, updates), state
+      >>> params, state = jnp.array([1.0, 1.0]), optimizer.init(jnp.zeros(2))
       >>> for _ in range(3):
-      ...   grads = jax.grad(loss)(params)
-      ...   updates, state = optimizer.update(grads, state, params)
-      ...   params = optax.apply_updates(params, updates)
+      ...   params, state = step(params, state)
       >>> print(params)
       [0.8753 0.114]
 
