@@ -71,17 +71,9 @@ def _rising(count: Any) -> Any:
 
 
 def _variants() -> dict[str, Callable[[], optax.GradientTransformation]]:
-    qhm = getattr(momentum_jax, "qhm", None)
-    aggmo = getattr(momentum_jax, "aggmo", None)
-    if qhm is None or aggmo is None:
-        try:
-            from momentum_jax._src import _variants
-        except ImportError:
-            return {}
-        qhm, aggmo = _variants.qhm, _variants.aggmo
     return {
-        "qhm": lambda: qhm(_decay, 0.9, 0.7),
-        "aggmo": lambda: aggmo(_decay, (0.0, 0.9, 0.99)),
+        "qhm": lambda: momentum_jax.qhm(_decay, 0.9, 0.7),
+        "aggmo": lambda: momentum_jax.aggmo(_decay, (0.0, 0.9, 0.99)),
     }
 
 

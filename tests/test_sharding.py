@@ -177,11 +177,9 @@ def test_jitted_init_buffers_are_exact_positive_zeros(name: str) -> None:
     """The jitted init derives its zeros from the params: inf, NaN and -x must give +0."""
     tx = worker.transforms()[name]()
     special = jnp.array([-1.5, jnp.inf, -jnp.inf, jnp.nan, -0.0, 3.0])
-    params = {
-        "f32": special,
-        "bf16": special.astype(jnp.bfloat16),
-        "c64": (special + 1j * special[::-1]).astype(jnp.complex64),
-    }
+    params = {"f32": special, "bf16": special.astype(jnp.bfloat16)}
+    if "accumulator" not in name:  # a float32 accumulator refuses complex params
+        params["c64"] = (special + 1j * special[::-1]).astype(jnp.complex64)
     for state in (jax.jit(tx.init)(params), tx.init(params)):
         buffers = [leaf for leaf in jax.tree.leaves(state) if jnp.ndim(leaf) == 1]
         assert len(buffers) >= len(params)
