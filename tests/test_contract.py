@@ -10,7 +10,8 @@ runs over every row (optax's optimizers-under-test pattern):
   Hessian (so the gradients change every step), and the jitted step is traced
   once;
 * eager ``init`` and jitted ``update`` under ``optax.inject_hyperparams`` follow
-  the plain transform's trajectory;
+  the plain transform's trajectory, with all numeric hyperparameters injected
+  at once and with each one injected alone;
 * where optax has the same optimizer, the row follows optax's trajectory;
 * the state's structure, shapes and dtypes survive ``lax.scan`` and ``lax.cond``
   carries for float16, bfloat16, float32, complex64 and weakly typed params, and
@@ -24,6 +25,7 @@ runs over every row (optax's optimizers-under-test pattern):
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -374,6 +376,21 @@ def test_inject_hyperparams_eager_init_jitted_update_equals_plain(row: Row) -> N
     state = injected.init(_problems.initial_params())
     # Defaults that are numbers (weight_decay=0.0, say) are injected too.
     assert set(row.hyper) <= set(state.hyperparams)
+    expected = _run(tx.init, _step(tx))
+    got = _run(injected.init, jax.jit(_step(injected)))
+    chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+ALONE = [(row, name) for row in ROWS for name in row.hyper]
+
+
+@pytest.mark.parametrize(("row", "name"), ALONE, ids=[f"{row.id}-{name}" for row, name in ALONE])
+def test_inject_hyperparams_each_hyperparameter_alone_equals_plain(row: Row, name: str) -> None:
+    """One traced hyperparameter among concrete ones (zeros too) must not change the chain."""
+    others = tuple(p for p in inspect.signature(row.factory).parameters if p != name)
+    injected = optax.inject_hyperparams(row.factory, static_args=others)(**row.hyper, **row.static)
+    assert set(injected.init(_problems.initial_params()).hyperparams) == {name}
+    tx = row.build()
     expected = _run(tx.init, _step(tx))
     got = _run(injected.init, jax.jit(_step(injected)))
     chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-7)
