@@ -401,7 +401,8 @@ def test_follows_the_optax_equivalent(row: Row) -> None:
     assert row.reference is not None
     reference = row.reference()
     expected = _run(reference.init, _step(reference))
-    got = _run(row.build().init, _step(row.build()))
+    tx = row.build()
+    got = _run(tx.init, _step(tx))
     chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-7)
 
 
