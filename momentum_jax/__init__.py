@@ -5,19 +5,32 @@ Every public transform is a pure ``optax.GradientTransformationExtraArgs``:
 state)``, with the velocity kept in an immutable NamedTuple state whose
 structure, shapes and dtypes never change between steps. Learning rates and
 momenta accept numbers, scalar arrays or optax schedules.
+
+Leaves that do not train: integer and boolean param leaves (Equinox keeps
+them in ``eqx.filter(model, eqx.is_array)``) get no buffer (``None`` in the
+state) and a ``None`` update when their gradient is ``None``, as optax does;
+a gradient that arrives for one is an error naming its path.
+
+The learning-rate-free blocks :func:`scale_by_momentum`, :func:`scale_by_qhm`
+and :func:`scale_by_aggmo` chain with ``optax.scale_by_learning_rate``; the
+optimizers are such chains, except :func:`momentum` (learning rate inside the
+velocity). :func:`restore_state` carries a 0.1.0 state into today's layout.
 """
 
 from momentum_jax import compat as compat
 from momentum_jax import schedules as schedules
-from momentum_jax._src._base import MomentumState as MomentumState
-from momentum_jax._src._base import ScalarOrSchedule as ScalarOrSchedule
+from momentum_jax._src._core import MomentumState as MomentumState
 from momentum_jax._src._core import momentum as momentum
 from momentum_jax._src._core import nesterov as nesterov
 from momentum_jax._src._core import scale_by_momentum as scale_by_momentum
+from momentum_jax._src._restore import restore_state as restore_state
+from momentum_jax._src._validation import ScalarOrSchedule as ScalarOrSchedule
 from momentum_jax._src._variants import AggMoState as AggMoState
 from momentum_jax._src._variants import QHMState as QHMState
 from momentum_jax._src._variants import aggmo as aggmo
 from momentum_jax._src._variants import qhm as qhm
+from momentum_jax._src._variants import scale_by_aggmo as scale_by_aggmo
+from momentum_jax._src._variants import scale_by_qhm as scale_by_qhm
 
 __version__ = "0.1.0"
 
@@ -31,6 +44,9 @@ __all__ = [
     "momentum",
     "nesterov",
     "qhm",
+    "restore_state",
+    "scale_by_aggmo",
     "scale_by_momentum",
+    "scale_by_qhm",
     "schedules",
 ]

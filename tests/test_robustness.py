@@ -202,14 +202,19 @@ def test_without_momentum_a_nan_stays_in_the_param(factory: Factory) -> None:
     [(jnp.zeros((), jnp.int32), "int32"), (jnp.zeros(2, jnp.bool_), "bool")],
     ids=["int32", "bool"],
 )
-def test_integer_and_boolean_params_are_refused_by_name(
+def test_integer_and_boolean_params_get_no_buffer_and_a_none_update(
     factory: Factory, leaf: jax.Array, dtype: str
 ) -> None:
+    # api.md "Leaves that do not train": as optax does for eqx.filter(model, eqx.is_array).
     tx = factory()
-    with pytest.raises(
-        TypeError, match=rf"params must be floating-point.*\['step'\] has dtype {dtype}"
-    ):
-        tx.init({"w": jnp.zeros(3), "step": leaf})
+    params = {"w": jnp.zeros(3), "step": leaf}
+    state = tx.init(params)
+    assert len(jax.tree.leaves(state)) == len(jax.tree.leaves(tx.init({"w": jnp.zeros(3)})))
+    updates, state = tx.update({"w": jnp.ones(3), "step": None}, state, params)
+    assert updates["step"] is None
+    assert np.all(np.asarray(updates["w"]) != 0)
+    with pytest.raises(TypeError, match=r"gradient arrived for the param at \['step'\]"):
+        tx.update({"w": jnp.ones(3), "step": jnp.ones_like(leaf, jnp.float32)}, state, params)
 
 
 @pytest.mark.parametrize("factory", **_ids(EVERY))

@@ -77,7 +77,7 @@ def test_qhm_three_steps_by_hand() -> None:
         expected = -lr * ((1 - nu) * g + nu * b)
         updates, state = tx.update(jnp.asarray(g, jnp.float32), state)
         np.testing.assert_allclose(updates, expected, rtol=1e-6)
-        np.testing.assert_allclose(state.buffer, b, rtol=1e-6)
+        np.testing.assert_allclose(state[0].buffer, b, rtol=1e-6)
     # Step two by hand: b = 0.9 * (0.1, -0.2) + 0.1 * (0.5, 1.0) = (0.14, -0.08);
     # u = -0.1 * (0.3 * (0.5, 1.0) + 0.7 * (0.14, -0.08)) = (-0.0248, -0.0244).
     state = tx.init(jnp.zeros(2))
@@ -259,7 +259,7 @@ def test_aggmo_three_steps_by_hand() -> None:
     np.testing.assert_allclose(got[1], -lr / 3 * (3 * g2 + 1.4 * g1), rtol=1e-6)
     expected_3 = -lr / 3 * (3 * g3 + 1.4 * g2 + 1.06 * g1)
     np.testing.assert_allclose(got[2], expected_3, rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(state.buffers[1], 0.25 * g1 + 0.5 * g2 + g3, rtol=1e-6)
+    np.testing.assert_allclose(state[0].buffers[1], 0.25 * g1 + 0.5 * g2 + g3, rtol=1e-6)
 
 
 def test_aggmo_one_buffer_is_heavy_ball_momentum() -> None:
@@ -397,7 +397,7 @@ def test_state_is_a_stable_scan_and_cond_carry(
 
     (scanned_params, scanned_state), _ = jax.lax.scan(body, (params, state), length=12)
     assert _signature(scanned_state) == before
-    assert int(scanned_state.count) == 12
+    assert int(scanned_state[0].count) == 12
     eager = _problems.trajectory(tx, 12)[-1]
     for key in eager:
         np.testing.assert_allclose(scanned_params[key], eager[key], rtol=1e-6, atol=1e-7)
@@ -411,17 +411,19 @@ def test_state_is_a_stable_scan_and_cond_carry(
     skipped = maybe_update(jnp.array(True), scanned_state)
     updated = maybe_update(jnp.array(False), scanned_state)
     assert _signature(skipped) == _signature(updated) == before
-    assert int(skipped.count) == 12
-    assert int(updated.count) == 13
+    assert int(skipped[0].count) == 12
+    assert int(updated[0].count) == 13
 
 
 def test_state_types() -> None:
     params = _problems.initial_params()
-    qhm_state = qhm(0.1).init(params)
+    # qhm and aggmo are chain(block, optax.scale_by_learning_rate): the block's
+    # state comes first.
+    qhm_state = qhm(0.1).init(params)[0]
     assert isinstance(qhm_state, QHMState)
     assert qhm_state.count.dtype == jnp.int32
     assert qhm_state.count.shape == ()
-    aggmo_state = aggmo(0.1, (0.0, 0.5, 0.9, 0.99)).init(params)
+    aggmo_state = aggmo(0.1, (0.0, 0.5, 0.9, 0.99)).init(params)[0]
     assert isinstance(aggmo_state, AggMoState)
     assert aggmo_state.count.dtype == jnp.int32
     assert isinstance(aggmo_state.buffers, tuple)
@@ -456,7 +458,7 @@ def test_inject_hyperparams_aggmo_keeps_momenta_static() -> None:
     injected_tx = optax.inject_hyperparams(aggmo)(learning_rate=0.05, momenta=momenta)
     state = injected_tx.init(_problems.initial_params())
     assert set(state.hyperparams) == {"learning_rate"}
-    assert len(state.inner_state.buffers) == 3
+    assert len(state.inner_state[0].buffers) == 3
     _problems.assert_trajectories_close(
         _problems.trajectory(injected_tx, 20), direct, rtol=1e-6, atol=1e-7
     )
@@ -480,7 +482,7 @@ def test_bfloat16_params_with_float32_buffers(
     tx = make(accumulator_dtype=jnp.float32)
     params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _problems.initial_params())
     state = tx.init(params)
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state)[1:])
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state[0])[1:])
     before = _signature(state)
     step = jax.jit(lambda p, s: _step(tx, p, s))
     for _ in range(10):
@@ -509,8 +511,8 @@ def test_float32_buffer_keeps_small_qhm_increments_for_bfloat16_params() -> None
     update = jax.jit(tx.update)
     for _ in range(300):
         _, state = update(jnp.ones(4, jnp.bfloat16), state)
-    assert state.buffer.dtype == jnp.float32
-    np.testing.assert_allclose(state.buffer, 1.0 - 0.999**300, rtol=1e-4)
+    assert state[0].buffer.dtype == jnp.float32
+    np.testing.assert_allclose(state[0].buffer, 1.0 - 0.999**300, rtol=1e-4)
 
 
 def test_float32_buffers_for_bfloat16_params_aggmo() -> None:
@@ -521,7 +523,7 @@ def test_float32_buffers_for_bfloat16_params_aggmo() -> None:
     for _ in range(100):
         updates, state = update(jnp.ones(3, jnp.bfloat16), state)
     assert updates.dtype == jnp.bfloat16
-    for beta, buffer in zip(momenta, state.buffers, strict=True):
+    for beta, buffer in zip(momenta, state[0].buffers, strict=True):
         assert buffer.dtype == jnp.float32
         np.testing.assert_allclose(buffer, (1.0 - beta**100) / (1.0 - beta), rtol=1e-5)
 
@@ -553,16 +555,22 @@ def test_count_saturates(make: Callable[..., optax.GradientTransformation]) -> N
     tx = make()
     params = _problems.initial_params()
     top = np.iinfo(np.int32).max
-    state = tx.init(params)._replace(count=jnp.asarray(top, jnp.int32))
+    block_state, lr_state = tx.init(params)
+    state = (block_state._replace(count=jnp.asarray(top, jnp.int32)), lr_state)
     _, state = tx.update(jax.grad(_problems.loss)(params), state, params)
-    assert int(state.count) == top
-    assert state.count.dtype == jnp.int32
+    assert int(state[0].count) == top
+    assert state[0].count.dtype == jnp.int32
 
 
 @both
-def test_integer_params_are_refused(make: Callable[..., optax.GradientTransformation]) -> None:
-    with pytest.raises(TypeError, match=r"params must be floating-point.*\['n'\].*int32"):
-        make().init({"n": jnp.zeros(2, jnp.int32)})
+def test_integer_params_get_no_buffer(make: Callable[..., optax.GradientTransformation]) -> None:
+    tx = make()
+    params = {"w": jnp.zeros(2), "n": jnp.zeros(2, jnp.int32)}
+    state = tx.init(params)
+    updates, _ = tx.update({"w": jnp.ones(2), "n": None}, state, params)
+    assert updates["n"] is None
+    with pytest.raises(TypeError, match=r"gradient arrived for the param at \['n'\]"):
+        tx.update({"w": jnp.ones(2), "n": jnp.ones(2)}, state, params)
 
 
 # --------------------------------------------------------------------------
@@ -575,7 +583,7 @@ def test_integer_params_are_refused(make: Callable[..., optax.GradientTransforma
     [
         ({"momentum": 1.0}, ValueError, r"momentum must be in \[0, 1\), got momentum=1\.0"),
         ({"momentum": -0.1}, ValueError, r"momentum must be in \[0, 1\), got momentum=-0\.1"),
-        ({"learning_rate": -0.1}, ValueError, r"learning_rate must be in \[0, inf\].*=-0\.1"),
+        ({"learning_rate": -0.1}, ValueError, r"learning_rate must be in \[0, inf\).*=-0\.1"),
         ({"nu": 1.5}, ValueError, r"nu must be in \[0, 1\], got nu=1\.5"),
         ({"nu": -0.2}, ValueError, r"nu must be in \[0, 1\], got nu=-0\.2"),
         ({"nu": jnp.float32(2.0)}, ValueError, r"nu must be in \[0, 1\], got nu=.*2\."),
@@ -619,7 +627,7 @@ def test_aggmo_bad_momenta(momenta: Any, error: type[Exception], match: str) -> 
 
 
 def test_aggmo_bad_learning_rate_and_dtype() -> None:
-    with pytest.raises(ValueError, match=r"aggmo: learning_rate must be in \[0, inf\].*=-1"):
+    with pytest.raises(ValueError, match=r"aggmo: learning_rate must be in \[0, inf\).*=-1"):
         aggmo(-1)
     with pytest.raises(TypeError, match=r"aggmo: accumulator_dtype.*bool"):
         aggmo(0.1, accumulator_dtype=jnp.bool_)

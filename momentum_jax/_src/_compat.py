@@ -5,50 +5,24 @@ Each preset is a chain of building blocks; none restates another's math.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
-from momentum_jax._src import _base, _core
-from momentum_jax._src._base import ScalarOrSchedule
+from momentum_jax._src import _core, _kernels, _tree
+from momentum_jax._src import _validation as _check
+from momentum_jax._src._validation import ScalarOrSchedule
 
 
-def _scale_by_learning_rate(
-    fn_name: str, learning_rate: ScalarOrSchedule, arg: str = "learning_rate"
+def _checked(
+    fn_name: str, inner: optax.GradientTransformation, needs_params: tuple[str, Any] | None = None
 ) -> optax.GradientTransformationExtraArgs:
-    """``u = -lr_t * u``, outside any buffer, with the checks of the core transforms."""
+    """``inner`` (an optax stage), with our checks of the gradients and params.
 
-    def init_fn(params: optax.Params) -> optax.ScaleByScheduleState:
-        _base.check_params_dtypes(fn_name, params)
-        return optax.ScaleByScheduleState(count=_base.zero_count())
-
-    def update_fn(
-        updates: optax.Updates,
-        state: optax.OptState,
-        params: optax.Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, optax.ScaleByScheduleState]:
-        del extra_args
-        state = cast(optax.ScaleByScheduleState, state)
-        if params is not None:
-            _base.check_same_structure(fn_name, updates, params)
-        lr = _base.evaluate(fn_name, arg, learning_rate, state.count)
-        updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
-        return updates, optax.ScaleByScheduleState(_base.safe_increment(state.count))
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _torch_gradient(
-    fn_name: str, weight_decay: Any, maximize: bool
-) -> optax.GradientTransformationExtraArgs:
-    """PyTorch's gradient preprocessing: negate for ``maximize``, then add ``wd * theta``."""
-
-    def init_fn(params: optax.Params) -> optax.EmptyState:
-        _base.check_params_dtypes(fn_name, params)
-        return optax.EmptyState()
+    ``needs_params`` names the argument, and its value, that makes ``inner``
+    read the params; ``update`` then refuses ``params=None``.
+    """
 
     def update_fn(
         updates: optax.Updates,
@@ -57,23 +31,15 @@ def _torch_gradient(
         **extra_args: Any,
     ) -> tuple[optax.Updates, optax.OptState]:
         del extra_args
-        if params is None:
-            if weight_decay is not None:
-                raise ValueError(
-                    f"{fn_name}: weight_decay={weight_decay!r} needs the params, but "
-                    "update() was called with params=None. Pass params to update()."
-                )
-        else:
-            _base.check_same_structure(fn_name, updates, params)
-        if maximize:
-            updates = jax.tree.map(jnp.negative, updates)
-        if weight_decay is not None:
-            updates = jax.tree.map(
-                lambda g, p: (g + weight_decay * p).astype(g.dtype), updates, params
-            )
-        return updates, state
+        if params is None and needs_params is not None:
+            raise _check.needs_params_error(fn_name, *needs_params)
+        # This stage comes before any buffer: the gradients are checked against
+        # the params, with no gradient expected where a param does not train.
+        reference = updates if params is None else _tree.trainable_only(params)
+        _tree.check_tree(fn_name, updates, reference, against="the params have")
+        return inner.update(updates, state, params)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
 
 def _decoupled_weight_decay(
@@ -84,28 +50,18 @@ def _decoupled_weight_decay(
     # update it produces (this transform goes last in the chain).
     def init_fn(params: optax.Params) -> optax.ScaleByScheduleState:
         del params
-        return optax.ScaleByScheduleState(count=_base.zero_count())
+        return optax.ScaleByScheduleState(count=_tree.zero_count())
 
-    def update_fn(
-        updates: optax.Updates,
-        state: optax.OptState,
-        params: optax.Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, optax.ScaleByScheduleState]:
-        del extra_args
-        state = cast(optax.ScaleByScheduleState, state)
-        if params is None:
-            raise ValueError(
-                f"{fn_name}: weight_decay={weight_decay!r} needs the params, but "
-                "update() was called with params=None. Pass params to update()."
-            )
-        lr = _base.evaluate(fn_name, "learning_rate", learning_rate, state.count)
-        updates = jax.tree.map(
-            lambda u, p: (u - lr * weight_decay * p).astype(u.dtype), updates, params
+    def shrink(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        state = _tree.check_state(fn_name, state, optax.ScaleByScheduleState, updates)
+        lr = _check.evaluate(fn_name, "learning_rate", learning_rate, state.count)
+        updates = _tree.map_buffers(
+            lambda u, p: _kernels.cast(u - lr * weight_decay * p, u.dtype), updates, params
         )
-        return updates, optax.ScaleByScheduleState(_base.safe_increment(state.count))
+        return updates, optax.ScaleByScheduleState(_tree.safe_increment(state.count))
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    decay = optax.GradientTransformation(init_fn, shrink)
+    return _checked(fn_name, decay, needs_params=("weight_decay", weight_decay))
 
 
 def torch_sgd(
@@ -133,7 +89,15 @@ def torch_sgd(
     ``optimizer.step()`` counted from 0 (a ``LambdaLR(opt, f)`` stepped after
     each ``optimizer.step()`` is ``lambda k: base_lr * f(k)``).
 
-    With a concrete ``momentum=0`` no buffer is kept, as in PyTorch.
+    With a Python ``momentum=0`` no buffer is kept, as in PyTorch, and with a
+    Python ``weight_decay=0`` no decay stage. The chain's stages depend only on
+    such Python values and flags, never on array values: under
+    ``optax.inject_hyperparams`` (which passes arrays) every stage is kept,
+    and gives the same numbers. It is ``optax.chain(optax.scale(-1.0)`` (when
+    ``maximize``), ``optax.add_decayed_weights(weight_decay)``,
+    :func:`momentum_jax.scale_by_momentum`,
+    ``optax.scale_by_learning_rate(lr))``. Integer and boolean params get no
+    buffer and a ``None`` update when their gradient is ``None``.
 
     Args:
       lr: learning rate :math:`\alpha_t \ge 0`, or a schedule.
@@ -163,23 +127,29 @@ def torch_sgd(
       `torch.optim.SGD <https://pytorch.org/docs/stable/generated/torch.optim.SGD.html>`_.
     """
     name = "momentum_jax.compat.torch_sgd"
-    _base.check_learning_rate(name, lr, arg="lr")
-    mu = _base.check_momentum(name, momentum)
-    tau = _base.check_dampening(name, dampening)
-    decay = _base.check_weight_decay(name, weight_decay)
-    nesterov = _base.check_bool(name, "nesterov", nesterov)
-    maximize = _base.check_bool(name, "maximize", maximize)
+    _check.check_learning_rate(name, lr, arg="lr")
+    mu = _check.check_momentum(name, momentum)
+    tau = _check.check_dampening(name, dampening)
+    _check.check_weight_decay(name, weight_decay)
+    nesterov = _check.check_bool(name, "nesterov", nesterov)
+    maximize = _check.check_bool(name, "maximize", maximize)
     if nesterov and ((mu is not None and mu <= 0.0) or (tau is not None and tau != 0.0)):
         raise ValueError(
             f"{name}: nesterov=True requires momentum > 0 and dampening = 0, as in "
             f"torch.optim.SGD; got momentum={momentum!r}, dampening={dampening!r}."
         )
+    # Stages depend on Python types and flags only, never on array values, so
+    # optax.inject_hyperparams builds the same chain at init and under jit.
     parts: list[optax.GradientTransformation] = []
-    if maximize or decay != 0.0:
-        parts.append(_torch_gradient(name, None if decay == 0.0 else weight_decay, maximize))
-    if mu != 0.0:
-        parts.append(_core.gradient_buffer(name, momentum, nesterov=nesterov, dampening=dampening))
-    parts.append(_scale_by_learning_rate(name, lr, arg="lr"))
+    if maximize:
+        parts.append(optax.scale(-1.0))
+    if not _check.is_python_zero(weight_decay):
+        decay = optax.add_decayed_weights(weight_decay)
+        parts.append(_checked(name, decay, needs_params=("weight_decay", weight_decay)))
+    if not _check.is_python_zero(momentum):
+        parts.append(_core.scale_by_momentum(momentum, nesterov=nesterov, dampening=dampening))
+    scale = optax.scale_by_learning_rate(_check.checked_schedule(name, "lr", lr))
+    parts.append(scale if len(parts) > int(maximize) else _checked(name, scale))
     return optax.chain(*parts)
 
 
@@ -205,6 +175,12 @@ def keras_sgd(
     ``LearningRateSchedule`` is evaluated at the optimizer's ``iterations``
     (0 on the first step), which is what an optax schedule sees here.
 
+    With a Python ``momentum=0`` no velocity is kept (as in Keras) and with
+    ``weight_decay`` ``None`` or a Python ``0`` no decay stage; arrays, which
+    ``optax.inject_hyperparams`` passes, always keep both, with the same
+    numbers. Integer and boolean params get no buffer and a ``None`` update
+    when their gradient is ``None``.
+
     Args:
       learning_rate: :math:`\alpha_t \ge 0`, or a schedule.
       momentum: :math:`\mu \in [0, 1)`, or a schedule.
@@ -213,16 +189,17 @@ def keras_sgd(
         needs ``params`` in ``update``.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``.
+      An ``optax.GradientTransformationExtraArgs`` (a chain of the momentum
+      step and, when there is one, the decay stage).
 
     Example:
-      >>> import jax.numpy as jnp
       >>> import optax
+      >>> import jax.numpy as jnp
       >>> from momentum_jax import compat
       >>> optimizer = compat.keras_sgd(0.1, momentum=0.9, nesterov=True)
       >>> params = jnp.array([1.0, -1.0])
-      >>> state = optimizer.init(params)
-      >>> updates, state = optimizer.update(jnp.array([0.5, 0.5]), state, params)
+      >>> grads = jnp.array([0.5, 0.5])
+      >>> updates, _ = optimizer.update(grads, optimizer.init(params), params)
       >>> print(optax.apply_updates(params, updates))
       [ 0.905 -1.095]
 
@@ -230,16 +207,24 @@ def keras_sgd(
       `keras.optimizers.SGD <https://keras.io/api/optimizers/sgd/>`_.
     """
     name = "momentum_jax.compat.keras_sgd"
-    _base.check_learning_rate(name, learning_rate)
-    mu = _base.check_momentum(name, momentum)
-    nesterov = _base.check_bool(name, "nesterov", nesterov)
-    decay = None if weight_decay is None else _base.check_weight_decay(name, weight_decay)
-    if mu == 0.0:
-        # Keras keeps no momentum variable then; neither do we.
-        step: optax.GradientTransformation = _scale_by_learning_rate(name, learning_rate)
+    _check.check_learning_rate(name, learning_rate)
+    _check.check_momentum(name, momentum)
+    nesterov = _check.check_bool(name, "nesterov", nesterov)
+    if weight_decay is not None:
+        _check.check_weight_decay(name, weight_decay)
+    step: optax.GradientTransformation
+    if _check.is_python_zero(momentum):
+        # Keras keeps no momentum variable then; neither do we. (An array zero,
+        # as inject_hyperparams passes, keeps the velocity: same numbers.)
+        step = _checked(
+            name,
+            optax.scale_by_learning_rate(
+                _check.checked_schedule(name, "learning_rate", learning_rate)
+            ),
+        )
     else:
         step = _core.momentum(learning_rate, momentum, nesterov=nesterov)
-    if weight_decay is None or decay == 0.0:
+    if weight_decay is None or _check.is_python_zero(weight_decay):
         return optax.chain(step)
     # The decay term is added to the finished momentum update: it must not
     # enter the velocity, and the momentum step depends on the gradient alone.
@@ -265,6 +250,11 @@ def tf1_momentum(
     the whole accumulator. The global step is incremented after each update, so
     the first update sees the schedule at 0, as an optax schedule does.
 
+    It is ``optax.chain(momentum_jax.scale_by_momentum(momentum),
+    optax.scale_by_learning_rate(learning_rate))``, which for a constant
+    momentum is ``optax.sgd`` bit for bit. Integer and boolean params get no
+    buffer and a ``None`` update when their gradient is ``None``.
+
     Args:
       learning_rate: :math:`\alpha_t \ge 0`, or a schedule.
       momentum: :math:`\mu \in [0, 1)`, or a schedule.
@@ -276,22 +266,22 @@ def tf1_momentum(
     Example:
       >>> import jax.numpy as jnp
       >>> from momentum_jax import compat
-      >>> optimizer = compat.tf1_momentum(0.1, 0.9)
+      >>> optimizer = compat.tf1_momentum(0.1, 0.9, use_nesterov=True)
       >>> state = optimizer.init(jnp.zeros(2))
-      >>> for grads in (jnp.array([1.0, 2.0]), jnp.array([1.0, -2.0])):
-      ...   updates, state = optimizer.update(grads, state)
+      >>> _, state = optimizer.update(jnp.array([1.0, 2.0]), state)
+      >>> updates, state = optimizer.update(jnp.array([1.0, -2.0]), state)
       >>> print(updates)
-      [-0.19  0.02]
+      [-0.271  0.218]
 
     References:
       `tf.compat.v1.train.MomentumOptimizer
       <https://www.tensorflow.org/api_docs/python/tf/compat/v1/train/MomentumOptimizer>`_.
     """
     name = "momentum_jax.compat.tf1_momentum"
-    _base.check_learning_rate(name, learning_rate)
-    _base.check_momentum(name, momentum)
-    use_nesterov = _base.check_bool(name, "use_nesterov", use_nesterov)
+    _check.check_learning_rate(name, learning_rate)
+    _check.check_momentum(name, momentum)
+    use_nesterov = _check.check_bool(name, "use_nesterov", use_nesterov)
     return optax.chain(
-        _core.gradient_buffer(name, momentum, nesterov=use_nesterov),
-        _scale_by_learning_rate(name, learning_rate),
+        _core.scale_by_momentum(momentum, nesterov=use_nesterov),
+        optax.scale_by_learning_rate(_check.checked_schedule(name, "learning_rate", learning_rate)),
     )

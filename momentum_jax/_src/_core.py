@@ -2,52 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax._src import _base
-from momentum_jax._src._base import MomentumState, ScalarOrSchedule
+from momentum_jax._src import _kernels, _tree
+from momentum_jax._src import _validation as _check
+from momentum_jax._src._validation import ScalarOrSchedule
 
 
-def _cast(x: jax.Array, dtype: Any) -> jax.Array:
-    # A Python-level test on a static dtype: no cast traced when none is needed,
-    # which keeps tracing cheap for models with thousands of arrays.
-    return x if x.dtype == dtype else x.astype(dtype)
+class MomentumState(NamedTuple):
+    """State of :func:`momentum_jax.momentum` and :func:`scale_by_momentum`.
 
+    Attributes:
+      count: number of updates done so far. ``shape=(), dtype=int32``; it
+        saturates at ``2**31 - 1`` instead of overflowing.
+      velocity: the momentum buffer, a pytree shaped like the params. Its
+        dtype is the ``accumulator_dtype`` given to the transform, or each
+        param's own dtype when that is ``None``; it never changes between
+        steps. Integer and boolean params have ``None`` here.
+    """
 
-def _widen(g: jax.Array, buffer: jax.Array) -> jax.Array:
-    # Arithmetic happens in the wider of the gradient and buffer dtypes, so a
-    # float32 buffer for bfloat16 params really accumulates in float32.
-    return g if g.dtype == buffer.dtype else g.astype(jnp.promote_types(g.dtype, buffer.dtype))
-
-
-def _velocity_step(g: jax.Array, v: jax.Array, lr: Any, mu: Any) -> jax.Array:
-    # The learning rate multiplies only the new gradient, so a schedule never
-    # rescales the history already in the velocity (Sutskever et al., 2013).
-    return _cast(mu * v + lr * _widen(g, v), v.dtype)
-
-
-def _heavy_ball_update(g: jax.Array, v: jax.Array) -> jax.Array:
-    # -v, written as a multiply by -1 (exact, bit-identical to a negation):
-    # XLA:CPU keeps the multiply, and compiles the param update p + v*(-1)
-    # that apply_updates then builds into a faster loop than p + (-v), about
-    # 10% on a 10M-param step. See benchmarks/xla_cpu_probes.py.
-    return _cast(v * -1.0, g.dtype)
-
-
-def _look_ahead_update(g: jax.Array, v: jax.Array, lr: Any, mu_next: Any) -> jax.Array:
-    return _cast(-(mu_next * v + lr * _widen(g, v)), g.dtype)
-
-
-def _buffer_step(g: jax.Array, b: jax.Array, mu: Any, damping: Any) -> jax.Array:
-    return _cast(mu * b + damping * _widen(g, b), b.dtype)
-
-
-def _buffer_look_ahead(g: jax.Array, b: jax.Array, mu: Any) -> jax.Array:
-    return _cast(_widen(g, b) + mu * b, g.dtype)
+    count: jax.Array  # type: ignore[assignment]  # shape=(), dtype=int32
+    velocity: Any  # pytree shaped like params
 
 
 def momentum(
@@ -88,13 +67,17 @@ def momentum(
     Hyperparameters may be numbers, scalar arrays or optax schedules; a schedule
     is evaluated at the number of updates already done (0 for the first).
 
+    Integer and boolean leaves do not train (see :mod:`momentum_jax`).
+
     Args:
       learning_rate: the step size :math:`\alpha_t` (``>= 0``), or a schedule.
       momentum: the decay :math:`\mu_t` of the velocity, in ``[0, 1)``, or a
         schedule such as :func:`momentum_jax.schedules.sutskever`.
       nesterov: use the Nesterov look-ahead update instead of the heavy ball.
-      weight_decay: coupled L2 coefficient :math:`\lambda \ge 0`. When it is
-        not a concrete zero, ``params`` must be passed to ``update``.
+      weight_decay: coupled L2 coefficient :math:`\lambda \ge 0`. Unless it is
+        a Python ``0``, ``params`` must be passed to ``update`` (an array, even
+        a zero one, keeps the decay term, so that ``optax.inject_hyperparams``
+        traces the same computation it initialised).
       accumulator_dtype: dtype of the velocity; ``None`` keeps each param's
         dtype. ``jnp.float32`` keeps an exact buffer for bfloat16 params.
 
@@ -128,56 +111,46 @@ def momentum(
       ICML 2013.
     """
     name = "momentum_jax.momentum"
-    _base.check_learning_rate(name, learning_rate)
-    _base.check_momentum(name, momentum)
-    nesterov = _base.check_bool(name, "nesterov", nesterov)
-    decay = _base.check_weight_decay(name, weight_decay)
-    dtype = _base.check_dtype(name, "accumulator_dtype", accumulator_dtype)
-    # A concrete zero removes the decay term from the program; anything else
-    # (including a value traced by inject_hyperparams) keeps it.
-    use_decay = decay != 0.0
+    _check.check_learning_rate(name, learning_rate)
+    _check.check_momentum(name, momentum)
+    nesterov = _check.check_bool(name, "nesterov", nesterov)
+    _check.check_weight_decay(name, weight_decay)
+    dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
+    # Only a Python zero removes the decay term: an array (which is what
+    # optax.inject_hyperparams passes, concrete at init and traced under jit)
+    # keeps it, so the computation never depends on a hyperparameter's value.
+    use_decay = not (isinstance(weight_decay, int | float) and weight_decay == 0)
 
-    def init_fn(params: optax.Params) -> MomentumState:
-        return MomentumState(_base.zero_count(), _base.init_buffer(name, params, dtype))
-
-    def update_fn(
-        updates: optax.Updates,
-        state: optax.OptState,
-        params: optax.Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, MomentumState]:
-        state = cast(MomentumState, state)
-        del extra_args
-        _base.check_same_structure(name, updates, state.velocity)
+    def step(updates: Any, state: MomentumState, params: Any) -> tuple[Any, Any]:
         if use_decay:
             if params is None:
-                raise ValueError(
-                    f"{name}: weight_decay={weight_decay!r} needs the params, but "
-                    "update() was called with params=None. Pass params to update(); "
-                    "under optax.inject_hyperparams with no weight decay, use "
-                    "static_args=('weight_decay',) to keep it a Python zero."
-                )
-            # Coupled L2 in the gradient's own dtype, as torch's grad.add(param, alpha=wd).
-            updates = jax.tree.map(
-                lambda g, p: _cast(g + weight_decay * p, g.dtype), updates, params
-            )
-        lr = _base.evaluate(name, "learning_rate", learning_rate, state.count)
-        mu = _base.evaluate(name, "momentum", momentum, state.count)
-        velocity = jax.tree.map(lambda g, v: _velocity_step(g, v, lr, mu), updates, state.velocity)
+                raise _check.needs_params_error(name, "weight_decay", weight_decay)
+            updates = _kernels.coupled_weight_decay(updates, params, weight_decay)
+        lr = _check.evaluate(name, "learning_rate", learning_rate, state.count)
+        mu = _check.evaluate(name, "momentum", momentum, state.count)
+        # The learning rate multiplies only the new gradient, so a schedule never
+        # rescales the history already in the velocity (Sutskever et al., 2013).
+        velocity = _tree.map_buffers(
+            lambda g, v: _kernels.decay_add(g, v, mu, lr), updates, state.velocity
+        )
         if nesterov:
             mu_next = (
-                _base.evaluate(name, "momentum", momentum, _base.safe_increment(state.count))
+                _check.evaluate(name, "momentum", momentum, _tree.safe_increment(state.count))
                 if callable(momentum)
                 else mu
             )
-            new_updates = jax.tree.map(
-                lambda g, v: _look_ahead_update(g, v, lr, mu_next), updates, velocity
+            out = _tree.map_buffers(
+                lambda g, v: _kernels.negate(_kernels.decay_add(g, v, mu_next, lr), g.dtype),
+                updates,
+                velocity,
             )
         else:
-            new_updates = jax.tree.map(_heavy_ball_update, updates, velocity)
-        return new_updates, MomentumState(_base.safe_increment(state.count), velocity)
+            out = _tree.map_buffers(lambda g, v: _kernels.negate(v, g.dtype), updates, velocity)
+        return out, velocity
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _tree.buffer_block(
+        name, MomentumState, lambda params: _tree.init_buffer(name, params, dtype), step
+    )
 
 
 # ``nesterov`` takes an argument named ``momentum`` that shadows the function.
@@ -204,11 +177,11 @@ def nesterov(
       accumulator_dtype: dtype of the velocity, as in :func:`momentum`.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``.
+      ``momentum(learning_rate, momentum, nesterov=True, ...)``.
 
     Example:
-      >>> import jax.numpy as jnp
       >>> import optax
+      >>> import jax.numpy as jnp
       >>> import momentum_jax
       >>> optimizer = optax.chain(
       ...     optax.clip_by_global_norm(1.0),
@@ -258,6 +231,8 @@ def scale_by_momentum(
     a learning-rate schedule rescales the whole buffer at once, unlike
     :func:`momentum`.
 
+    Integer and boolean leaves do not train (see :mod:`momentum_jax`).
+
     Args:
       momentum: the decay :math:`\mu_t` in ``[0, 1)``, or a schedule.
       nesterov: return :math:`g_t + \mu_t b_t` instead of :math:`b_t`. Requires
@@ -289,61 +264,34 @@ def scale_by_momentum(
       learning library <https://arxiv.org/abs/1912.01703>`_, 2019
       (``torch.optim.SGD``).
     """
-    return gradient_buffer(
-        "momentum_jax.scale_by_momentum",
-        momentum,
-        nesterov=nesterov,
-        dampening=dampening,
-        accumulator_dtype=accumulator_dtype,
-    )
-
-
-def gradient_buffer(
-    name: str,
-    momentum: ScalarOrSchedule,
-    *,
-    nesterov: bool = False,
-    dampening: float | jax.Array = 0.0,
-    accumulator_dtype: Any | None = None,
-) -> optax.GradientTransformationExtraArgs:
-    """:func:`scale_by_momentum`, reporting errors under the caller's ``name``."""
-    _base.check_momentum(name, momentum)
-    nesterov = _base.check_bool(name, "nesterov", nesterov)
-    tau = _base.check_dampening(name, dampening)
-    if nesterov and tau is not None and tau != 0.0:
-        raise ValueError(
-            f"{name}: nesterov=True requires dampening=0, got dampening={dampening!r}. "
-            "The Nesterov correction g + mu*b assumes an undamped buffer."
-        )
-    dtype = _base.check_dtype(name, "accumulator_dtype", accumulator_dtype)
+    name = "momentum_jax.scale_by_momentum"
+    _check.check_momentum(name, momentum)
+    nesterov = _check.check_bool(name, "nesterov", nesterov)
+    tau = _check.check_dampening(name, dampening)
+    _check.check_nesterov_dampening(name, nesterov, tau, dampening)
+    dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
     # With no dampening, b_1 = mu*0 + g_1 = g_1 already; only a possibly
-    # non-zero dampening needs the explicit first-step rule.
-    needs_first_step_rule = tau != 0.0
+    # non-zero dampening (any array, even a zero one) needs the first-step rule.
+    needs_first_step_rule = not (isinstance(dampening, int | float) and dampening == 0)
 
-    def init_fn(params: optax.Params) -> MomentumState:
-        return MomentumState(_base.zero_count(), _base.init_buffer(name, params, dtype))
-
-    def update_fn(
-        updates: optax.Updates,
-        state: optax.OptState,
-        params: optax.Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, MomentumState]:
-        state = cast(MomentumState, state)
-        del params, extra_args
-        _base.check_same_structure(name, updates, state.velocity)
-        mu = _base.evaluate(name, "momentum", momentum, state.count)
-        damping: Any
+    def step(updates: Any, state: MomentumState, params: Any) -> tuple[Any, Any]:
+        del params
+        mu = _check.evaluate(name, "momentum", momentum, state.count)
+        damping: Any = None
         if needs_first_step_rule:
-            damping = jnp.where(state.count == 0, 1.0, 1.0 - jnp.asarray(dampening))
             # On the first step mu*b is mu*0, so a damping of 1 gives b_1 = g_1.
-        else:
-            damping = 1.0
-        buffer = jax.tree.map(lambda g, b: _buffer_step(g, b, mu, damping), updates, state.velocity)
+            damping = jnp.where(state.count == 0, 1.0, 1.0 - jnp.asarray(dampening))
+        buffer = _tree.map_buffers(
+            lambda g, b: _kernels.decay_add(g, b, mu, damping), updates, state.velocity
+        )
         if nesterov:
-            out = jax.tree.map(lambda g, b: _buffer_look_ahead(g, b, mu), updates, buffer)
+            out = _tree.map_buffers(
+                lambda g, b: _kernels.decay_add(g, b, mu, dtype=g.dtype), updates, buffer
+            )
         else:
-            out = jax.tree.map(lambda g, b: _cast(b, g.dtype), updates, buffer)
-        return out, MomentumState(_base.safe_increment(state.count), buffer)
+            out = _tree.map_buffers(lambda g, b: _kernels.cast(b, g.dtype), updates, buffer)
+        return out, buffer
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _tree.buffer_block(
+        name, MomentumState, lambda params: _tree.init_buffer(name, params, dtype), step
+    )

@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from momentum_jax._src import _base
-
-
-def _check_positive_int(fn_name: str, arg: str, value: Any) -> int:
-    # Step counts must be exact integers: a float such as 2.5 would silently
-    # move every stage boundary.
-    if isinstance(value, bool | np.bool_):
-        raise TypeError(f"{fn_name}: {arg} must be a positive integer, got the boolean {value!r}.")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"{fn_name}: {arg} must be a positive integer, got {type(value).__name__} {value!r}."
-        ) from None
-    if number < 1:
-        raise ValueError(
-            f"{fn_name}: {arg} must be a positive integer (>= 1), got {arg}={value!r}."
-        )
-    return number
+from momentum_jax._src import _validation as _check
 
 
 def sutskever(max_momentum: float | jax.Array, steps_per_stage: int = 250) -> optax.Schedule:
@@ -69,8 +49,8 @@ def sutskever(max_momentum: float | jax.Array, steps_per_stage: int = 250) -> op
       ICML 2013.
     """
     name = "momentum_jax.schedules.sutskever"
-    _base.check_momentum(name, max_momentum, arg="max_momentum")
-    stage_length = _check_positive_int(name, "steps_per_stage", steps_per_stage)
+    _check.check_momentum(name, max_momentum, arg="max_momentum", schedule_ok=False)
+    stage_length = _check.check_positive_int(name, "steps_per_stage", steps_per_stage)
 
     def schedule(count: Any) -> jax.Array:
         stage = jnp.maximum(jnp.floor_divide(jnp.asarray(count), stage_length), 0)
@@ -102,12 +82,12 @@ def demon(init_momentum: float | jax.Array, total_steps: int) -> optax.Schedule:
         update count on.
 
     Returns:
-      A schedule ``count -> momentum`` returning a float32 scalar; pass it as
-      the ``momentum`` of any momentum_jax transform.
+      The function ``count -> momentum`` (a float32 scalar), for the
+      ``momentum`` argument of any transform here.
 
     Example:
-      >>> import jax.numpy as jnp
       >>> from momentum_jax import schedules
+      >>> import jax.numpy as jnp
       >>> schedule = schedules.demon(0.9, total_steps=100)
       >>> print(jnp.stack([schedule(t) for t in (0, 25, 50, 75, 100, 150)]))
       [0.9      0.871    0.8182   0.6923   0.       0.      ]
@@ -117,8 +97,8 @@ def demon(init_momentum: float | jax.Array, total_steps: int) -> optax.Schedule:
       momentum decay <https://arxiv.org/abs/1910.04952>`_, ICASSP 2022.
     """
     name = "momentum_jax.schedules.demon"
-    _base.check_momentum(name, init_momentum, arg="init_momentum")
-    horizon = _check_positive_int(name, "total_steps", total_steps)
+    _check.check_momentum(name, init_momentum, arg="init_momentum", schedule_ok=False)
+    horizon = _check.check_positive_int(name, "total_steps", total_steps)
 
     def schedule(count: Any) -> jax.Array:
         # Multiplying through by T gives beta0 (T - t) / (T - beta0 t): one

@@ -1,21 +1,24 @@
-"""Momentum variants: quasi-hyperbolic momentum (QHM) and aggregated momentum (AggMo)."""
+"""Momentum variants: quasi-hyperbolic momentum (QHM) and aggregated momentum (AggMo).
+
+Each variant is a learning-rate-free block (:func:`scale_by_qhm`,
+:func:`scale_by_aggmo`) chained with ``optax.scale_by_learning_rate``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence, Set
-from typing import Any, NamedTuple, cast
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
-from momentum_jax._src import _base
-from momentum_jax._src._base import ScalarOrSchedule
+from momentum_jax._src import _kernels, _tree
+from momentum_jax._src import _validation as _check
+from momentum_jax._src._validation import ScalarOrSchedule
 
 
 class QHMState(NamedTuple):
-    """State of :func:`momentum_jax.qhm`.
+    """State of :func:`momentum_jax.scale_by_qhm` (the first stage of :func:`momentum_jax.qhm`).
 
     Attributes:
       count: number of updates done so far. ``shape=(), dtype=int32``; it
@@ -32,7 +35,7 @@ class QHMState(NamedTuple):
 
 
 class AggMoState(NamedTuple):
-    """State of :func:`momentum_jax.aggmo`.
+    """State of :func:`momentum_jax.scale_by_aggmo` (the first stage of :func:`momentum_jax.aggmo`).
 
     Attributes:
       count: number of updates done so far. ``shape=(), dtype=int32``; it
@@ -53,36 +56,66 @@ class AggMoState(NamedTuple):
     buffers: tuple[Any, ...]  # K pytrees shaped like params
 
 
-def _wide(g: jax.Array, b: jax.Array) -> Any:
-    # Arithmetic in the wider of the gradient and buffer dtypes, so a float32
-    # buffer for bfloat16 params receives the gradient at full precision.
-    return jnp.promote_types(g.dtype, b.dtype)
+def scale_by_qhm(
+    momentum: ScalarOrSchedule = 0.999,
+    nu: ScalarOrSchedule = 0.7,
+    *,
+    accumulator_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""The learning-rate-free block of quasi-hyperbolic momentum.
 
+    .. math::
 
-def _ema_step(g: jax.Array, b: jax.Array, beta: Any) -> jax.Array:
-    g = g.astype(_wide(g, b))
-    return (beta * b + (1 - beta) * g).astype(b.dtype)
+      b_0 = 0, \qquad b_t = \beta_t b_{t-1} + (1 - \beta_t) g_t, \qquad
+      o_t = (1 - \nu_t) g_t + \nu_t b_t.
 
+    The output is neither negated nor scaled: :func:`momentum_jax.qhm` is
+    ``optax.chain(scale_by_qhm(momentum, nu), optax.scale_by_learning_rate(lr))``.
+    Integer and boolean leaves get no buffer (see :mod:`momentum_jax`).
 
-def _qhm_update(g: jax.Array, b: jax.Array, lr: Any, nu: Any) -> jax.Array:
-    wide = g.astype(_wide(g, b))
-    return (-lr * ((1 - nu) * wide + nu * b)).astype(g.dtype)
+    Args:
+      momentum: the averaging factor :math:`\beta_t` in ``[0, 1)``, or a schedule.
+      nu: the immediate discount :math:`\nu_t` in ``[0, 1]``, or a schedule.
+      accumulator_dtype: the buffer's dtype (``None``: each param's own).
 
+    Returns:
+      The block, whose state is a :class:`momentum_jax.QHMState`.
 
-def _accumulate(g: jax.Array, b: jax.Array, beta: Any) -> jax.Array:
-    return (beta * b + g.astype(_wide(g, b))).astype(b.dtype)
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import momentum_jax
+      >>> block = momentum_jax.scale_by_qhm(momentum=0.5, nu=0.5)
+      >>> state = block.init(jnp.zeros(2))
+      >>> _, state = block.update(jnp.array([1.0, 2.0]), state)
+      >>> out, state = block.update(jnp.array([1.0, -2.0]), state)
+      >>> print(out)
+      [ 0.875 -1.25 ]
 
+    References:
+      Ma and Yarats, 2019: see :func:`momentum_jax.qhm`.
+    """
+    name = "momentum_jax.scale_by_qhm"
+    _check.check_momentum(name, momentum)
+    _check.check_nu(name, nu)
+    dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
 
-def _accumulate_tree(updates: Any, buffer: Any, beta: Any) -> Any:
-    return jax.tree.map(lambda g, b: _accumulate(g, b, beta), updates, buffer)
+    def step(updates: Any, state: QHMState, params: Any) -> tuple[Any, Any]:
+        del params
+        beta = _check.evaluate(name, "momentum", momentum, state.count)
+        weight = _check.evaluate(name, "nu", nu, state.count)
+        buffer = _tree.map_buffers(
+            lambda g, b: _kernels.decay_add(g, b, beta, 1 - beta), updates, state.buffer
+        )
+        out = _tree.map_buffers(
+            lambda g, b: _kernels.decay_add(g, b, weight, 1 - weight, dtype=g.dtype),
+            updates,
+            buffer,
+        )
+        return out, buffer
 
-
-def _aggmo_update(g: jax.Array, *buffers: jax.Array, lr: Any) -> jax.Array:
-    wide = jnp.result_type(g, *buffers)
-    total = buffers[0].astype(wide)
-    for b in buffers[1:]:
-        total = total + b.astype(wide)
-    return (-(lr / len(buffers)) * total).astype(g.dtype)
+    return _tree.buffer_block(
+        name, QHMState, lambda params: _tree.init_buffer(name, params, dtype), step
+    )
 
 
 def qhm(
@@ -112,8 +145,7 @@ def qhm(
     :math:`\alpha (1 - \beta)`. The authors recommend :math:`\nu = 0.7`,
     :math:`\beta = 0.999` as a default.
 
-    Hyperparameters may be numbers, scalar arrays or optax schedules; a schedule
-    is evaluated at the number of updates already done (0 for the first).
+    Integer and boolean leaves do not train (see :mod:`momentum_jax`).
 
     Args:
       learning_rate: the step size :math:`\alpha_t` (``>= 0``), or a schedule.
@@ -125,23 +157,21 @@ def qhm(
         dtype. ``jnp.float32`` keeps an exact buffer for bfloat16 params.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` whose state is a
-      :class:`momentum_jax.QHMState`.
+      ``optax.chain(scale_by_qhm(momentum, nu), optax.scale_by_learning_rate(learning_rate))``:
+      its state is a tuple whose first element is a :class:`momentum_jax.QHMState`.
 
     Example:
-      >>> import jax
       >>> import jax.numpy as jnp
       >>> import optax
-      >>> from momentum_jax._src._variants import qhm
-      >>> def loss(params):
-      ...   return jnp.sum(jnp.array([1.0, 10.0]) * params ** 2)
-      >>> optimizer = qhm(learning_rate=0.05, momentum=0.9, nu=0.7)
-      >>> params = jnp.array([1.0, 1.0])
-      >>> state = optimizer.init(params)
+      >>> import momentum_jax
+      >>> curvature = jnp.array([1.0, 10.0])
+      >>> optimizer = momentum_jax.qhm(learning_rate=0.05, momentum=0.9, nu=0.7)
+      >>> def step(params, state):  # on the loss sum(curvature * params**2)
+      ...   updates, state = optimizer.update(2 * curvature * params, state)
+      ...   return optax.apply_updates(params, updates), state
+      >>> params, state = jnp.array([1.0, 1.0]), optimizer.init(jnp.zeros(2))
       >>> for _ in range(3):
-      ...   grads = jax.grad(loss)(params)
-      ...   updates, state = optimizer.update(grads, state, params)
-      ...   params = optax.apply_updates(params, updates)
+      ...   params, state = step(params, state)
       >>> print(params)
       [0.8753 0.114]
 
@@ -150,92 +180,80 @@ def qhm(
       <https://arxiv.org/abs/1810.06801>`_, ICLR 2019.
     """
     name = "momentum_jax.qhm"
-    _base.check_learning_rate(name, learning_rate)
-    _base.check_momentum(name, momentum)
-    _base.check_range(
-        name,
-        "nu",
-        nu,
-        low=0.0,
-        high=1.0,
-        high_inclusive=True,
-        hint="nu=0 is plain SGD and nu=1 steps along the averaged buffer alone.",
+    _check.check_learning_rate(name, learning_rate)
+    _check.check_momentum(name, momentum)
+    _check.check_nu(name, nu)
+    _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
+    return optax.chain(
+        scale_by_qhm(momentum, nu, accumulator_dtype=accumulator_dtype),
+        optax.scale_by_learning_rate(_check.checked_schedule(name, "learning_rate", learning_rate)),
     )
-    dtype = _base.check_dtype(name, "accumulator_dtype", accumulator_dtype)
-
-    def init_fn(params: optax.Params) -> QHMState:
-        return QHMState(_base.zero_count(), _base.init_buffer(name, params, dtype))
-
-    def update_fn(
-        updates: optax.Updates,
-        state: optax.OptState,
-        params: optax.Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, QHMState]:
-        state = cast(QHMState, state)
-        del params, extra_args
-        _base.check_same_structure(name, updates, state.buffer)
-        lr = _base.evaluate(name, "learning_rate", learning_rate, state.count)
-        beta = _base.evaluate(name, "momentum", momentum, state.count)
-        weight = _base.evaluate(name, "nu", nu, state.count)
-        buffer = jax.tree.map(lambda g, b: _ema_step(g, b, beta), updates, state.buffer)
-        new_updates = jax.tree.map(lambda g, b: _qhm_update(g, b, lr, weight), updates, buffer)
-        return new_updates, QHMState(_base.safe_increment(state.count), buffer)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _check_momenta(fn_name: str, momenta: Any) -> int:
-    """Validate ``momenta`` at build time and return how many there are."""
-    example = "a tuple of numbers such as momenta=(0.0, 0.9, 0.99)"
-    if _base.is_traced(momenta) or isinstance(momenta, jax.Array | np.ndarray):
-        # A 1-D array, for instance one that optax.inject_hyperparams traces.
-        if np.ndim(momenta) != 1:
+def scale_by_aggmo(
+    momenta: Sequence[float | jax.Array] | jax.Array = (0.0, 0.9, 0.99),
+    *,
+    accumulator_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""The learning-rate-free block of aggregated momentum: the mean of ``K`` buffers.
+
+    .. math::
+
+      b_{i,0} = 0, \qquad b_{i,t} = \beta_i b_{i,t-1} + g_t, \qquad
+      o_t = \frac{1}{K} \sum_{i=1}^{K} b_{i,t}.
+
+    The output is neither negated nor scaled: :func:`momentum_jax.aggmo` is
+    ``optax.chain(scale_by_aggmo(momenta), optax.scale_by_learning_rate(lr))``.
+    Integer and boolean leaves get no buffers (see :mod:`momentum_jax`).
+
+    Args:
+      momenta: the ``K >= 1`` momenta :math:`\beta_i`, each in ``[0, 1)``; a
+        tuple of numbers, or a 1-D array.
+      accumulator_dtype: dtype of the buffers; ``None`` keeps each param's dtype.
+
+    Returns:
+      The block; its state is an :class:`momentum_jax.AggMoState`.
+
+    Example:
+      >>> import momentum_jax
+      >>> import jax.numpy as jnp
+      >>> block = momentum_jax.scale_by_aggmo(momenta=(0.0, 0.5))
+      >>> state = block.init(jnp.zeros(2))
+      >>> for grads in (jnp.array([1.0, 2.0]), jnp.array([1.0, -2.0])):
+      ...   out, state = block.update(grads, state)
+      >>> print(out)
+      [ 1.25 -1.5 ]
+
+    References:
+      Lucas et al., 2019: see :func:`momentum_jax.aggmo`.
+    """
+    name = "momentum_jax.scale_by_aggmo"
+    num_buffers = _check.check_momenta(name, momenta)
+    dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
+
+    def init_buffers(params: Any) -> tuple[Any, ...]:
+        return tuple(_tree.init_buffer(name, params, dtype) for _ in range(num_buffers))
+
+    def first_buffer(state: AggMoState) -> Any:
+        if len(state.buffers) != num_buffers:
             raise ValueError(
-                f"{fn_name}: momenta must be one-dimensional (one momentum per "
-                f"buffer), got an array of shape {np.shape(momenta)}."
+                f"{name}: the state holds {len(state.buffers)} buffers but the "
+                f"transform was built with {num_buffers} momenta. Call init again."
             )
-        if not (
-            jnp.issubdtype(momenta.dtype, jnp.integer)
-            or jnp.issubdtype(momenta.dtype, jnp.floating)
-        ):
-            raise TypeError(
-                f"{fn_name}: momenta must hold real numbers, got an array of dtype {momenta.dtype}."
+        return state.buffers[0]
+
+    def step(updates: Any, state: AggMoState, params: Any) -> tuple[Any, Any]:
+        del params
+        buffers = tuple(
+            _tree.map_buffers(
+                lambda g, b, beta=momenta[i]: _kernels.decay_add(g, b, beta), updates, buffer
             )
-        count = int(np.shape(momenta)[0])
-        elements: Sequence[Any] = (
-            [] if _base.is_traced(momenta) else [float(beta) for beta in np.asarray(momenta)]
+            for i, buffer in enumerate(state.buffers)
         )
-    elif (
-        callable(momenta)
-        or isinstance(momenta, str | bytes | Mapping | Set)
-        or not isinstance(momenta, Sequence)
-    ):
-        hint = ""
-        if isinstance(momenta, int | float) and not isinstance(momenta, bool):
-            hint = f" For a single buffer, write momenta=({momenta!r},)."
-        raise TypeError(
-            f"{fn_name}: momenta must be {example}, got {type(momenta).__name__} {momenta!r}.{hint}"
-        )
-    else:
-        count = len(momenta)
-        elements = momenta
-    if count == 0:
-        raise ValueError(
-            f"{fn_name}: momenta must hold at least one momentum, got momenta={momenta!r}. "
-            f"Pass {example}."
-        )
-    for index, beta in enumerate(elements):
-        arg = f"momenta[{index}]"
-        numeric = isinstance(beta, int | float | jax.Array | np.ndarray | np.generic)
-        if isinstance(beta, bool | np.bool_) or not numeric:
-            # Schedules are refused too: AggMo keeps each buffer's momentum fixed.
-            raise TypeError(
-                f"{fn_name}: {arg} must be a number in [0, 1), got "
-                f"{arg}={beta!r} (a {type(beta).__name__})."
-            )
-        _base.check_momentum(fn_name, beta, arg=arg)
-    return count
+        out = _tree.map_buffers(lambda g, *bs: _kernels.mean(g, bs), updates, *buffers)
+        return out, buffers
+
+    return _tree.buffer_block(name, AggMoState, init_buffers, step, first_buffer)
 
 
 def aggmo(
@@ -274,22 +292,20 @@ def aggmo(
         dtype.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` whose state is a
-      :class:`momentum_jax.AggMoState` holding ``K`` param-shaped buffers.
+      ``optax.chain(scale_by_aggmo(momenta), optax.scale_by_learning_rate(learning_rate))``:
+      its state is a tuple whose first element is a :class:`momentum_jax.AggMoState`
+      holding ``K`` param-shaped buffers.
 
     Example:
-      >>> import jax
       >>> import jax.numpy as jnp
       >>> import optax
-      >>> from momentum_jax._src._variants import aggmo
-      >>> def loss(params):
-      ...   return jnp.sum(jnp.array([1.0, 10.0]) * params ** 2)
-      >>> optimizer = aggmo(learning_rate=0.02, momenta=(0.0, 0.9, 0.99))
+      >>> import momentum_jax
+      >>> curvature = jnp.array([1.0, 10.0])
+      >>> optimizer = momentum_jax.aggmo(learning_rate=0.02, momenta=(0.0, 0.9, 0.99))
       >>> params = jnp.array([1.0, 1.0])
       >>> state = optimizer.init(params)
-      >>> for _ in range(3):
-      ...   grads = jax.grad(loss)(params)
-      ...   updates, state = optimizer.update(grads, state, params)
+      >>> for _ in range(3):  # the gradient of sum(curvature * params**2)
+      ...   updates, state = optimizer.update(2 * curvature * params, state)
       ...   params = optax.apply_updates(params, updates)
       >>> print(params)
       [ 0.8125 -0.3251 ]
@@ -299,35 +315,10 @@ def aggmo(
       passive damping <https://arxiv.org/abs/1804.00325>`_, ICLR 2019.
     """
     name = "momentum_jax.aggmo"
-    _base.check_learning_rate(name, learning_rate)
-    num_buffers = _check_momenta(name, momenta)
-    dtype = _base.check_dtype(name, "accumulator_dtype", accumulator_dtype)
-
-    def init_fn(params: optax.Params) -> AggMoState:
-        return AggMoState(
-            _base.zero_count(),
-            tuple(_base.init_buffer(name, params, dtype) for _ in range(num_buffers)),
-        )
-
-    def update_fn(
-        updates: optax.Updates,
-        state: optax.OptState,
-        params: optax.Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, AggMoState]:
-        state = cast(AggMoState, state)
-        del params, extra_args
-        if len(state.buffers) != num_buffers:
-            raise ValueError(
-                f"{name}: the state holds {len(state.buffers)} buffers but the "
-                f"transform was built with {num_buffers} momenta. Call init again."
-            )
-        _base.check_same_structure(name, updates, state.buffers[0])
-        lr = _base.evaluate(name, "learning_rate", learning_rate, state.count)
-        buffers = tuple(
-            _accumulate_tree(updates, buffer, momenta[i]) for i, buffer in enumerate(state.buffers)
-        )
-        new_updates = jax.tree.map(lambda g, *bs: _aggmo_update(g, *bs, lr=lr), updates, *buffers)
-        return new_updates, AggMoState(_base.safe_increment(state.count), buffers)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    _check.check_learning_rate(name, learning_rate)
+    _check.check_momenta(name, momenta)
+    _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
+    return optax.chain(
+        scale_by_aggmo(momenta, accumulator_dtype=accumulator_dtype),
+        optax.scale_by_learning_rate(_check.checked_schedule(name, "learning_rate", learning_rate)),
+    )
