@@ -103,3 +103,15 @@ def test_aggmo_step_moves_by_at_most_one_rounding() -> None:
         updates, state = tx.update(g, state)
         total = sum(b + g for b in old_buffers)
         np.testing.assert_array_max_ulp(updates, -(0.05 / 3) * total, maxulp=1)
+
+
+def test_restore_state_takes_the_0_1_0_namedtuples() -> None:
+    # 0.1.0's qhm state was a bare QHMState; 0.2.0's is (QHMState, scale state).
+    params = {"w": jnp.ones(2)}
+    old = momentum_jax.QHMState(jnp.asarray(7, jnp.int32), {"w": jnp.array([0.5, -0.5])})
+    tx = momentum_jax.qhm(optax.linear_schedule(0.1, 0.0, 10), 0.9)
+    state = momentum_jax.restore_state(old, tx, params)
+    assert isinstance(state[0], momentum_jax.QHMState)
+    assert int(state[0].count) == 7
+    assert int(state[1].count) == 7  # the learning-rate schedule continues too
+    np.testing.assert_array_equal(state[0].buffer["w"], [0.5, -0.5])

@@ -30,6 +30,8 @@ INJECTED: list[tuple[Callable[..., Any], dict[str, Any], bool]] = [
     (compat.torch_sgd, {"lr": 0.1, "momentum": 0.9}, False),
     (compat.torch_sgd, {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}, False),
     (compat.torch_sgd, {"lr": 0.1, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0}, False),
+    # PyTorch ignores dampening when momentum is 0, injected or not.
+    (compat.torch_sgd, {"lr": 0.1, "momentum": 0.0, "dampening": 0.5}, False),
     (compat.keras_sgd, {"learning_rate": 0.1}, False),
     (compat.keras_sgd, {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.01}, False),
     (compat.keras_sgd, {"learning_rate": 0.1, "momentum": 0.0, "weight_decay": 0.0}, False),

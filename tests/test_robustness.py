@@ -23,19 +23,8 @@ INT32_MAX = int(np.iinfo(np.int32).max)
 Factory = Callable[[], optax.GradientTransformation]
 
 
-def _variant(name: str) -> Any:
-    found = getattr(momentum_jax, name, None)
-    if found is None:
-        try:
-            from momentum_jax._src import _variants
-        except ImportError:
-            return None
-        found = getattr(_variants, name, None)
-    return found
-
-
-QHM = _variant("qhm")
-AGGMO = _variant("aggmo")
+QHM = momentum_jax.qhm
+AGGMO = momentum_jax.aggmo
 
 # Transforms that keep a param-shaped buffer.
 STATEFUL: dict[str, Factory] = {
@@ -47,10 +36,8 @@ STATEFUL: dict[str, Factory] = {
     "keras_sgd": lambda: compat.keras_sgd(0.05, 0.9, nesterov=True, weight_decay=1e-3),
     "tf1_momentum": lambda: compat.tf1_momentum(0.05, 0.9, use_nesterov=True),
 }
-if QHM is not None:
-    STATEFUL["qhm"] = lambda: QHM(0.05, 0.9, 0.7)
-if AGGMO is not None:
-    STATEFUL["aggmo"] = lambda: AGGMO(0.05, (0.0, 0.9, 0.99))
+STATEFUL["qhm"] = lambda: momentum_jax.qhm(0.05, 0.9, 0.7)
+STATEFUL["aggmo"] = lambda: momentum_jax.aggmo(0.05, (0.0, 0.9, 0.99))
 
 # With momentum=0 the presets keep no buffer, as PyTorch and Keras do.
 STATELESS: dict[str, Factory] = {
@@ -244,16 +231,14 @@ NON_SCALAR_SCHEDULES = [
     pytest.param(lambda s: compat.tf1_momentum(s, 0.9), "learning_rate", id="tf1-lr"),
     pytest.param(lambda s: compat.tf1_momentum(0.1, s), "momentum", id="tf1-momentum"),
 ]
-if QHM is not None:
-    NON_SCALAR_SCHEDULES += [
-        pytest.param(lambda s: QHM(s, 0.9, 0.7), "learning_rate", id="qhm-lr"),
-        pytest.param(lambda s: QHM(0.1, s, 0.7), "momentum", id="qhm-momentum"),
-        pytest.param(lambda s: QHM(0.1, 0.9, s), "nu", id="qhm-nu"),
-    ]
-if AGGMO is not None:
-    NON_SCALAR_SCHEDULES += [
-        pytest.param(lambda s: AGGMO(s, (0.0, 0.9)), "learning_rate", id="aggmo-lr"),
-    ]
+NON_SCALAR_SCHEDULES += [
+    pytest.param(lambda s: QHM(s, 0.9, 0.7), "learning_rate", id="qhm-lr"),
+    pytest.param(lambda s: QHM(0.1, s, 0.7), "momentum", id="qhm-momentum"),
+    pytest.param(lambda s: QHM(0.1, 0.9, s), "nu", id="qhm-nu"),
+]
+NON_SCALAR_SCHEDULES += [
+    pytest.param(lambda s: AGGMO(s, (0.0, 0.9)), "learning_rate", id="aggmo-lr"),
+]
 
 
 @pytest.mark.parametrize(("build", "arg"), NON_SCALAR_SCHEDULES)
@@ -334,10 +319,8 @@ SATURATION: dict[str, Factory] = {
     "keras_sgd_no_momentum": lambda: compat.keras_sgd(_constant(0.05)),
     "tf1_momentum": lambda: compat.tf1_momentum(_constant(0.05), _constant(0.9)),
 }
-if QHM is not None:
-    SATURATION["qhm"] = lambda: QHM(_constant(0.05), _constant(0.9), _constant(0.7))
-if AGGMO is not None:
-    SATURATION["aggmo"] = lambda: AGGMO(_constant(0.05), (0.0, 0.9))
+SATURATION["qhm"] = lambda: QHM(_constant(0.05), _constant(0.9), _constant(0.7))
+SATURATION["aggmo"] = lambda: AGGMO(_constant(0.05), (0.0, 0.9))
 
 
 @pytest.mark.parametrize("factory", **_ids(SATURATION))
@@ -385,10 +368,8 @@ MILLION: dict[str, Factory] = {
     "tf1_momentum": lambda: compat.tf1_momentum(0.1, 0.9),
     "keras_sgd": lambda: compat.keras_sgd(0.1, 0.9, weight_decay=1e-6),
 }
-if QHM is not None:
-    MILLION["qhm"] = lambda: QHM(0.1, 0.9, 0.7)
-if AGGMO is not None:
-    MILLION["aggmo"] = lambda: AGGMO(0.05, (0.0, 0.9, 0.99))
+MILLION["qhm"] = lambda: QHM(0.1, 0.9, 0.7)
+MILLION["aggmo"] = lambda: AGGMO(0.05, (0.0, 0.9, 0.99))
 
 
 @pytest.mark.parametrize("factory", **_ids(MILLION))

@@ -17,8 +17,7 @@ import optax
 import pytest
 
 import momentum_jax
-from momentum_jax import schedules
-from momentum_jax._src._variants import qhm
+from momentum_jax import qhm, schedules
 from tests import _problems
 
 STEPS = 40

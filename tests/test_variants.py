@@ -20,7 +20,7 @@ import optax
 import pytest
 
 import momentum_jax
-from momentum_jax._src._variants import AggMoState, QHMState, aggmo, qhm
+from momentum_jax import AggMoState, QHMState, aggmo, qhm
 from tests import _problems
 
 STEPS = 40

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from momentum_jax._src import _core, _kernels, _tree
@@ -147,6 +148,10 @@ def torch_sgd(
         decay = optax.add_decayed_weights(weight_decay)
         parts.append(_checked(name, decay, needs_params=("weight_decay", weight_decay)))
     if not _check.is_python_zero(momentum):
+        if not isinstance(momentum, int | float) and not callable(momentum):
+            # PyTorch ignores dampening when momentum is 0; an array momentum
+            # (inject_hyperparams) keeps the buffer, so drop the dampening there.
+            dampening = jnp.where(jnp.asarray(momentum) == 0, 0.0, dampening)
         parts.append(_core.scale_by_momentum(momentum, nesterov=nesterov, dampening=dampening))
     scale = optax.scale_by_learning_rate(_check.checked_schedule(name, "lr", lr))
     parts.append(scale if len(parts) > int(maximize) else _checked(name, scale))

@@ -59,10 +59,9 @@ def negate(x: jax.Array, dtype: Any) -> jax.Array:
 
 def mean(g: jax.Array, buffers: tuple[jax.Array, ...]) -> jax.Array:
     """``(1/K) * sum(buffers)`` in the widest dtype, cast to the gradient's dtype."""
-    wide = jnp.result_type(g, *buffers)
-    total = cast(buffers[0], wide)
+    total = widen(buffers[0], g, *buffers[1:])
     for b in buffers[1:]:
-        total = total + cast(b, wide)
+        total = total + widen(b, total)
     return cast(total / len(buffers), g.dtype)
 
 

@@ -9,7 +9,7 @@ as optax does, and their gradient must be ``None`` too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -133,7 +133,6 @@ def check_tree(
     # would silently reshape the state (breaking a lax.scan carry several
     # steps later), and an integer gradient would come back as truncated
     # integer updates. Paths are looked up only for the error message.
-    assert leaves is not None
     for index, (x, ref) in enumerate(zip(leaves, ref_leaves, strict=True)):
         if ref is None:
             continue
@@ -164,7 +163,7 @@ def check_tree(
 
 def _explain_mismatch(
     fn_name: str, tree: Any, reference: Any, ref_def: Any, leaves: list[Any] | None, what: str
-) -> None:
+) -> NoReturn:
     if leaves is not None:
         paths, _ = jax.tree_util.tree_flatten_with_path(reference, is_leaf=_is_none)
         for (path, ref), x in zip(paths, leaves, strict=True):
