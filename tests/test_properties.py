@@ -2,10 +2,13 @@
 
 Trees nest dicts, lists and tuples around ``None`` leaves, scalars and empty
 arrays. Dtypes are float16, bfloat16, float32, complex64 and float64 (the last
-under ``jax.enable_x64``). Each property is one the API promises:
+under ``jax.enable_x64``). The transforms are the rows of the contract table in
+tests/test_contract.py, which checks them on one fixed tree; here the trees are
+drawn. Each property is one the API promises:
 
-* jit and eager give the same updates and states;
-* the state's structure, shapes and dtypes (weak types included) never change;
+* jit and eager give the same updates and states, for every row of the table;
+* the state's structure, shapes and dtypes (weak types included) never change,
+  for every row of the table;
 * ``momentum=0`` is SGD for :func:`momentum_jax.momentum` and the identity for
   :func:`momentum_jax.scale_by_momentum`;
 * with no weight decay, :func:`momentum_jax.momentum` is linear in a constant
@@ -16,19 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import momentum_jax
-from momentum_jax import compat
+from tests.test_contract import ROWS
 
 SETTINGS = settings(max_examples=30, deadline=None, database=None)
 STEPS = 3
@@ -147,65 +149,23 @@ def momenta(draw: st.DrawFn) -> Any:
     return lambda count: jnp.minimum(base + 0.05 * count, 0.99)
 
 
-def _variants() -> dict[str, Callable[..., optax.GradientTransformation]]:
-    found = {}
-    for name in ("qhm", "aggmo"):
-        fn = getattr(momentum_jax, name, None)
-        if fn is None:
-            try:
-                from momentum_jax._src import _variants as module
-            except ImportError:
-                continue
-            fn = getattr(module, name, None)
-        if fn is not None:
-            found[name] = fn
-    return found
-
-
-VARIANTS = _variants()
-
-
 @st.composite
-def transforms(draw: st.DrawFn) -> tuple[str, optax.GradientTransformation]:
-    names = ["momentum", "scale_by_momentum", "torch_sgd", "keras_sgd", "tf1_momentum"]
-    name = draw(st.sampled_from(names + sorted(VARIANTS)))
-    lr, mu, nesterov = draw(learning_rates()), draw(momenta()), draw(st.booleans())
-    decay = draw(st.sampled_from([0.0, 1e-2]))
-    dampening = 0.0 if nesterov else draw(st.sampled_from([0.0, 0.3]))
-    if name == "momentum":
-        tx = momentum_jax.momentum(lr, mu, nesterov=nesterov, weight_decay=decay)
-    elif name == "scale_by_momentum":
-        tx = momentum_jax.scale_by_momentum(mu, nesterov=nesterov, dampening=dampening)
-    elif name == "torch_sgd":
-        # PyTorch refuses nesterov with a zero momentum.
-        nesterov = nesterov and (callable(mu) or mu > 0)
-        tx = compat.torch_sgd(lr, mu, dampening, decay, nesterov)
-    elif name == "keras_sgd":
-        tx = compat.keras_sgd(lr, mu, nesterov, weight_decay=decay or None)
-    elif name == "tf1_momentum":
-        tx = compat.tf1_momentum(lr, mu, use_nesterov=nesterov)
-    elif name == "qhm":
-        tx = VARIANTS["qhm"](lr, mu, draw(st.floats(0.0, 1.0)))
-    else:
-        fixed = draw(st.floats(0.0, 0.99))
-        tx = VARIANTS["aggmo"](lr, (0.0, fixed))
-    return name, tx
+def transforms(draw: st.DrawFn) -> tuple[str, optax.GradientTransformation, str]:
+    """A row of the contract table and a param dtype it supports."""
+    row = draw(st.sampled_from(ROWS))
+    dtypes = DTYPES if row.complex_params else [d for d in DTYPES if "complex" not in d]
+    return row.id, row.build(), draw(st.sampled_from(dtypes))
 
 
 # --- properties --------------------------------------------------------------------
 
 
 @SETTINGS
-@given(
-    spec=tree_specs,
-    dtype_name=st.sampled_from(DTYPES),
-    named=transforms(),
-    seed=st.integers(0, 2**16),
-)
+@given(spec=tree_specs, named=transforms(), seed=st.integers(0, 2**16))
 def test_jit_equals_eager(
-    spec: Any, dtype_name: str, named: tuple[str, optax.GradientTransformation], seed: int
+    spec: Any, named: tuple[str, optax.GradientTransformation, str], seed: int
 ) -> None:
-    name, tx = named
+    name, tx, dtype_name = named
     with _precision(dtype_name):
         dtype = _dtype(dtype_name)
         rng = np.random.default_rng(seed)
@@ -224,23 +184,11 @@ def test_jit_equals_eager(
 
 
 @SETTINGS
-@given(
-    spec=tree_specs,
-    dtype_name=st.sampled_from(DTYPES),
-    named=transforms(),
-    seed=st.integers(0, 2**16),
-    accumulate_in_float32=st.booleans(),
-)
+@given(spec=tree_specs, named=transforms(), seed=st.integers(0, 2**16))
 def test_state_structure_and_dtypes_never_drift(
-    spec: Any,
-    dtype_name: str,
-    named: tuple[str, optax.GradientTransformation],
-    seed: int,
-    accumulate_in_float32: bool,
+    spec: Any, named: tuple[str, optax.GradientTransformation, str], seed: int
 ) -> None:
-    name, tx = named
-    if accumulate_in_float32 and name == "momentum" and dtype_name in ("float16", "bfloat16"):
-        tx = momentum_jax.momentum(0.1, 0.9, accumulator_dtype=jnp.float32)
+    name, tx, dtype_name = named
     with _precision(dtype_name):
         rng = np.random.default_rng(seed)
         params = materialize(spec, _dtype(dtype_name), rng)
@@ -361,20 +309,3 @@ def test_the_tree_strategy_reaches_the_edge_cases() -> None:
 
     collect()
     assert {"none", "empty", "scalar", "array", "dict", "list", "tuple"} <= seen
-
-
-@pytest.mark.parametrize(
-    "factory",
-    [
-        lambda: momentum_jax.momentum(0.1, 0.9),
-        lambda: momentum_jax.scale_by_momentum(0.9),
-        lambda: compat.torch_sgd(0.1, 0.9),
-    ],
-    ids=["momentum", "scale_by_momentum", "torch_sgd"],
-)
-def test_weakly_typed_params_give_a_stable_state(factory: Any) -> None:
-    tx = factory()
-    params = {"temperature": jnp.asarray(0.5), "w": jnp.ones(2)}
-    state = tx.init(params)
-    _, new_state = tx.update({"temperature": jnp.asarray(1.0), "w": jnp.ones(2)}, state, params)
-    assert signature(new_state) == signature(state)
