@@ -39,7 +39,7 @@ import pytest
 
 import momentum_jax
 from momentum_jax import compat
-from tests import _problems
+from tests import _jax_compat, _problems
 
 STEPS = 4
 LR = 0.05
@@ -444,7 +444,7 @@ def _gradient_sequence(params: Any, steps: int) -> Any:
 @rows
 @pytest.mark.parametrize("x64", [False, True], ids=["x32", "x64"])
 def test_state_is_a_stable_scan_and_cond_carry_for_every_dtype(row: Row, x64: bool) -> None:
-    with jax.enable_x64(x64):
+    with _jax_compat.enable_x64(x64):
         tx = row.build()
         params = _mixed_params(row, x64)
         state = tx.init(params)
@@ -466,8 +466,8 @@ def test_state_is_a_stable_scan_and_cond_carry_for_every_dtype(row: Row, x64: bo
         )
         chex.assert_trees_all_equal_structs(state_n, state)
         chex.assert_trees_all_equal_shapes_and_dtypes(state_n, state)
-        weak = [jax.typeof(leaf).weak_type for leaf in jax.tree.leaves(state)]
-        assert [jax.typeof(leaf).weak_type for leaf in jax.tree.leaves(state_n)] == weak
+        weak = [_jax_compat.is_weakly_typed(leaf) for leaf in jax.tree.leaves(state)]
+        assert [_jax_compat.is_weakly_typed(leaf) for leaf in jax.tree.leaves(state_n)] == weak
         chex.assert_tree_all_finite(params_n)
         assert not np.array_equal(np.asarray(params_n["f32"]), np.asarray(params["f32"]))
 

@@ -13,7 +13,7 @@ import pytest
 
 import momentum_jax
 from momentum_jax import compat, schedules
-from tests import _problems
+from tests import _jax_compat, _problems
 
 # --------------------------------------------------------------------------
 # D1: chain structure never depends on hyperparameter values.
@@ -304,5 +304,5 @@ def test_growth_hint_only_for_momentum_of_one_or_more() -> None:
 
 
 def test_x64_checks_in_float64() -> None:
-    with jax.enable_x64(True):
+    with _jax_compat.enable_x64(True):
         momentum_jax.momentum(0.1, 0.9999999999)

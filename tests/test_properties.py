@@ -30,6 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import momentum_jax
+from tests import _jax_compat
 from tests.test_contract import ROWS
 
 SETTINGS = settings(max_examples=30, deadline=None, database=None)
@@ -87,7 +88,7 @@ def _precision(dtype_name: str) -> Iterator[None]:
     if dtype_name != "float64":
         yield
         return
-    with jax.enable_x64(True):
+    with _jax_compat.enable_x64(True):
         yield
 
 
@@ -107,7 +108,8 @@ def materialize(spec: Any, dtype: Any, rng: np.random.Generator) -> Any:
 
 def signature(tree: Any) -> Any:
     return jax.tree.structure(tree), [
-        (leaf.shape, leaf.dtype, jax.typeof(leaf).weak_type) for leaf in jax.tree.leaves(tree)
+        (leaf.shape, leaf.dtype, _jax_compat.is_weakly_typed(leaf))
+        for leaf in jax.tree.leaves(tree)
     ]
 
 
