@@ -6,6 +6,7 @@ The scripts import this module as ``_common`` (a script's own folder is on
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import itertools
@@ -36,6 +37,17 @@ def float64() -> Any:
     from jax import experimental
 
     return experimental.enable_x64()
+
+
+def client_parser(doc: str) -> argparse.ArgumentParser:
+    """Options of the client examples (flax_nnx.py, equinox_mlp.py): one digits run."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    parser.add_argument("--learning-rate", type=float, default=0.05)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
 
 
 def out_dir(name: str, quick: bool, out: Path | None) -> Path:

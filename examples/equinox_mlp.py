@@ -11,16 +11,15 @@ scikit-learn's bundled 8x8 digits (no download).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from typing import Any
 
+import _common
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
 
 import momentum_jax
 
@@ -40,19 +39,9 @@ def make_step(optimizer: optax.GradientTransformation) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    parser.add_argument("--learning-rate", type=float, default=0.05)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = _common.client_parser(__doc__).parse_args(argv)
 
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int32)
-    order = np.random.default_rng(args.seed).permutation(len(x))
-    train, test = order[: int(0.8 * len(x))], order[int(0.8 * len(x)) :]
+    x_train, y_train, x_test, y_test = _common.load_digits(args.seed)
 
     model = eqx.nn.MLP(64, 10, width_size=128, depth=1, key=jax.random.key(args.seed))
     optimizer = momentum_jax.nesterov(args.learning_rate, momentum=args.momentum)
@@ -62,14 +51,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     rng = np.random.default_rng(args.seed + 1)
     losses = []
     for _ in range(args.steps):
-        batch = rng.choice(train, size=args.batch_size, replace=False)
-        model, opt_state, loss = step(model, opt_state, x[batch], y[batch])
+        batch = rng.choice(len(x_train), size=args.batch_size, replace=False)
+        model, opt_state, loss = step(model, opt_state, x_train[batch], y_train[batch])
         losses.append(float(loss))
-    predictions = jnp.argmax(jax.vmap(model)(x[test]), axis=-1)
+    predictions = jnp.argmax(jax.vmap(model)(x_test), axis=-1)
     result = {
         "first_loss": losses[0],
         "final_loss": float(np.mean(losses[-20:])),
-        "test_accuracy": float(jnp.mean(predictions == y[test])),
+        "test_accuracy": float(jnp.mean(predictions == y_test)),
     }
     print(
         f"Equinox + momentum_jax.nesterov: loss {result['first_loss']:.3f} -> "

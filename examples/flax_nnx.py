@@ -10,14 +10,13 @@ other state the model holds. The data are scikit-learn's bundled 8x8 digits
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
+import _common
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from sklearn.datasets import load_digits
 
 import momentum_jax
 
@@ -48,19 +47,9 @@ def accuracy(model: MLP, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    parser.add_argument("--learning-rate", type=float, default=0.05)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = _common.client_parser(__doc__).parse_args(argv)
 
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int32)
-    order = np.random.default_rng(args.seed).permutation(len(x))
-    train, test = order[: int(0.8 * len(x))], order[int(0.8 * len(x)) :]
+    x_train, y_train, x_test, y_test = _common.load_digits(args.seed)
 
     model = MLP(128, rngs=nnx.Rngs(args.seed))
     tx = momentum_jax.nesterov(args.learning_rate, momentum=args.momentum)
@@ -69,12 +58,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     rng = np.random.default_rng(args.seed + 1)
     losses = []
     for _ in range(args.steps):
-        batch = rng.choice(train, size=args.batch_size, replace=False)
-        losses.append(float(train_step(model, optimizer, x[batch], y[batch])))
+        batch = rng.choice(len(x_train), size=args.batch_size, replace=False)
+        losses.append(float(train_step(model, optimizer, x_train[batch], y_train[batch])))
     result = {
         "first_loss": losses[0],
         "final_loss": float(np.mean(losses[-20:])),
-        "test_accuracy": float(accuracy(model, x[test], y[test])),
+        "test_accuracy": float(accuracy(model, x_test, y_test)),
     }
     print(
         f"Flax NNX + momentum_jax.nesterov: loss {result['first_loss']:.3f} -> "

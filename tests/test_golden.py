@@ -7,7 +7,6 @@ composition moves a rounding (listed in ``ULP_TOLERANCE`` with the reason).
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import chex
@@ -55,8 +54,7 @@ def test_trajectory_matches_0_1_0(name: str, golden: dict[str, np.ndarray]) -> N
 
 @pytest.fixture(scope="module")
 def old_states() -> dict[str, Any]:
-    with make_golden.STATES.open("rb") as file:
-        return pickle.load(file)  # our own fixture, written by make_golden.py
+    return make_golden.load_states(make_golden.STATES)
 
 
 @pytest.mark.parametrize("name", sorted(make_golden.cases()))
@@ -94,7 +92,9 @@ def test_restore_state_refuses_a_state_of_another_shape() -> None:
 
 def test_aggmo_step_moves_by_at_most_one_rounding() -> None:
     # 0.1.0 computed -(lr / K) * sum; 0.2.0 is scale_by_aggmo's sum / K, then
-    # optax.scale_by_learning_rate's -lr: one step differs by at most 1 ulp.
+    # optax.scale_by_learning_rate's -lr: one step differs by one rounding, plus
+    # at most one more from the order XLA adds the three buffers in (jax 0.4.35
+    # adds them in another order than this reference does).
     g = jnp.asarray(np.random.default_rng(0).normal(size=1000), jnp.float32)
     tx = momentum_jax.aggmo(0.05)
     state = tx.init(g)
@@ -102,7 +102,7 @@ def test_aggmo_step_moves_by_at_most_one_rounding() -> None:
         old_buffers = [0.0 * g, 0.9 * state[0].buffers[1], 0.99 * state[0].buffers[2]]
         updates, state = tx.update(g, state)
         total = sum(b + g for b in old_buffers)
-        np.testing.assert_array_max_ulp(updates, -(0.05 / 3) * total, maxulp=1)
+        np.testing.assert_array_max_ulp(updates, -(0.05 / 3) * total, maxulp=2)
 
 
 def test_restore_state_takes_the_0_1_0_namedtuples() -> None:

@@ -307,8 +307,8 @@ def aggmo(
       >>> for _ in range(3):  # the gradient of sum(curvature * params**2)
       ...   updates, state = optimizer.update(2 * curvature * params, state)
       ...   params = optax.apply_updates(params, updates)
-      >>> print(params)
-      [ 0.8125 -0.3251 ]
+      >>> print(params.round(4))
+      [ 0.8125 -0.3251]
 
     References:
       Lucas, Sun, Zemel and Grosse, `Aggregated momentum: stability through

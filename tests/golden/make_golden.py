@@ -1,7 +1,7 @@
 """Write ``trajectories_0.1.0.npz``: params after each step of every public transform.
 
 Run from the repository root: ``python tests/golden/make_golden.py``; with
-``--states`` it also writes ``states_0.1.0.pkl``, the state of each transform
+``--states`` it also writes ``states_0.1.0.npz``, the state of each transform
 after ``STATE_STEP`` updates. Both committed fixtures were written by
 momentum_jax 0.1.0 (commit 26c16e8; the states by this script run with
 ``PYTHONPATH`` on an export of that commit's ``momentum_jax``);
@@ -10,13 +10,14 @@ momentum_jax 0.1.0 (commit 26c16e8; the states by this script run with
 
 from __future__ import annotations
 
-import pickle
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -32,7 +33,7 @@ STEPS = 25
 # dicts and lists (what a checkpoint restored without a target looks like).
 STATE_STEP = 20
 FIXTURE = Path(__file__).with_name("trajectories_0.1.0.npz")
-STATES = Path(__file__).with_name("states_0.1.0.pkl")
+STATES = Path(__file__).with_name("states_0.1.0.npz")
 
 
 def _lr_schedule() -> optax.Schedule:
@@ -115,6 +116,47 @@ def plain(state: Any) -> Any:
     return None if state is None else np.asarray(state)
 
 
+def save_states(states: dict[str, Any], path: Path) -> None:
+    """Write plain states (dicts, lists, arrays) as an .npz: arrays by number, the nesting as JSON.
+
+    No pickle, so the file loads with any numpy version.
+    """
+    arrays: dict[str, np.ndarray] = {}
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {"dict": {key: encode(item) for key, item in value.items()}}
+        if isinstance(value, list):
+            return {"list": [encode(item) for item in value]}
+        if value is None:
+            return None
+        array = np.asarray(value)
+        key = f"a{len(arrays)}"
+        # .npz keeps only numpy's own dtypes: bfloat16 travels as its raw bits.
+        arrays[key] = array.view(f"u{array.itemsize}") if array.dtype.kind == "V" else array
+        return {"array": key, "dtype": array.dtype.name}
+
+    layout = json.dumps({name: encode(state) for name, state in states.items()})
+    np.savez(path, layout=np.asarray(layout), **arrays)
+
+
+def load_states(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+
+    def decode(node: Any) -> Any:
+        if node is None:
+            return None
+        if "dict" in node:
+            return {key: decode(item) for key, item in node["dict"].items()}
+        if "list" in node:
+            return [decode(item) for item in node["list"]]
+        return arrays[node["array"]].view(jnp.dtype(node["dtype"]))
+
+    layout: dict[str, Any] = json.loads(str(arrays.pop("layout")))
+    return {name: decode(node) for name, node in layout.items()}
+
+
 def state_after(name: str, steps: int) -> Any:
     tx = cases()[name]()
     params = _problems.initial_params()
@@ -135,8 +177,7 @@ def main() -> None:
     np.savez(FIXTURE, **arrays)
     if "--states" in sys.argv:
         states = {name: plain(state_after(name, STATE_STEP)) for name in cases()}
-        with STATES.open("wb") as file:
-            pickle.dump(states, file)
+        save_states(states, STATES)
     print(f"wrote {len(arrays)} arrays for {len(cases())} transforms to {FIXTURE}")
 
 
