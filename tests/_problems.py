@@ -53,6 +53,19 @@ def trajectory(
     return out
 
 
+def step_fn(
+    tx: optax.GradientTransformation, loss_fn: Callable[[Any], jax.Array] = loss
+) -> Callable[[Any, Any], tuple[Any, Any]]:
+    """One training step on ``loss_fn``: ``(params, state) -> (params, state)``."""
+
+    def step(params: Any, state: Any) -> tuple[Any, Any]:
+        grads = jax.grad(loss_fn)(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
 def assert_trajectories_close(
     ours: list[Any], reference: list[Any], *, rtol: float = 2e-5, atol: float = 2e-6
 ) -> None:

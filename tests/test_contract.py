@@ -333,15 +333,6 @@ def test_the_table_covers_every_public_transform() -> None:
         assert row.hyper, f"{row.id}: nothing for inject_hyperparams to inject"
 
 
-def _step(tx: optax.GradientTransformation) -> Callable[[Any, Any], tuple[Any, Any]]:
-    def step(params: Any, state: Any) -> tuple[Any, Any]:
-        grads = jax.grad(_problems.loss)(params)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
-
-
 def _run(
     init: Callable[[Any], Any], step: Callable[[Any, Any], tuple[Any, Any]], steps: int = STEPS
 ) -> list[Any]:
@@ -361,9 +352,9 @@ def test_jit_equals_eager_and_traces_once(row: Row) -> None:
 
     def counted(params: Any, state: Any) -> tuple[Any, Any]:
         traces.append(None)
-        return _step(tx)(params, state)
+        return _problems.step_fn(tx)(params, state)
 
-    eager = _run(tx.init, _step(tx))
+    eager = _run(tx.init, _problems.step_fn(tx))
     jitted = _run(tx.init, jax.jit(counted))
     chex.assert_trees_all_close(jitted, eager, rtol=1e-5, atol=1e-7)
     assert len(traces) == 1, f"{row.id}: the jitted step was traced {len(traces)} times"
@@ -379,8 +370,8 @@ def test_inject_hyperparams_eager_init_jitted_update_equals_plain(row: Row) -> N
     state = injected.init(_problems.initial_params())
     # Defaults that are numbers (weight_decay=0.0, say) are injected too.
     assert set(row.hyper) <= set(state.hyperparams)
-    expected = _run(tx.init, _step(tx))
-    got = _run(injected.init, jax.jit(_step(injected)))
+    expected = _run(tx.init, _problems.step_fn(tx))
+    got = _run(injected.init, jax.jit(_problems.step_fn(injected)))
     chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-7)
 
 
@@ -394,8 +385,8 @@ def test_inject_hyperparams_each_hyperparameter_alone_equals_plain(row: Row, nam
     injected = optax.inject_hyperparams(row.factory, static_args=others)(**row.hyper, **row.static)
     assert set(injected.init(_problems.initial_params()).hyperparams) == {name}
     tx = row.build()
-    expected = _run(tx.init, _step(tx))
-    got = _run(injected.init, jax.jit(_step(injected)))
+    expected = _run(tx.init, _problems.step_fn(tx))
+    got = _run(injected.init, jax.jit(_problems.step_fn(injected)))
     chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-7)
 
 
@@ -403,9 +394,9 @@ def test_inject_hyperparams_each_hyperparameter_alone_equals_plain(row: Row, nam
 def test_follows_the_optax_equivalent(row: Row) -> None:
     assert row.reference is not None
     reference = row.reference()
-    expected = _run(reference.init, _step(reference))
+    expected = _run(reference.init, _problems.step_fn(reference))
     tx = row.build()
-    got = _run(tx.init, _step(tx))
+    got = _run(tx.init, _problems.step_fn(tx))
     chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-7)
 
 
@@ -495,8 +486,8 @@ def test_low_precision_scalar_hyperparameters_are_accepted(row: Row, dtype: Any)
         return
     tx = row.build(**low)
     expected_tx = row.build(**rounded)
-    got = _run(tx.init, _step(tx), steps=3)
-    expected = _run(expected_tx.init, _step(expected_tx), steps=3)
+    got = _run(tx.init, _problems.step_fn(tx), steps=3)
+    expected = _run(expected_tx.init, _problems.step_fn(expected_tx), steps=3)
     # Products of two hyperparameters (lr * weight_decay, 1 - dampening) may
     # round in the hyperparameters' own precision.
     eps = float(jnp.finfo(dtype).eps)

@@ -8,7 +8,6 @@ values a float32 accumulator keeps for bfloat16 params, and the state type.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,15 +24,6 @@ def _decay(count: Any) -> Any:
     return 0.05 / (1.0 + 0.1 * count)
 
 
-def _step(tx: optax.GradientTransformation) -> Callable[[Any, Any], tuple[Any, Any]]:
-    def step(params: Any, state: Any) -> tuple[Any, Any]:
-        grads = jax.grad(_problems.loss)(params)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
-
-
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_injected_learning_rate_schedule_gives_the_same_trajectory(nesterov: bool) -> None:
     direct = momentum_jax.momentum(_decay, 0.9, nesterov=nesterov)
@@ -41,7 +31,7 @@ def test_injected_learning_rate_schedule_gives_the_same_trajectory(nesterov: boo
         learning_rate=_decay, momentum=0.9, nesterov=nesterov
     )
     expected = _problems.trajectory(direct, 20)
-    step = jax.jit(_step(injected))
+    step = jax.jit(_problems.step_fn(injected))
     params = _problems.initial_params()
     state = injected.init(params)
     for target in expected:
