@@ -130,21 +130,32 @@ def momentum(
         mu = _check.evaluate(name, "momentum", momentum, state.count)
         # The learning rate multiplies only the new gradient, so a schedule never
         # rescales the history already in the velocity (Sutskever et al., 2013).
-        velocity = _tree.map_buffers(
-            lambda g, v: _kernels.decay_add(g, v, mu, lr), updates, state.velocity
-        )
         if nesterov:
             mu_next = (
                 _check.evaluate(name, "momentum", momentum, _tree.safe_increment(state.count))
                 if callable(momentum)
                 else mu
             )
+            # lr * g is computed once per array and shared by the velocity and the
+            # look-ahead; -mu_next once per step. Fewer operations per array is
+            # less for XLA to compile in models with thousands of arrays.
+            terms = _tree.map_buffers(
+                lambda g, v: _kernels.scaled(g, v, lr), updates, state.velocity
+            )
+            velocity = _tree.map_buffers(
+                lambda t, v: _kernels.decay_add_term(t, v, mu), terms, state.velocity
+            )
+            neg_mu_next = -mu_next
             out = _tree.map_buffers(
-                lambda g, v: _kernels.negate(_kernels.decay_add(g, v, mu_next, lr), g.dtype),
+                lambda g, t, v: _kernels.negated_look_ahead(t, v, neg_mu_next, g.dtype),
                 updates,
+                terms,
                 velocity,
             )
         else:
+            velocity = _tree.map_buffers(
+                lambda g, v: _kernels.decay_add(g, v, mu, lr), updates, state.velocity
+            )
             out = _tree.map_buffers(lambda g, v: _kernels.negate(v, g.dtype), updates, velocity)
         return out, velocity
 
