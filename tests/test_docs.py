@@ -137,3 +137,32 @@ def test_docs_cover_every_guide() -> None:
     names = {page.name for page in _pages_with_code()}
     assert {"README.md", "getting_started.md", "porting.md", "variants.md"} <= names
     assert {"production.md", "index.md"} <= names
+
+
+def test_signatures_quoted_in_prose_match_the_code() -> None:
+    """Every ``momentum_jax.name(arg, kw=default)`` the README or a guide quotes is real.
+
+    Calls with values (``nesterov(0.01, ...)``) are examples and are skipped;
+    a quoted signature names the parameters, so it must list them in order
+    with the code's defaults.
+    """
+    import importlib
+    import inspect
+
+    pattern = re.compile(r"`momentum_jax\.([a-z_.]+)\(([^`]*)\)`")
+    checked = 0
+    for page in PAGES:
+        for name, args in pattern.findall(page.read_text()):
+            parts = [part.strip() for part in re.split(r",(?![^(]*\))", args) if part.strip()]
+            if not parts or not re.fullmatch(r"[a-z_]+(=.*)?", parts[0]):
+                continue  # an example call, not a signature
+            module_name, _, attr = f"momentum_jax.{name}".rpartition(".")
+            function = getattr(importlib.import_module(module_name), attr)
+            parameters = list(inspect.signature(function).parameters.values())
+            for part, parameter in zip(parts, parameters, strict=False):
+                quoted, _, default = part.partition("=")
+                assert quoted == parameter.name, f"{page.name}: {name}({args})"
+                if default:
+                    assert default == repr(parameter.default), f"{page.name}: {name}({args})"
+            checked += 1
+    assert checked >= 4
