@@ -10,11 +10,7 @@ the trajectory.
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +23,7 @@ import pytest
 import momentum_jax
 from momentum_jax import compat
 from tests import _checkpoint_worker as worker
+from tests import _subprocess
 
 HAS_ORBAX = importlib.util.find_spec("orbax") is not None and (
     importlib.util.find_spec("orbax.checkpoint") is not None
@@ -37,22 +34,9 @@ ROOT = WORKER.parents[1]
 
 
 def _run_worker(command: str, directory: Path) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        # The checkout's package, also when it is not installed.
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    result = subprocess.run(
-        [sys.executable, str(WORKER), command, str(directory), ",".join(FORMATS)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    report: dict[str, Any] = _subprocess.run_json(
+        [str(WORKER), command, str(directory), ",".join(FORMATS)], what=command
     )
-    assert result.returncode == 0, f"{command} failed:\n{result.stderr[-4000:]}"
-    report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return report
 
 

@@ -9,17 +9,15 @@ what they claim.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from tests import _subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -108,25 +106,9 @@ def _pages_with_code() -> list[Path]:
 
 @pytest.mark.parametrize("page", _pages_with_code(), ids=lambda p: p.name)
 def test_every_code_block_runs(page: Path) -> None:
-    flags = os.environ.get("XLA_FLAGS", "")
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "KERAS_BACKEND": "jax",
-        "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=8".strip(),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", _RUNNER, str(page)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    report = _subprocess.run_json(
+        ["-W", "error", "-c", _RUNNER, str(page)], devices=8, timeout=600, what=page.name
     )
-    assert result.returncode == 0, f"{page.name}:\n{result.stderr[-4000:]}"
-    report = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(report) == len(_python_blocks(page))
     if "needs torch" in report:
         # Every other block ran and passed; these compare against the real torch.

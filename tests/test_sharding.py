@@ -9,11 +9,7 @@ JSON report that the tests below read.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +19,7 @@ import numpy as np
 import pytest
 
 from tests import _sharding_worker as worker
+from tests import _subprocess
 
 WORKER = Path(worker.__file__)
 ROOT = WORKER.parents[1]
@@ -31,24 +28,7 @@ CASES = [f"{mesh}/{name}" for name in worker.transforms() for mesh in worker.MES
 
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
-    flags = os.environ.get("XLA_FLAGS", "")
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=8".strip(),
-        # The checkout's package, also when it is not installed.
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    result = subprocess.run(
-        [sys.executable, str(WORKER)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, f"sharding worker failed:\n{result.stderr[-4000:]}"
-    parsed: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    parsed: dict[str, Any] = _subprocess.run_json([str(WORKER)], devices=8, what="sharding worker")
     assert parsed["devices"] == 8, "XLA_FLAGS did not give the worker 8 CPU devices"
     return parsed
 
