@@ -23,6 +23,9 @@ from momentum_jax._src._core import MomentumState as MomentumState
 from momentum_jax._src._core import momentum as momentum
 from momentum_jax._src._core import nesterov as nesterov
 from momentum_jax._src._core import scale_by_momentum as scale_by_momentum
+from momentum_jax._src._layout import Layout as Layout
+from momentum_jax._src._layout import PackedState as PackedState
+from momentum_jax._src._layout import pack_small_leaves as pack_small_leaves
 from momentum_jax._src._restore import restore_state as restore_state
 from momentum_jax._src._validation import ScalarOrSchedule as ScalarOrSchedule
 from momentum_jax._src._variants import AggMoState as AggMoState
@@ -36,13 +39,16 @@ __version__ = "0.2.0"
 
 __all__ = [
     "AggMoState",
+    "Layout",
     "MomentumState",
+    "PackedState",
     "QHMState",
     "ScalarOrSchedule",
     "aggmo",
     "compat",
     "momentum",
     "nesterov",
+    "pack_small_leaves",
     "qhm",
     "restore_state",
     "scale_by_aggmo",

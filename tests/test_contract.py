@@ -60,11 +60,16 @@ def scale_by_momentum_then_lr(
     dampening: Any = 0.0,
     nesterov: bool = False,
     accumulator_dtype: Any = None,
+    layout: str = "auto",
 ) -> optax.GradientTransformation:
     """The building block as the api shows it: chained with optax's learning rate."""
     return optax.chain(
         momentum_jax.scale_by_momentum(
-            momentum, nesterov=nesterov, dampening=dampening, accumulator_dtype=accumulator_dtype
+            momentum,
+            nesterov=nesterov,
+            dampening=dampening,
+            accumulator_dtype=accumulator_dtype,
+            layout=layout,
         ),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -72,13 +77,13 @@ def scale_by_momentum_then_lr(
 
 # The learning-rate-free variant blocks are looked up when a row is built, not
 # at import: a block that is not exported yet fails its own rows and no others.
-def scale_by_qhm_then_lr(learning_rate: Any, momentum: Any, nu: Any) -> Any:
-    block = momentum_jax.scale_by_qhm(momentum=momentum, nu=nu)  # type: ignore[attr-defined]
+def scale_by_qhm_then_lr(learning_rate: Any, momentum: Any, nu: Any, layout: str = "auto") -> Any:
+    block = momentum_jax.scale_by_qhm(momentum=momentum, nu=nu, layout=layout)
     return optax.chain(block, optax.scale_by_learning_rate(learning_rate))
 
 
-def scale_by_aggmo_then_lr(learning_rate: Any, momenta: Any) -> Any:
-    block = momentum_jax.scale_by_aggmo(momenta=momenta)  # type: ignore[attr-defined]
+def scale_by_aggmo_then_lr(learning_rate: Any, momenta: Any, layout: str = "auto") -> Any:
+    block = momentum_jax.scale_by_aggmo(momenta=momenta, layout=layout)
     return optax.chain(block, optax.scale_by_learning_rate(learning_rate))
 
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax._src import _core, _kernels, _tree
+from momentum_jax._src import _core, _kernels, _layout, _tree
 from momentum_jax._src import _validation as _check
 from momentum_jax._src._validation import ScalarOrSchedule
 
@@ -73,6 +73,7 @@ def torch_sgd(
     nesterov: bool = False,
     *,
     maximize: bool = False,
+    layout: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     r"""``torch.optim.SGD``, step for step.
 
@@ -109,6 +110,7 @@ def torch_sgd(
       nesterov: Nesterov momentum; requires ``momentum > 0`` and
         ``dampening = 0``, as in PyTorch.
       maximize: ascend the objective instead of descending it.
+      layout: the state layout, as in :func:`momentum_jax.momentum`.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -152,10 +154,14 @@ def torch_sgd(
             # PyTorch ignores dampening when momentum is 0; an array momentum
             # (inject_hyperparams) keeps the buffer, so drop the dampening there.
             dampening = jnp.where(jnp.asarray(momentum) == 0, 0.0, dampening)
-        parts.append(_core.scale_by_momentum(momentum, nesterov=nesterov, dampening=dampening))
+        parts.append(
+            _core.scale_by_momentum(
+                momentum, nesterov=nesterov, dampening=dampening, layout="per_leaf"
+            )
+        )
     scale = optax.scale_by_learning_rate(_check.checked_schedule(name, "lr", lr))
     parts.append(scale if len(parts) > int(maximize) else _checked(name, scale))
-    return optax.chain(*parts)
+    return _layout.with_layout(name, optax.chain(*parts), layout)
 
 
 def keras_sgd(
@@ -164,6 +170,7 @@ def keras_sgd(
     nesterov: bool = False,
     *,
     weight_decay: float | jax.Array | None = None,
+    layout: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Keras 3 ``keras.optimizers.SGD``, step for step.
 
@@ -192,6 +199,7 @@ def keras_sgd(
       nesterov: Keras' Nesterov form.
       weight_decay: decoupled decay :math:`\lambda \ge 0`, or ``None`` for none;
         needs ``params`` in ``update``.
+      layout: the state layout, as in :func:`momentum_jax.momentum`.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` (a chain of the momentum
@@ -228,12 +236,13 @@ def keras_sgd(
             ),
         )
     else:
-        step = _core.momentum(learning_rate, momentum, nesterov=nesterov)
+        step = _core.momentum(learning_rate, momentum, nesterov=nesterov, layout="per_leaf")
     if weight_decay is None or _check.is_python_zero(weight_decay):
-        return optax.chain(step)
+        return _layout.with_layout(name, optax.chain(step), layout)
     # The decay term is added to the finished momentum update: it must not
     # enter the velocity, and the momentum step depends on the gradient alone.
-    return optax.chain(step, _decoupled_weight_decay(name, learning_rate, weight_decay))
+    chain = optax.chain(step, _decoupled_weight_decay(name, learning_rate, weight_decay))
+    return _layout.with_layout(name, chain, layout)
 
 
 def tf1_momentum(
@@ -241,6 +250,7 @@ def tf1_momentum(
     momentum: ScalarOrSchedule,
     *,
     use_nesterov: bool = False,
+    layout: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     r"""``tf.compat.v1.train.MomentumOptimizer``, step for step.
 
@@ -264,6 +274,7 @@ def tf1_momentum(
       learning_rate: :math:`\alpha_t \ge 0`, or a schedule.
       momentum: :math:`\mu \in [0, 1)`, or a schedule.
       use_nesterov: TF1's Nesterov form.
+      layout: the state layout, as in :func:`momentum_jax.momentum`.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -286,7 +297,8 @@ def tf1_momentum(
     _check.check_learning_rate(name, learning_rate)
     _check.check_momentum(name, momentum)
     use_nesterov = _check.check_bool(name, "use_nesterov", use_nesterov)
-    return optax.chain(
-        _core.scale_by_momentum(momentum, nesterov=use_nesterov),
+    chain = optax.chain(
+        _core.scale_by_momentum(momentum, nesterov=use_nesterov, layout="per_leaf"),
         optax.scale_by_learning_rate(_check.checked_schedule(name, "learning_rate", learning_rate)),
     )
+    return _layout.with_layout(name, chain, layout)

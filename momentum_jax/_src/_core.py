@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax._src import _kernels, _tree
+from momentum_jax._src import _kernels, _layout, _tree
 from momentum_jax._src import _validation as _check
 from momentum_jax._src._validation import ScalarOrSchedule
 
@@ -36,6 +36,7 @@ def momentum(
     nesterov: bool = False,
     weight_decay: float | jax.Array = 0.0,
     accumulator_dtype: Any | None = None,
+    layout: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Momentum with the learning rate inside the velocity (heavy ball or Nesterov).
 
@@ -80,6 +81,10 @@ def momentum(
         traces the same computation it initialised).
       accumulator_dtype: dtype of the velocity; ``None`` keeps each param's
         dtype. ``jnp.float32`` keeps an exact buffer for bfloat16 params.
+      layout: ``"auto"`` (the default) packs the buffers of all small arrays
+        into one flat array per dtype on a GPU and keeps one buffer per array
+        elsewhere; ``"packed"`` and ``"per_leaf"`` choose. The numbers are the
+        same; see :func:`momentum_jax.pack_small_leaves`.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -116,6 +121,7 @@ def momentum(
     nesterov = _check.check_bool(name, "nesterov", nesterov)
     _check.check_weight_decay(name, weight_decay)
     dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
+    _layout.check_layout(name, layout)
     # Only a Python zero removes the decay term: an array (which is what
     # optax.inject_hyperparams passes, concrete at init and traced under jit)
     # keeps it, so the computation never depends on a hyperparameter's value.
@@ -126,15 +132,15 @@ def momentum(
             if params is None:
                 raise _check.needs_params_error(name, "weight_decay", weight_decay)
             updates = _kernels.coupled_weight_decay(updates, params, weight_decay)
-        lr = _check.evaluate(name, "learning_rate", learning_rate, state.count)
-        mu = _check.evaluate(name, "momentum", momentum, state.count)
+        lr = _kernels.Scalar(_check.evaluate(name, "learning_rate", learning_rate, state.count))
+        mu = _kernels.Scalar(_check.evaluate(name, "momentum", momentum, state.count))
         # The learning rate multiplies only the new gradient, so a schedule never
         # rescales the history already in the velocity (Sutskever et al., 2013).
         if nesterov:
             mu_next = (
                 _check.evaluate(name, "momentum", momentum, _tree.safe_increment(state.count))
                 if callable(momentum)
-                else mu
+                else mu.value
             )
             # lr * g is computed once per array and shared by the velocity and the
             # look-ahead; -mu_next once per step. Fewer operations per array is
@@ -145,7 +151,7 @@ def momentum(
             velocity = _tree.map_buffers(
                 lambda t, v: _kernels.decay_add_term(t, v, mu), terms, state.velocity
             )
-            neg_mu_next = -mu_next
+            neg_mu_next = _kernels.Scalar(-mu_next)
             out = _tree.map_buffers(
                 lambda g, t, v: _kernels.negated_look_ahead(t, v, neg_mu_next, g.dtype),
                 updates,
@@ -156,12 +162,16 @@ def momentum(
             velocity = _tree.map_buffers(
                 lambda g, v: _kernels.decay_add(g, v, mu, lr), updates, state.velocity
             )
-            out = _tree.map_buffers(lambda g, v: _kernels.negate(v, g.dtype), updates, velocity)
+            minus_one = _kernels.Scalar(-1.0)
+            out = _tree.map_buffers(
+                lambda g, v: _kernels.negate(v, g.dtype, minus_one), updates, velocity
+            )
         return out, velocity
 
-    return _tree.buffer_block(
+    block = _tree.buffer_block(
         name, MomentumState, lambda params: _tree.init_buffer(name, params, dtype), step
     )
+    return _layout.with_layout(name, block, layout)
 
 
 # ``nesterov`` takes an argument named ``momentum`` that shadows the function.
@@ -174,6 +184,7 @@ def nesterov(
     *,
     weight_decay: float | jax.Array = 0.0,
     accumulator_dtype: Any | None = None,
+    layout: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Nesterov momentum: :func:`momentum` with ``nesterov=True``.
 
@@ -186,6 +197,7 @@ def nesterov(
       momentum: the decay :math:`\mu_t` in ``[0, 1)``, or a schedule.
       weight_decay: coupled L2 coefficient, as in :func:`momentum`.
       accumulator_dtype: dtype of the velocity, as in :func:`momentum`.
+      layout: the state layout, as in :func:`momentum`.
 
     Returns:
       ``momentum(learning_rate, momentum, nesterov=True, ...)``.
@@ -219,6 +231,7 @@ def nesterov(
         nesterov=True,
         weight_decay=weight_decay,
         accumulator_dtype=accumulator_dtype,
+        layout=layout,
     )
 
 
@@ -228,6 +241,7 @@ def scale_by_momentum(
     nesterov: bool = False,
     dampening: float | jax.Array = 0.0,
     accumulator_dtype: Any | None = None,
+    layout: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     r"""The learning-rate-free gradient buffer of PyTorch, TF1 and optax.
 
@@ -251,6 +265,7 @@ def scale_by_momentum(
       dampening: :math:`\tau \in [0, 1)`, the fraction of each new gradient
         held back from the buffer (from the second step on).
       accumulator_dtype: dtype of the buffer; ``None`` keeps each param's dtype.
+      layout: the state layout, as in :func:`momentum`.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -287,11 +302,13 @@ def scale_by_momentum(
 
     def step(updates: Any, state: MomentumState, params: Any) -> tuple[Any, Any]:
         del params
-        mu = _check.evaluate(name, "momentum", momentum, state.count)
+        mu = _kernels.Scalar(_check.evaluate(name, "momentum", momentum, state.count))
         damping: Any = None
         if needs_first_step_rule:
             # On the first step mu*b is mu*0, so a damping of 1 gives b_1 = g_1.
-            damping = jnp.where(state.count == 0, 1.0, 1.0 - jnp.asarray(dampening))
+            damping = _kernels.Scalar(
+                jnp.where(state.count == 0, 1.0, 1.0 - jnp.asarray(dampening))
+            )
         buffer = _tree.map_buffers(
             lambda g, b: _kernels.decay_add(g, b, mu, damping), updates, state.velocity
         )
@@ -303,6 +320,7 @@ def scale_by_momentum(
             out = _tree.map_buffers(lambda g, b: _kernels.cast(b, g.dtype), updates, buffer)
         return out, buffer
 
-    return _tree.buffer_block(
+    block = _tree.buffer_block(
         name, MomentumState, lambda params: _tree.init_buffer(name, params, dtype), step
     )
+    return _layout.with_layout(name, block, layout)

@@ -213,6 +213,15 @@ def check_state(fn_name: str, state: Any, expected: type[State], updates: Any) -
     )
 
 
+def _as_array(x: Any) -> Any:
+    return x if x is None or isinstance(x, jax.Array | np.ndarray) else jnp.asarray(x)
+
+
+def as_arrays(tree: Any) -> Any:
+    """``tree`` with Python and NumPy scalars made arrays (arrays are kept as they are)."""
+    return jax.tree.map(_as_array, tree, is_leaf=_is_none)
+
+
 def map_buffers(fn: Any, *trees: Any) -> Any:
     """``jax.tree.map`` over param-shaped trees, skipping leaves that do not train."""
     return jax.tree.map(
@@ -251,8 +260,10 @@ def buffer_block(
         checked: Any = check_state(fn_name, state, state_type, updates)
         reference = reference_of(checked)
         check_tree(fn_name, updates, reference)
+        updates = as_arrays(updates)
         if params is not None:
             check_tree(fn_name, params, reference, what="param")
+            params = as_arrays(params)
         out, buffers = step(updates, checked, params)
         return out, state_type(safe_increment(checked.count), buffers)
 

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from momentum_jax._src import _kernels, _tree
+from momentum_jax._src import _kernels, _layout, _tree
 from momentum_jax._src import _validation as _check
 from momentum_jax._src._validation import ScalarOrSchedule
 
@@ -61,6 +61,7 @@ def scale_by_qhm(
     nu: ScalarOrSchedule = 0.7,
     *,
     accumulator_dtype: Any | None = None,
+    layout: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     r"""The learning-rate-free block of quasi-hyperbolic momentum.
 
@@ -77,6 +78,7 @@ def scale_by_qhm(
       momentum: the averaging factor :math:`\beta_t` in ``[0, 1)``, or a schedule.
       nu: the immediate discount :math:`\nu_t` in ``[0, 1]``, or a schedule.
       accumulator_dtype: the buffer's dtype (``None``: each param's own).
+      layout: the state layout, as in :func:`momentum_jax.momentum`.
 
     Returns:
       The block, whose state is a :class:`momentum_jax.QHMState`.
@@ -103,19 +105,23 @@ def scale_by_qhm(
         del params
         beta = _check.evaluate(name, "momentum", momentum, state.count)
         weight = _check.evaluate(name, "nu", nu, state.count)
+        # Each coefficient is converted once per dtype, not once per array.
+        keep, blend = _kernels.Scalar(beta), _kernels.Scalar(1 - beta)
+        mix, direct = _kernels.Scalar(weight), _kernels.Scalar(1 - weight)
         buffer = _tree.map_buffers(
-            lambda g, b: _kernels.decay_add(g, b, beta, 1 - beta), updates, state.buffer
+            lambda g, b: _kernels.decay_add(g, b, keep, blend), updates, state.buffer
         )
         out = _tree.map_buffers(
-            lambda g, b: _kernels.decay_add(g, b, weight, 1 - weight, dtype=g.dtype),
+            lambda g, b: _kernels.decay_add(g, b, mix, direct, dtype=g.dtype),
             updates,
             buffer,
         )
         return out, buffer
 
-    return _tree.buffer_block(
+    block = _tree.buffer_block(
         name, QHMState, lambda params: _tree.init_buffer(name, params, dtype), step
     )
+    return _layout.with_layout(name, block, layout)
 
 
 def qhm(
@@ -124,6 +130,7 @@ def qhm(
     nu: ScalarOrSchedule = 0.7,
     *,
     accumulator_dtype: Any | None = None,
+    layout: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Quasi-hyperbolic momentum: a weighted mean of the gradient and its moving average.
 
@@ -155,6 +162,7 @@ def qhm(
         the averaged buffer against the current gradient; or a schedule.
       accumulator_dtype: dtype of the buffer; ``None`` keeps each param's
         dtype. ``jnp.float32`` keeps an exact buffer for bfloat16 params.
+      layout: the state layout, as in :func:`momentum_jax.momentum`.
 
     Returns:
       ``optax.chain(scale_by_qhm(momentum, nu), optax.scale_by_learning_rate(learning_rate))``:
@@ -184,16 +192,19 @@ def qhm(
     _check.check_momentum(name, momentum)
     _check.check_nu(name, nu)
     _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
-    return optax.chain(
-        scale_by_qhm(momentum, nu, accumulator_dtype=accumulator_dtype),
+    _layout.check_layout(name, layout)
+    chain = optax.chain(
+        scale_by_qhm(momentum, nu, accumulator_dtype=accumulator_dtype, layout="per_leaf"),
         optax.scale_by_learning_rate(_check.checked_schedule(name, "learning_rate", learning_rate)),
     )
+    return _layout.with_layout(name, chain, layout)
 
 
 def scale_by_aggmo(
     momenta: Sequence[float | jax.Array] | jax.Array = (0.0, 0.9, 0.99),
     *,
     accumulator_dtype: Any | None = None,
+    layout: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     r"""The learning-rate-free block of aggregated momentum: the mean of ``K`` buffers.
 
@@ -210,6 +221,7 @@ def scale_by_aggmo(
       momenta: the ``K >= 1`` momenta :math:`\beta_i`, each in ``[0, 1)``; a
         tuple of numbers, or a 1-D array.
       accumulator_dtype: dtype of the buffers; ``None`` keeps each param's dtype.
+      layout: the state layout, as in :func:`momentum_jax.momentum`.
 
     Returns:
       The block; its state is an :class:`momentum_jax.AggMoState`.
@@ -246,14 +258,17 @@ def scale_by_aggmo(
         del params
         buffers = tuple(
             _tree.map_buffers(
-                lambda g, b, beta=momenta[i]: _kernels.decay_add(g, b, beta), updates, buffer
+                lambda g, b, beta=_kernels.Scalar(momenta[i]): _kernels.decay_add(g, b, beta),
+                updates,
+                buffer,
             )
             for i, buffer in enumerate(state.buffers)
         )
         out = _tree.map_buffers(lambda g, *bs: _kernels.mean(g, bs), updates, *buffers)
         return out, buffers
 
-    return _tree.buffer_block(name, AggMoState, init_buffers, step, first_buffer)
+    block = _tree.buffer_block(name, AggMoState, init_buffers, step, first_buffer)
+    return _layout.with_layout(name, block, layout)
 
 
 def aggmo(
@@ -261,6 +276,7 @@ def aggmo(
     momenta: Sequence[float | jax.Array] | jax.Array = (0.0, 0.9, 0.99),
     *,
     accumulator_dtype: Any | None = None,
+    layout: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Aggregated momentum: the mean of several heavy-ball buffers with different momenta.
 
@@ -290,6 +306,7 @@ def aggmo(
         1-D array is accepted too (and is traced there).
       accumulator_dtype: dtype of the buffers; ``None`` keeps each param's
         dtype.
+      layout: the state layout, as in :func:`momentum_jax.momentum`.
 
     Returns:
       ``optax.chain(scale_by_aggmo(momenta), optax.scale_by_learning_rate(learning_rate))``:
@@ -318,7 +335,9 @@ def aggmo(
     _check.check_learning_rate(name, learning_rate)
     _check.check_momenta(name, momenta)
     _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
-    return optax.chain(
-        scale_by_aggmo(momenta, accumulator_dtype=accumulator_dtype),
+    _layout.check_layout(name, layout)
+    chain = optax.chain(
+        scale_by_aggmo(momenta, accumulator_dtype=accumulator_dtype, layout="per_leaf"),
         optax.scale_by_learning_rate(_check.checked_schedule(name, "learning_rate", learning_rate)),
     )
+    return _layout.with_layout(name, chain, layout)
