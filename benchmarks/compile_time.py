@@ -5,10 +5,12 @@ jitted step; this measures that cost for a step (``update`` and
 ``optax.apply_updates``, params and state donated) over ``--leaves`` arrays of
 mixed shapes (64x64 kernels, 256x64 kernels and 64-element biases, in turn).
 Contenders run interleaved, repetition by repetition, with JAX's caches
-cleared before each, and are reported as medians and as ratios to optax.sgd.
+cleared before each, and are reported as medians and as ratios to optax.sgd
+(Nesterov contenders to ``optax.sgd(..., nesterov=True)``, the same form).
 
     python benchmarks/compile_time.py                    # 1000 and 5000 leaves
     python benchmarks/compile_time.py --leaves 1000 --repeats 3
+    python benchmarks/compile_time.py --leaves 1000 --other-layout   # + the packed layout on CPU
 """
 
 from __future__ import annotations
@@ -29,13 +31,20 @@ from momentum_jax import compat
 SHAPES = [(64, 64), (256, 64), (64,)]
 
 
-def contenders() -> dict[str, Callable[[], optax.GradientTransformation]]:
-    return {
+def contenders(packed: bool) -> dict[str, Callable[[], optax.GradientTransformation]]:
+    """Each transform in its default layout; with ``packed``, momentum in the other one too."""
+    found: dict[str, Callable[[], optax.GradientTransformation]] = {
         "optax.sgd": lambda: optax.sgd(0.1, momentum=0.9),
         "momentum": lambda: momentum_jax.momentum(0.1, 0.9),
-        "nesterov": lambda: momentum_jax.nesterov(0.1, 0.9),
         "torch_sgd": lambda: compat.torch_sgd(0.1, 0.9),
+        # Nesterov is compared with optax's own Nesterov form too.
+        "optax.sgd nesterov": lambda: optax.sgd(0.1, momentum=0.9, nesterov=True),
+        "nesterov": lambda: momentum_jax.nesterov(0.1, 0.9),
     }
+    if packed:
+        other = "per_leaf" if jax.default_backend() == "gpu" else "packed"
+        found[f"momentum {other}"] = lambda: momentum_jax.momentum(0.1, 0.9, layout=other)
+    return found
 
 
 def params_with(leaves: int) -> list[jax.Array]:
@@ -63,24 +72,35 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--leaves", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--other-layout",
+        action="store_true",
+        help="also time momentum in the layout that is not this backend's default",
+    )
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__}, optax {optax.__version__}, backend {jax.default_backend()}")
     for leaves in args.leaves:
         params = params_with(leaves)
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders()}
+        times: dict[str, list[tuple[float, float]]] = {
+            name: [] for name in contenders(args.other_layout)
+        }
         for _ in range(args.repeats):
-            for name, factory in contenders().items():
+            for name, factory in contenders(args.other_layout).items():
                 times[name].append(measure(factory(), params))
-        base = [t + c for t, c in times["optax.sgd"]]
+        # Each contender against optax's same form: Nesterov against optax's Nesterov.
+        bases = {
+            form: [t + c for t, c in times[form]] for form in ("optax.sgd", "optax.sgd nesterov")
+        }
         print(f"\n{leaves} leaves ({args.repeats} interleaved repeats, medians)")
-        print(f"{'contender':<12} {'trace s':>8} {'compile s':>10} {'total s':>8} {'/ optax':>8}")
+        print(f"{'contender':<20} {'trace s':>8} {'compile s':>10} {'total s':>8} {'/ optax':>8}")
         for name, pairs in times.items():
             trace = statistics.median(t for t, _ in pairs)
             comp = statistics.median(c for _, c in pairs)
+            base = bases["optax.sgd nesterov" if "nesterov" in name else "optax.sgd"]
             ratios = [(t + c) / b for (t, c), b in zip(pairs, base, strict=True)]
             total = statistics.median(t + c for t, c in pairs)
             print(
-                f"{name:<12} {trace:>8.2f} {comp:>10.2f} {total:>8.2f} "
+                f"{name:<20} {trace:>8.2f} {comp:>10.2f} {total:>8.2f} "
                 f"{statistics.median(ratios):>8.2f}"
             )
 

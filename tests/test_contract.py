@@ -87,6 +87,20 @@ def scale_by_aggmo_then_lr(learning_rate: Any, momenta: Any, layout: str = "auto
     return optax.chain(block, optax.scale_by_learning_rate(learning_rate))
 
 
+def momentum_packed(
+    learning_rate: Any,
+    momentum: Any,
+    nesterov: bool = False,
+    weight_decay: Any = 0.0,
+    layout: str = "packed",
+) -> Any:
+    """``momentum`` with the state of all (small) test arrays in one flat buffer."""
+    inner = momentum_jax.momentum(
+        learning_rate, momentum, nesterov=nesterov, weight_decay=weight_decay, layout="per_leaf"
+    )
+    return momentum_jax.pack_small_leaves(inner, layout=layout)
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     """One public transform with representative hyperparameters."""
@@ -315,6 +329,19 @@ ROWS = [
         {"learning_rate": LR},
         {"momenta": (0.0, 0.9, 0.99)},
         reference=lambda: momentum_jax.aggmo(LR, (0.0, 0.9, 0.99)),
+    ),
+    # The packed layout: every property of the table holds for it too.
+    Row(
+        "pack_small_leaves",
+        momentum_packed,
+        {"learning_rate": LR, "momentum": MU},
+        reference=lambda: optax.sgd(LR, MU),
+    ),
+    Row(
+        "pack_small_leaves_nesterov_schedules",
+        momentum_packed,
+        {"weight_decay": 0.01},
+        {"learning_rate": _decay, "momentum": _rising, "nesterov": True},
     ),
 ]
 

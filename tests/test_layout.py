@@ -43,7 +43,9 @@ def _params(complex_params: bool = True) -> dict[str, Any]:
         "frozen": None,
     }
     if complex_params:
-        params["c64"] = jnp.asarray(rng.standard_normal(3) + 1j * rng.standard_normal(3), "complex64")
+        params["c64"] = jnp.asarray(
+            rng.standard_normal(3) + 1j * rng.standard_normal(3), "complex64"
+        )
     return params
 
 
@@ -86,7 +88,8 @@ def _ulps(a: Any, b: Any) -> int:
     worst = 0
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         x, y = np.asarray(x), np.asarray(y)
-        assert x.dtype == y.dtype and x.shape == y.shape
+        assert x.dtype == y.dtype
+        assert x.shape == y.shape
         if x.size == 0 or not np.issubdtype(x.dtype, np.inexact):
             assert np.array_equal(x, y)
             continue
@@ -169,8 +172,12 @@ def test_auto_packs_on_gpu_only_unless_the_environment_says(monkeypatch: Any) ->
         monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
         state = momentum_jax.momentum(0.1).init(params)
         assert isinstance(state, momentum_jax.PackedState) is packs, backend
-        assert isinstance(momentum_jax.momentum(0.1, layout="packed").init(params), momentum_jax.PackedState)
-        assert isinstance(momentum_jax.momentum(0.1, layout="per_leaf").init(params), momentum_jax.MomentumState)
+        assert isinstance(
+            momentum_jax.momentum(0.1, layout="packed").init(params), momentum_jax.PackedState
+        )
+        assert isinstance(
+            momentum_jax.momentum(0.1, layout="per_leaf").init(params), momentum_jax.MomentumState
+        )
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     monkeypatch.setenv(_layout.LAYOUT_ENV, "per_leaf")
     assert isinstance(momentum_jax.momentum(0.1).init(params), momentum_jax.MomentumState)
@@ -178,7 +185,7 @@ def test_auto_packs_on_gpu_only_unless_the_environment_says(monkeypatch: Any) ->
     monkeypatch.setenv(_layout.LAYOUT_ENV, "packed")
     assert isinstance(momentum_jax.qhm(0.1).init(params), momentum_jax.PackedState)
     monkeypatch.setenv(_layout.LAYOUT_ENV, "fused")
-    with pytest.raises(ValueError, match="MOMENTUM_JAX_LAYOUT='fused'.*'per_leaf'"):
+    with pytest.raises(ValueError, match=r"MOMENTUM_JAX_LAYOUT='fused'.*'per_leaf'"):
         momentum_jax.momentum(0.1).init(params)
 
 
@@ -193,14 +200,20 @@ def test_default_threshold_packs_biases_but_not_kernels() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"layout": "fused"}, ValueError, "layout must be one of 'auto', 'per_leaf', 'packed', got 'fused'"),
+        (
+            {"layout": "fused"},
+            ValueError,
+            "layout must be one of 'auto', 'per_leaf', 'packed', got 'fused'",
+        ),
         ({"layout": None}, ValueError, "layout must be one of"),
         ({"max_size": -1}, ValueError, "max_size must be >= 0, got -1"),
         ({"max_size": 1.5}, TypeError, "max_size must be a Python int.*float 1.5"),
         ({"max_size": True}, TypeError, "max_size must be a Python int"),
     ],
 )
-def test_bad_layout_arguments_fail_when_built(kwargs: dict[str, Any], error: type, match: str) -> None:
+def test_bad_layout_arguments_fail_when_built(
+    kwargs: dict[str, Any], error: type, match: str
+) -> None:
     with pytest.raises(error, match=match):
         momentum_jax.pack_small_leaves(optax.sgd(0.1), **kwargs)
     if "layout" in kwargs:
@@ -213,11 +226,15 @@ def test_gradients_that_do_not_fit_the_packed_state_are_named() -> None:
     tx = momentum_jax.momentum(0.1, layout="packed")
     params = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
     state = tx.init(params)
-    with pytest.raises(ValueError, match=r"gradient at \['b'\] is a bfloat16 array.*float32 array of shape \(2, 2\).*layout='per_leaf'"):
+    with pytest.raises(
+        ValueError,
+        match=r"gradient at \['b'\] is a bfloat16 array.*float32 array of shape \(2, 2\)"
+        r".*layout='per_leaf'",
+    ):
         tx.update({"a": jnp.ones(3), "b": jnp.ones((2, 2), jnp.bfloat16)}, state)
     with pytest.raises(ValueError, match=r"gradient at \['a'\] is a float32 array of shape \(4,\)"):
         tx.update({"a": jnp.ones(4), "b": jnp.ones((2, 2))}, state)
-    with pytest.raises(ValueError, match="gradient tree has 1 leaves.*packed for params with 2"):
+    with pytest.raises(ValueError, match=r"gradient tree has 1 leaves.*packed for params with 2"):
         tx.update({"a": jnp.ones(3)}, state)
     with pytest.raises(ValueError, match=r"gradient at \['a'\] is None"):
         tx.update({"a": None, "b": jnp.ones((2, 2))}, state)
@@ -225,7 +242,11 @@ def test_gradients_that_do_not_fit_the_packed_state_are_named() -> None:
 
 @pytest.mark.parametrize(
     "inner",
-    [optax.sgd(0.1, momentum=0.9, nesterov=True), optax.adam(1e-2), optax.adamw(1e-2, weight_decay=0.1)],
+    [
+        optax.sgd(0.1, momentum=0.9, nesterov=True),
+        optax.adam(1e-2),
+        optax.adamw(1e-2, weight_decay=0.1),
+    ],
     ids=["sgd_nesterov", "adam", "adamw"],
 )
 def test_pack_small_leaves_wraps_elementwise_optax_transforms(inner: Any) -> None:
@@ -276,7 +297,9 @@ def test_layout_is_static_and_hashable() -> None:
     params = _params()
     a = _layout.Layout.of(params, 100)
     b = _layout.Layout.of(jax.tree.map(jnp.zeros_like, params), 100)
-    assert a == b and hash(a) == hash(b) and a is not b
+    assert a == b
+    assert hash(a) == hash(b)
+    assert a is not b
     assert jax.tree.leaves(a) == []
     assert a != _layout.Layout.of(params, 10)
     # bias (7), scale (6), scalar (1) and the empty array share the float32 pack.

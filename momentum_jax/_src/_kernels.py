@@ -154,4 +154,6 @@ def mean(g: jax.Array, buffers: tuple[jax.Array, ...]) -> jax.Array:
 def coupled_weight_decay(updates: Any, params: Any, weight_decay: Any) -> Any:
     """``g + weight_decay * theta`` in the gradient's dtype (coupled L2, torch's form)."""
     decay = as_scalar(weight_decay)
-    return _tree.map_buffers(lambda g, p: cast(add(g, multiply(decay, p)), g.dtype), updates, params)
+    return _tree.map_buffers(
+        lambda g, p: cast(add(g, multiply(decay, p)), g.dtype), updates, params
+    )

@@ -59,8 +59,7 @@ def auto_packs() -> bool:
     choice = os.environ.get(LAYOUT_ENV, "auto") or "auto"
     if choice not in LAYOUTS:
         raise ValueError(
-            f"{LAYOUT_ENV}={choice!r}: it must be one of "
-            f"{', '.join(repr(x) for x in LAYOUTS)}."
+            f"{LAYOUT_ENV}={choice!r}: it must be one of {', '.join(repr(x) for x in LAYOUTS)}."
         )
     if choice != "auto":
         return choice == "packed"
@@ -100,7 +99,7 @@ class Layout:
 
     @classmethod
     def of(cls, params: Any, max_size: int) -> Layout:
-        """The layout that packs the floating-point arrays of ``params`` with ``<= max_size`` elements."""
+        """The layout packing each floating-point array of ``params`` (``<= max_size`` elements)."""
         leaves = jax.tree.leaves(params, is_leaf=_is_none)
         sizes: dict[str, int] = {}
         slots: list[Slot | None] = []
@@ -148,7 +147,7 @@ class Layout:
     def pack(
         self, fn_name: str, tree: Any, what: str, *, check_dtype: bool = True
     ) -> tuple[Any, dict[str, jax.Array]]:
-        """``tree`` as ``(rest, packs)``: ``None`` where an array is packed, one flat array per dtype."""
+        """``tree`` as ``(rest, packs)``: ``None`` per packed array, one flat array per dtype."""
         leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_none)
         if len(leaves) != len(self.slots):
             raise ValueError(
@@ -175,7 +174,7 @@ class Layout:
             name: parts[0] if len(parts) == 1 else lax.concatenate(parts, 0)
             for name, parts in pieces.items()
         }
-        return treedef.unflatten(rest), packs
+        return jax.tree.unflatten(treedef, rest), packs
 
     def unpack(self, packed: tuple[Any, dict[str, Any]], treedef: Any) -> Any:
         """The inverse of :meth:`pack`, for a tree shaped like the packed one (``treedef``'s)."""
@@ -192,7 +191,7 @@ class Layout:
             if size != flat.shape[0]:
                 piece = lax.slice(flat, (slot.offset,), (slot.offset + size,))
             out.append(lax.reshape(piece, slot.shape))
-        return treedef.unflatten(out)
+        return jax.tree.unflatten(treedef, out)
 
     def _mismatch(
         self, fn_name: str, tree: Any, index: int, what: str, found: str, slot: Slot

@@ -150,7 +150,7 @@ def _map_buffers(state: Any, fn: Any) -> Any:
                 changed[key] = _map_buffers(child, fn)
         if hasattr(state, "_fields"):
             return type(state)(**changed)
-        return type(state)(changed)  # type: ignore[call-arg]
+        return type(state)(changed)
     if isinstance(state, list | tuple):
         return type(state)(_map_buffers(v, fn) for v in state)
     return state

@@ -256,13 +256,12 @@ def scale_by_aggmo(
 
     def step(updates: Any, state: AggMoState, params: Any) -> tuple[Any, Any]:
         del params
+        betas = [_kernels.Scalar(momenta[i]) for i in range(num_buffers)]
         buffers = tuple(
             _tree.map_buffers(
-                lambda g, b, beta=_kernels.Scalar(momenta[i]): _kernels.decay_add(g, b, beta),
-                updates,
-                buffer,
+                lambda g, b, beta=beta: _kernels.decay_add(g, b, beta), updates, buffer
             )
-            for i, buffer in enumerate(state.buffers)
+            for beta, buffer in zip(betas, state.buffers, strict=True)
         )
         out = _tree.map_buffers(lambda g, *bs: _kernels.mean(g, bs), updates, *buffers)
         return out, buffers
