@@ -23,7 +23,9 @@ Parameter sets: synthetic ones (10M params split into 1 to 5000 equal arrays,
 arrays) and ResNet-50 (25.6M in 161). On a GPU (detected from JAX's default
 backend; torch then runs on CUDA) each JAX contender is also timed as device
 time: ``--loop`` steps inside one jitted ``lax.fori_loop``, which removes the
-per-call dispatch that the Python loop pays.
+per-call dispatch that the Python loop pays. ``momentum_jax.momentum`` runs in
+its default layout (``layout="auto"``: packed small arrays on GPU, one buffer
+per array on CPU) and, on GPU or with ``--other-layout``, in the other one.
 
     python benchmarks/bench_step.py                 # the full suite (~5 min on CPU)
     python benchmarks/bench_step.py --quick         # a smoke run (~30 s)
@@ -252,8 +254,21 @@ def triad_contenders(total: int) -> list[Contender]:
     ]
 
 
+def other_layout() -> str:
+    """The state layout that ``layout="auto"`` does not pick on this backend."""
+    return "per_leaf" if jax.default_backend() == "gpu" else "packed"
+
+
 def build(shapes: Shapes, contenders: list[str], seed: int, loop: int = 0) -> list[Contender]:
+    other = other_layout()
     factories: dict[str, Callable[[], Contender]] = {
+        # The default (layout="auto") and the other layout, side by side.
+        f"momentum_jax.momentum [{other}]": lambda: jax_contender(
+            f"momentum_jax.momentum [{other}]",
+            momentum_jax.momentum(LR, MU, layout=other),
+            shapes,
+            seed,
+        ),
         "momentum_jax.momentum": lambda: jax_contender(
             "momentum_jax.momentum", momentum_jax.momentum(LR, MU), shapes, seed
         ),
@@ -271,6 +286,7 @@ def build(shapes: Shapes, contenders: list[str], seed: int, loop: int = 0) -> li
         # Device time: the same steps inside one jitted loop.
         for name, tx in [
             ("momentum_jax.momentum", momentum_jax.momentum(LR, MU)),
+            (f"momentum_jax.momentum [{other}]", momentum_jax.momentum(LR, MU, layout=other)),
             ("optax.sgd", optax.sgd(LR, momentum=MU)),
         ]:
             looped = f"{name} [jitted loop]"
@@ -456,6 +472,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         default=None,
         help="also time steps inside one jitted loop of this length (default 20 on GPU)",
     )
+    parser.add_argument(
+        "--other-layout",
+        action="store_true",
+        help="also time momentum in the state layout this backend does not default to "
+        "(always on GPU, where it is the per-array layout)",
+    )
     parser.add_argument("--json", default="benchmarks/out/bench_step.json", help="JSON output")
     args = parser.parse_args(argv)
 
@@ -470,7 +492,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print("machine:", json.dumps(info))
     results = []
     for name, shapes in sets.items():
-        built = build(shapes, CONTENDERS, seed=0, loop=loop)
+        contenders = CONTENDERS
+        if gpu or args.other_layout:
+            # On CPU the packed layout compiles slowly (about 10 s at 1000 arrays):
+            # only on request there.
+            contenders = [*CONTENDERS, f"momentum_jax.momentum [{other_layout()}]"]
+        built = build(shapes, contenders, seed=0, loop=loop)
         measure(built, reps, args.seconds)
         result = summarise(_numel(shapes), len(shapes), built, name)
         print_table(result)

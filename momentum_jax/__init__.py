@@ -15,6 +15,11 @@ The learning-rate-free blocks :func:`scale_by_momentum`, :func:`scale_by_qhm`
 and :func:`scale_by_aggmo` chain with ``optax.scale_by_learning_rate``; the
 optimizers are such chains, except :func:`momentum` (learning rate inside the
 velocity). :func:`restore_state` carries a 0.1.0 state into today's layout.
+
+State layout: with ``layout="auto"`` (every transform's default) a GPU packs
+the buffers of all small arrays into one flat array per dtype
+(:class:`PackedState`); elsewhere each param has its own buffer. See
+:func:`pack_small_leaves`.
 """
 
 from momentum_jax import compat as compat
@@ -35,7 +40,7 @@ from momentum_jax._src._variants import qhm as qhm
 from momentum_jax._src._variants import scale_by_aggmo as scale_by_aggmo
 from momentum_jax._src._variants import scale_by_qhm as scale_by_qhm
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "AggMoState",

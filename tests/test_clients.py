@@ -8,7 +8,8 @@ with our transform and once with optax's, and the losses and params must agree
 step for step. The runs go through each framework's own machinery:
 ``nnx.Optimizer(..., wrt=nnx.Param)`` under ``nnx.jit`` with a frozen part
 (``optax.partition``), and ``eqx.filter_jit`` with a model that holds an integer
-array, which ``eqx.filter_grad`` gives a ``None`` gradient.
+array, which ``eqx.filter_grad`` gives a ``None`` gradient. The packed state
+layout runs through both.
 """
 
 from __future__ import annotations
@@ -66,9 +67,26 @@ PAIRS: dict[str, Pair] = {
         lambda: optax.MultiSteps(momentum_jax.nesterov(LR, MU), every_k_schedule=2),
         lambda: optax.MultiSteps(optax.sgd(LR, MU, nesterov=True), every_k_schedule=2),
     ),
+    # The packed state layout (the GPU default), and packing around optax's Adam.
+    "packed_nesterov": (
+        lambda: momentum_jax.nesterov(LR, MU, layout="packed"),
+        lambda: optax.sgd(LR, MU, nesterov=True),
+    ),
+    "packed_adam": (
+        lambda: momentum_jax.pack_small_leaves(optax.adam(1e-2)),
+        lambda: optax.adam(1e-2),
+    ),
 }
 NNX_CASES = list(PAIRS)
-EQX_CASES = ["momentum", "nesterov", "injected_nesterov", "injected_torch_sgd", "clipped"]
+EQX_CASES = [
+    "momentum",
+    "nesterov",
+    "injected_nesterov",
+    "injected_torch_sgd",
+    "clipped",
+    "packed_nesterov",
+    "packed_adam",
+]
 
 
 # --- Flax NNX -----------------------------------------------------------------------
