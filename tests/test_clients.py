@@ -85,7 +85,6 @@ EQX_CASES = [
     "injected_torch_sgd",
     "clipped",
     "packed_nesterov",
-    "packed_adam",
 ]
 
 

@@ -80,7 +80,9 @@ class Layout:
 
     ``slots`` has one entry per leaf of the params (``None`` leaves included,
     in ``jax.tree.flatten(params, is_leaf=lambda x: x is None)`` order):
-    ``None`` for an array that keeps its own buffer, else its :class:`Slot`.
+    ``None`` for an array that keeps its own buffer, else a named tuple
+    ``(group, offset, shape)``: its dtype's name, where it starts in that
+    dtype's flat array, and its shape.
     ``groups`` gives each packed dtype's total size, in name order.
     """
 
@@ -88,7 +90,7 @@ class Layout:
 
     def __init__(
         self,
-        slots: tuple[Slot | None, ...],
+        slots: tuple[Any, ...],
         groups: tuple[tuple[str, int], ...],
         max_size: int,
     ) -> None:
