@@ -1,4 +1,4 @@
-"""Carry a state saved by momentum_jax 0.1.0 into a transform's current state layout."""
+"""Carry a saved state into a transform's current layout: from 0.1.0, or between the packed and per-array layouts."""
 
 from __future__ import annotations
 
