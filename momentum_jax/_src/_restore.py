@@ -1,4 +1,7 @@
-"""Carry a saved state into a transform's current layout: from 0.1.0, or between the packed and per-array layouts."""
+"""Carry a saved state into a transform's current layout.
+
+From momentum_jax 0.1.0, and between the packed and the per-array layouts.
+"""
 
 from __future__ import annotations
 
