@@ -83,8 +83,9 @@ def momentum(
         dtype. ``jnp.float32`` keeps an exact buffer for bfloat16 params.
       layout: ``"auto"`` (the default) packs the buffers of all small arrays
         into one flat array per dtype on a GPU and keeps one buffer per array
-        elsewhere; ``"packed"`` and ``"per_leaf"`` choose. The numbers are the
-        same; see :func:`momentum_jax.pack_small_leaves`.
+        elsewhere; ``"packed"`` and ``"per_leaf"`` choose. Both compute the
+        same expression per element (XLA may round a fused multiply-add
+        differently, in the last bit); see :func:`momentum_jax.pack_small_leaves`.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a

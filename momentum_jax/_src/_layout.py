@@ -273,10 +273,13 @@ def pack_small_leaves(
 
     ``inner`` must treat each element independently (elementwise, like every
     momentum_jax transform and optax's ``sgd``, ``scale_by_adam`` or
-    ``add_decayed_weights``): then the numbers are bit-identical to the
-    per-array layout. A transform that reduces over arrays (``clip_by_global_norm``)
-    still works but rounds differently, and one that looks at the tree's
-    structure (``optax.masked``, ``multi_transform``) must go outside.
+    ``add_decayed_weights``): then each element gets the same expression as
+    in the per-array layout (XLA may contract a multiply and an add into one
+    rounding in one layout's loop and not the other's, so the last bit can
+    differ, as between jit and eager execution). A transform that reduces
+    over arrays (``clip_by_global_norm``) still works but rounds its sum
+    differently, and one that looks at the tree's structure (``optax.masked``,
+    ``multi_transform``) must go outside.
 
     Args:
       inner: the transform to run on the packed arrays.
