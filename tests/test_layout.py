@@ -10,6 +10,7 @@ layouts, also through an orbax checkpoint read without a target.
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import chex
@@ -283,6 +284,10 @@ def test_checkpoints_move_between_layouts(tmp_path: Any) -> None:
     chex.assert_trees_all_equal_structs(moved, per_leaf_tx.init(params))
     back = momentum_jax.restore_state(moved, packed_tx, params)
     chex.assert_trees_all_equal(back, state)
+    # pickle keeps the layout too.
+    pickled = pickle.loads(pickle.dumps(jax.device_get(state)))
+    assert pickled.layout == state.layout
+    chex.assert_trees_all_equal(pickled, state)
     # Training goes on from either copy the same way.
     grads = _grads(params, 7)
     packed_updates, _ = packed_tx.update(grads, state, params)
