@@ -56,7 +56,45 @@ def main() -> None:
     }
     _, state = jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
     cases["update"] = problems(state, params)
+    cases.update(explicit_axes(rng))
     print(json.dumps({"devices": len(jax.devices()), "cases": cases}))
+
+
+def explicit_axes(rng: Any) -> dict[str, list[str]]:
+    """Over explicit mesh axes a small but sharded param keeps its own, sharded buffer."""
+    axis_type = getattr(jax.sharding, "AxisType", None)
+    if axis_type is None or not hasattr(jax, "set_mesh"):
+        return {}  # JAX without explicit axes: nothing to check
+    grid = np.array(jax.devices()).reshape(2, 4)
+    mesh = jax.sharding.Mesh(grid, ("data", "model"), axis_types=(axis_type.Explicit,) * 2)
+    found: dict[str, list[str]] = {}
+    with jax.set_mesh(mesh):
+        params = {
+            "split": jax.device_put(
+                jnp.asarray(rng.standard_normal((6, 16)), jnp.float32),
+                NamedSharding(mesh, P(None, "model")),
+            ),
+            "bias": jax.device_put(jnp.zeros(16), NamedSharding(mesh, P())),
+        }
+        tx = momentum_jax.momentum(0.1, 0.9, layout="packed")
+        for phase, state in (("eager", tx.init(params)), ("jit", jax.jit(tx.init)(params))):
+            wrong = []
+            rest, packs = state.inner.velocity
+            if rest["split"] is None:
+                wrong.append("the sharded 6x16 param was packed")
+            elif rest["split"].sharding.spec != params["split"].sharding.spec:
+                wrong.append(f"split buffer {rest['split'].sharding} vs {params['split'].sharding}")
+            if rest["bias"] is not None or packs["float32"].shape != (16,):
+                wrong.append("the replicated bias was not packed")
+            found[f"explicit_{phase}_init"] = wrong
+        grads = jax.tree.map(lambda p: p + 1.0, params)
+        updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+        found["explicit_update"] = (
+            []
+            if updates["split"].sharding.spec == params["split"].sharding.spec
+            else [f"split update {updates['split'].sharding}"]
+        )
+    return found
 
 
 if __name__ == "__main__":

@@ -241,8 +241,15 @@ def test_gradients_that_do_not_fit_the_packed_state_are_named() -> None:
         tx.update({"a": jnp.ones(3), "b": jnp.ones((2, 2), jnp.bfloat16)}, state)
     with pytest.raises(ValueError, match=r"gradient at \['a'\] is a float32 array of shape \(4,\)"):
         tx.update({"a": jnp.ones(4), "b": jnp.ones((2, 2))}, state)
-    with pytest.raises(ValueError, match=r"gradient tree has 1 leaves.*packed for params with 2"):
+    with pytest.raises(
+        ValueError, match=r"it has 1 leaves, but the state was packed for params with 2"
+    ):
         tx.update({"a": jnp.ones(3)}, state)
+    # Leaves pair up by position; a swapped pair is caught by its shapes.
+    with pytest.raises(
+        ValueError, match=r"gradient at \['a'\] is a float32 array of shape \(2, 2\)"
+    ):
+        tx.update({"a": jnp.ones((2, 2)), "c": jnp.ones(3)}, state)
     with pytest.raises(ValueError, match=r"gradient at \['a'\] is None"):
         tx.update({"a": None, "b": jnp.ones((2, 2))}, state)
 
@@ -295,13 +302,39 @@ def test_checkpoints_move_between_layouts(tmp_path: Any) -> None:
     assert _ulps(packed_updates, per_leaf_updates) <= 1
 
 
-def test_large_arrays_keep_their_sharding_and_packs_are_replicated() -> None:
+def test_large_and_explicitly_sharded_arrays_keep_their_sharding() -> None:
     report = _subprocess.run_json(
         ["tests/_layout_worker.py"], devices=8, what="layout sharding worker"
     )
     assert report["devices"] == 8
+    # Explicit mesh axes are checked wherever this JAX has them.
+    if hasattr(jax.sharding, "AxisType") and hasattr(jax, "set_mesh"):
+        assert "explicit_update" in report["cases"]
     for phase, problems in report["cases"].items():
         assert problems == [], f"{phase}: {problems}"
+
+
+def test_a_packed_state_reads_like_the_per_array_state() -> None:
+    params = _params(complex_params=False)
+    for build in (momentum_jax.momentum, momentum_jax.scale_by_qhm, momentum_jax.scale_by_aggmo):
+        packed = (
+            build(0.5, layout="packed")
+            if build is momentum_jax.momentum
+            else build(layout="packed")
+        )
+        per_leaf = (
+            build(0.5, layout="per_leaf")
+            if build is momentum_jax.momentum
+            else build(layout="per_leaf")
+        )
+        _, packed_state = _run(packed, params, steps=2)
+        _, per_leaf_state = _run(per_leaf, params, steps=2)
+        for field in per_leaf_state._fields:
+            got, expected = getattr(packed_state, field), getattr(per_leaf_state, field)
+            chex.assert_trees_all_equal_structs(got, expected)
+            assert _ulps(got, expected) <= 2
+    with pytest.raises(AttributeError):
+        _ = packed_state.hyperparams
 
 
 def test_layout_is_static_and_hashable() -> None:

@@ -83,26 +83,32 @@ class Layout:
     ``None`` for an array that keeps its own buffer, else a named tuple
     ``(group, offset, shape)``: its dtype's name, where it starts in that
     dtype's flat array, and its shape.
-    ``groups`` gives each packed dtype's total size, in name order.
+    ``groups`` gives each packed dtype's total size, in name order, and
+    ``treedef`` the params' tree structure (``None`` leaves counted as leaves).
     """
 
-    __slots__ = ("_hash", "groups", "max_size", "slots")
+    __slots__ = ("_hash", "_key", "groups", "max_size", "slots", "treedef")
 
     def __init__(
         self,
         slots: tuple[Any, ...],
         groups: tuple[tuple[str, int], ...],
         max_size: int,
+        treedef: Any,
     ) -> None:
         self.slots = slots
         self.groups = groups
         self.max_size = max_size
-        self._hash = hash((slots, groups, max_size))
+        self.treedef = treedef
+        # The structure enters equality through its text: a treedef's own hash
+        # needs every node's metadata to be hashable, which not all are.
+        self._key = (slots, groups, max_size, str(treedef))
+        self._hash = hash(self._key)
 
     @classmethod
     def of(cls, params: Any, max_size: int) -> Layout:
         """The layout packing each floating-point array of ``params`` (``<= max_size`` elements)."""
-        leaves = jax.tree.leaves(params, is_leaf=_is_none)
+        leaves, treedef = jax.tree.flatten(params, is_leaf=_is_none)
         sizes: dict[str, int] = {}
         slots: list[Slot | None] = []
         for leaf in leaves:
@@ -114,7 +120,7 @@ class Layout:
             shape = tuple(int(d) for d in jnp.shape(leaf))
             slots.append(Slot(group, offset, shape))
             sizes[group] = offset + math.prod(shape)
-        return cls(tuple(slots), tuple(sorted(sizes.items())), max_size)
+        return cls(tuple(slots), tuple(sorted(sizes.items())), max_size, treedef)
 
     @property
     def num_packed(self) -> int:
@@ -133,10 +139,7 @@ class Layout:
 
     def __eq__(self, other: object) -> bool:
         return self is other or (
-            isinstance(other, Layout)
-            and self._hash == other._hash
-            and (self.slots, self.groups, self.max_size)
-            == (other.slots, other.groups, other.max_size)
+            isinstance(other, Layout) and self._hash == other._hash and self._key == other._key
         )
 
     def __repr__(self) -> str:
@@ -150,12 +153,17 @@ class Layout:
         self, fn_name: str, tree: Any, what: str, *, check_dtype: bool = True
     ) -> tuple[Any, dict[str, jax.Array]]:
         """``tree`` as ``(rest, packs)``: ``None`` per packed array, one flat array per dtype."""
+        # The leaves are matched by position, as jax.tree.map would: the
+        # structure itself may differ in node types (Flax NNX inits with Param
+        # variables and updates with plain arrays). Each packed leaf's shape and
+        # dtype are checked below; the others meet the inner transform's checks.
         leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_none)
         if len(leaves) != len(self.slots):
             raise ValueError(
-                f"{fn_name}: the {what} tree has {len(leaves)} leaves, but the optimizer "
-                f"state was packed for params with {len(self.slots)}. Call init with params "
-                f"shaped like the {what}s."
+                f"{fn_name}: the {what} tree does not match the optimizer state: it has "
+                f"{len(leaves)} leaves, but the state was packed for params with "
+                f"{len(self.slots)} ({self.treedef}). Call init with params shaped like "
+                f"the {what}s."
             )
         pieces: dict[str, list[jax.Array]] = {name: [] for name, _ in self.groups}
         rest: list[Any] = []
@@ -178,8 +186,9 @@ class Layout:
         }
         return jax.tree.unflatten(treedef, rest), packs
 
-    def unpack(self, packed: tuple[Any, dict[str, Any]], treedef: Any) -> Any:
-        """The inverse of :meth:`pack`, for a tree shaped like the packed one (``treedef``'s)."""
+    def unpack(self, packed: tuple[Any, dict[str, Any]], treedef: Any = None) -> Any:
+        """The inverse of :meth:`pack`: a tree with the params' structure (or ``treedef``'s)."""
+        treedef = self.treedef if treedef is None else treedef
         rest, packs = packed
         rest_leaves = treedef.flatten_up_to(rest)
         out = []
@@ -210,7 +219,27 @@ class Layout:
 
 def _packs(leaf: Any, max_size: int) -> bool:
     dtype = jnp.result_type(leaf)
-    return bool(jnp.issubdtype(dtype, jnp.inexact)) and math.prod(jnp.shape(leaf)) <= max_size
+    return (
+        bool(jnp.issubdtype(dtype, jnp.inexact))
+        and math.prod(jnp.shape(leaf)) <= max_size
+        and not _explicitly_sharded(leaf)
+    )
+
+
+def _explicitly_sharded(leaf: Any) -> bool:
+    """True for an array split over explicit mesh axes (its type says so, traced or not).
+
+    Such an array keeps its own buffer: flattening it into a pack would need
+    a resharding (a gather) at every step. Over auto axes the type carries
+    no sharding, eagerly or under jit, so that the layout (part of the
+    state's structure) is the same for ``init`` and ``jax.jit(init)``; XLA
+    then lays the pack out as it propagates shardings.
+    """
+    typeof = getattr(jax, "typeof", None)  # JAX 0.4 has no explicit axes either
+    if typeof is None:
+        return False
+    spec = getattr(getattr(typeof(leaf), "sharding", None), "spec", None) or ()
+    return any(axis is not None for axis in spec)
 
 
 class PackedState(NamedTuple):
@@ -223,10 +252,33 @@ class PackedState(NamedTuple):
         array holding all packed arrays of that dtype.
       layout: the static :class:`Layout`: which arrays are packed, and where.
         It holds no arrays (it is part of the tree structure).
+
+    Other fields of the inner state read through: ``state.count`` is the
+    inner count, and ``state.velocity`` (``buffer``, ``buffers``) is the
+    inner buffer sliced back into a params-shaped tree, so code that reads a
+    state works in both layouts. ``_replace`` and indexing see only
+    ``inner`` and ``layout``.
     """
 
     inner: Any
     layout: Layout
+
+    def __getattr__(self, name: str) -> Any:
+        # Reading a field of the inner state (velocity, buffer, ...) works as on
+        # a per-array state: buffers come back params-shaped.
+        if name not in getattr(self.inner, "_fields", ()):
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+        value = getattr(self.inner, name)
+        if name in ("velocity", "buffer"):
+            return self.layout.unpack(value)
+        if name == "buffers":
+            return tuple(self.layout.unpack(b) for b in value)
+        return value
+
+    @property
+    def count(self) -> Any:
+        """The inner state's update count (``tuple.count`` would shadow it)."""
+        return self.__getattr__("count")
 
 
 def check_layout(fn_name: str, layout: Any) -> str:

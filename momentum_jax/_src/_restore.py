@@ -78,7 +78,7 @@ def restore_state(
       >>> import momentum_jax
       >>> params = jnp.zeros(2)
       >>> old = {"count": jnp.asarray(3), "buffer": jnp.array([0.5, -0.5])}  # 0.1.0 qhm
-      >>> tx = momentum_jax.qhm(0.1, 0.9)
+      >>> tx = momentum_jax.qhm(0.1, 0.9, layout="per_leaf")  # as on a CPU
       >>> state = momentum_jax.restore_state(old, tx, params)
       >>> print(state[0].buffer, state[0].count)
       [ 0.5 -0.5] 3
