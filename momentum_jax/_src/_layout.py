@@ -14,9 +14,8 @@ evaluate the same expression for every element. They can still differ in
 the last bit: XLA may contract a multiply and an add into one fused
 multiply-add in one layout's loop and not in the other's (jit and eager
 execution differ in the same way). ``tests/test_layout.py`` bounds the
-difference in ulps. Large arrays keep their own
-buffer (and their sharding); the packed buffers are computed from the
-concatenated small params.
+difference in ulps. Large arrays keep their own buffer (and their sharding);
+the packed buffers are computed from the concatenated small params.
 
 On CPU the concatenation costs more than it saves: XLA:CPU compiles a
 concatenate of 1000 operands slowly (``benchmarks/xla_cpu_probes.py
