@@ -8,14 +8,18 @@
 2. ``layout``: one flat velocity buffer for all arrays (a concatenate of the
    gradients, one fused velocity update, a slice per param) against the
    pytree layout, at many arrays.
+3. ``trace``: what tracing one scalar-times-array multiply costs, written with
+   ``jax.numpy`` (a jitted function per operator) and with ``jax.lax``.
 
     python benchmarks/xla_cpu_probes.py forms
     python benchmarks/xla_cpu_probes.py layout --arrays 1000
+    python benchmarks/xla_cpu_probes.py trace --arrays 2000
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -129,15 +133,36 @@ def layout(total: int, arrays: int, reps: int) -> None:
         print(f"  {name:45s} {1e3 * statistics.median(ts):8.3f} ms")
 
 
+def trace(arrays: int, reps: int) -> None:
+    """Microseconds per traced multiply, best of ``reps`` traces of ``arrays`` of them."""
+    xs = [jnp.ones((64, 64), jnp.float32)] * arrays
+    mu = jnp.asarray(0.9, jnp.float32)
+    variants: dict[str, Callable[[Any], Any]] = {
+        "jnp: 0.9 * x": lambda x: 0.9 * x,
+        "jnp: mu * x (a float32 scalar array)": lambda x: mu * x,
+        "lax: lax.mul(x, mu)": lambda x: jax.lax.mul(x, mu),
+    }
+    print(f"tracing {arrays} multiplies, best of {reps}")
+    for name, op in variants.items():
+        best = math.inf
+        for _ in range(reps):
+            start = time.perf_counter()
+            jax.make_jaxpr(lambda xs, op=op: [op(x) for x in xs])(xs)
+            best = min(best, time.perf_counter() - start)
+        print(f"  {name:40s} {1e6 * best / arrays:6.1f} us per multiply")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("probe", choices=["forms", "layout"])
+    parser.add_argument("probe", choices=["forms", "layout", "trace"])
     parser.add_argument("--params", type=int, default=10_000_000, help="total parameters")
     parser.add_argument("--arrays", type=int, default=1000, help="arrays (layout probe)")
     parser.add_argument("--reps", type=int, default=15, help="interleaved repetitions")
     args = parser.parse_args(argv)
     if args.probe == "forms":
         forms(args.params, args.reps)
+    elif args.probe == "trace":
+        trace(args.arrays, min(args.reps, 5))
     else:
         layout(args.params, args.arrays, args.reps)
 

@@ -229,6 +229,11 @@ def test_bad_layout_arguments_fail_when_built(
                 build(0.1, layout=kwargs["layout"])
 
 
+def test_pack_small_leaves_refuses_what_is_not_a_transform() -> None:
+    with pytest.raises(TypeError, match=r"inner must be an optax GradientTransformation.*function"):
+        momentum_jax.pack_small_leaves(optax.sgd)  # the factory, not a transform
+
+
 def test_gradients_that_do_not_fit_the_packed_state_are_named() -> None:
     tx = momentum_jax.momentum(0.1, layout="packed")
     params = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}

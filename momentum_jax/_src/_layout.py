@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from momentum_jax._src._tree import _is_none, _keystr
+from momentum_jax._src._tree import _as_array, _is_none, _keystr
 
 #: Arrays with at most this many elements are packed by default.
 DEFAULT_MAX_PACKED_SIZE = 2**16
@@ -173,7 +173,7 @@ class Layout:
             rest.append(None)
             if leaf is None:
                 raise self._mismatch(fn_name, tree, index, what, "None", slot)
-            leaf = jnp.asarray(leaf) if not isinstance(leaf, jax.Array | np.ndarray) else leaf
+            leaf = _as_array(leaf)
             wrong_dtype = check_dtype and np.dtype(leaf.dtype).name != slot.group
             if wrong_dtype or tuple(leaf.shape) != slot.shape:
                 found = f"a {leaf.dtype} array of shape {tuple(leaf.shape)}"
@@ -352,6 +352,11 @@ def pack_small_leaves(
       Layout(2 of 3 arrays packed (<= 65536 elements each) into {float32: 1024})
     """
     name = "momentum_jax.pack_small_leaves"
+    if not isinstance(inner, optax.GradientTransformation):
+        raise TypeError(
+            f"{name}: inner must be an optax GradientTransformation (such as "
+            f"optax.sgd(0.1, momentum=0.9)), got {type(inner).__name__} {inner!r}."
+        )
     max_size = check_max_size(name, max_size)
     layout = check_layout(name, layout)
     return _wrap(name, inner, layout, max_size)
