@@ -24,8 +24,8 @@ arrays) and ResNet-50 (25.6M in 161). On a GPU (detected from JAX's default
 backend; torch then runs on CUDA) each JAX contender is also timed as device
 time: ``--loop`` steps inside one jitted ``lax.fori_loop``, which removes the
 per-call dispatch that the Python loop pays. ``momentum_jax.momentum`` runs in
-its default layout (``layout="auto"``: packed small arrays on GPU, one buffer
-per array on CPU) and, on GPU or with ``--other-layout``, in the other one.
+its default layout (one buffer per array) and, on GPU or with
+``--other-layout``, in the packed layout too.
 
     python benchmarks/bench_step.py                 # the full suite (~5 min on CPU)
     python benchmarks/bench_step.py --quick         # a smoke run (~30 s)
@@ -254,15 +254,10 @@ def triad_contenders(total: int) -> list[Contender]:
     ]
 
 
-def other_layout() -> str:
-    """The state layout that ``layout="auto"`` does not pick on this backend."""
-    return "per_leaf" if jax.default_backend() == "gpu" else "packed"
-
-
 def build(shapes: Shapes, contenders: list[str], seed: int, loop: int = 0) -> list[Contender]:
-    other = other_layout()
+    other = "packed"
     factories: dict[str, Callable[[], Contender]] = {
-        # The default (layout="auto") and the other layout, side by side.
+        # The default layout and the packed one, side by side.
         f"momentum_jax.momentum [{other}]": lambda: jax_contender(
             f"momentum_jax.momentum [{other}]",
             momentum_jax.momentum(LR, MU, layout=other),
@@ -475,8 +470,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument(
         "--other-layout",
         action="store_true",
-        help="also time momentum in the state layout this backend does not default to "
-        "(always on GPU, where it is the per-array layout)",
+        help="also time momentum in the packed state layout (always on GPU)",
     )
     parser.add_argument("--json", default="benchmarks/out/bench_step.json", help="JSON output")
     args = parser.parse_args(argv)
@@ -496,7 +490,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if gpu or args.other_layout:
             # On CPU the packed layout compiles slowly (about 10 s at 1000 arrays):
             # only on request there.
-            contenders = [*CONTENDERS, f"momentum_jax.momentum [{other_layout()}]"]
+            contenders = [*CONTENDERS, "momentum_jax.momentum [packed]"]
         built = build(shapes, contenders, seed=0, loop=loop)
         measure(built, reps, args.seconds)
         result = summarise(_numel(shapes), len(shapes), built, name)

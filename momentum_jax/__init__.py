@@ -14,12 +14,15 @@ a gradient that arrives for one is an error naming its path.
 The learning-rate-free blocks :func:`scale_by_momentum`, :func:`scale_by_qhm`
 and :func:`scale_by_aggmo` chain with ``optax.scale_by_learning_rate``; the
 optimizers are such chains, except :func:`momentum` (learning rate inside the
-velocity). :func:`restore_state` carries a 0.1.0 state into today's layout.
+velocity). :func:`restore_state` carries a saved state into a transform's
+current layout.
 
-State layout: with ``layout="auto"`` (every transform's default) a GPU packs
-the buffers of all small arrays into one flat array per dtype
-(:class:`PackedState`); elsewhere each param has its own buffer. See
-:func:`pack_small_leaves`.
+State layout: every state's structure depends only on the transform's
+arguments and the params, never on the backend or the environment. Each
+param has its own buffer (``layout="per_leaf"``, the default); with
+``layout="packed"`` the buffers of all small arrays are one flat array per
+dtype (:class:`PackedState`), an option for GPUs and models with many small
+arrays. Both layouts give the same numbers.
 """
 
 from momentum_jax import compat as compat
@@ -30,7 +33,6 @@ from momentum_jax._src._core import nesterov as nesterov
 from momentum_jax._src._core import scale_by_momentum as scale_by_momentum
 from momentum_jax._src._layout import Layout as Layout
 from momentum_jax._src._layout import PackedState as PackedState
-from momentum_jax._src._layout import pack_small_leaves as pack_small_leaves
 from momentum_jax._src._restore import restore_state as restore_state
 from momentum_jax._src._validation import ScalarOrSchedule as ScalarOrSchedule
 from momentum_jax._src._variants import AggMoState as AggMoState
@@ -53,7 +55,6 @@ __all__ = [
     "compat",
     "momentum",
     "nesterov",
-    "pack_small_leaves",
     "qhm",
     "restore_state",
     "scale_by_aggmo",

@@ -20,6 +20,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import momentum_jax
+from tests.golden.make_golden import plain
+
+COLLECTIVES = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
 
 
 def problems(state: Any, params: Any) -> list[str]:
@@ -39,23 +42,33 @@ def main() -> None:
     rng = np.random.default_rng(0)
     params = {
         "kernel": jax.device_put(
-            jnp.asarray(rng.standard_normal((16, 64)), jnp.float32),
+            jnp.asarray(rng.standard_normal((256, 512)), jnp.float32),
             NamedSharding(mesh, P(None, "model")),
         ),
         "bias": jax.device_put(jnp.zeros(64), NamedSharding(mesh, P())),
         "norm": jax.device_put(jnp.ones(16), NamedSharding(mesh, P())),
     }
-    # max_size=256 packs the two vectors and keeps the 1024-element kernel apart.
-    tx = momentum_jax.pack_small_leaves(
-        momentum_jax.momentum(0.1, 0.9, layout="per_leaf"), max_size=256
-    )
+    # The two vectors are packed; the kernel (more than 2**16 elements) keeps its own buffer.
+    tx = momentum_jax.momentum(0.1, 0.9, layout="packed")
     grads = jax.tree.map(lambda p: p * 0.5 + 1.0, params)
     cases = {
         "eager_init": problems(tx.init(params), params),
         "jit_init": problems(jax.jit(tx.init)(params), params),
     }
-    _, state = jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
+    update = jax.jit(tx.update)
+    _, state = update(grads, jax.jit(tx.init)(params), params)
     cases["update"] = problems(state, params)
+    # Replicated small params and a kernel split over "model": nothing to communicate.
+    hlo = update.lower(grads, state, params).compile().as_text()
+    cases["no_collectives"] = [op for op in COLLECTIVES if op in hlo]
+    # restore_state between the layouts keeps every buffer where init puts it.
+    per_leaf = momentum_jax.restore_state(state, momentum_jax.momentum(0.1, 0.9), params)
+    cases["restored_per_leaf"] = [
+        f"{name} buffer {buffer.sharding} vs param {params[name].sharding}"
+        for name, buffer in per_leaf.velocity.items()
+        if not buffer.sharding.is_equivalent_to(params[name].sharding, buffer.ndim)
+    ]
+    cases["restored_packed"] = problems(momentum_jax.restore_state(per_leaf, tx, params), params)
     cases.update(explicit_axes(rng))
     print(json.dumps({"devices": len(jax.devices()), "cases": cases}))
 
@@ -94,6 +107,19 @@ def explicit_axes(rng: Any) -> dict[str, list[str]]:
             if updates["split"].sharding.spec == params["split"].sharding.spec
             else [f"split update {updates['split'].sharding}"]
         )
+        state = jax.jit(tx.update)(grads, tx.init(params), params)[1]
+    # Read back elsewhere without a target, with host params (which would all be
+    # packed): which arrays were packed is read from the state itself.
+    host = jax.tree.map(np.asarray, params)
+    wrong = []
+    try:
+        moved = momentum_jax.restore_state(plain(state), tx, host)
+        for name in params:
+            if not np.array_equal(moved.velocity[name], np.asarray(state.velocity[name])):
+                wrong.append(f"the {name} buffer changed")
+    except ValueError as error:
+        wrong.append(str(error))
+    found["explicit_checkpoint_on_host"] = wrong
     return found
 
 

@@ -17,10 +17,6 @@ import os
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-# layout="auto" packs on GPU machines. The suite checks per-array states by
-# default on every backend (subprocesses inherit this); tests/test_layout.py
-# tests the packed layout and the "auto" rule explicitly.
-os.environ.setdefault("MOMENTUM_JAX_LAYOUT", "per_leaf")
 
 # The skip reason each allowed framework produces (pytest.importorskip's).
 _ALLOWED_REASONS = {

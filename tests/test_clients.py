@@ -9,7 +9,7 @@ step for step. The runs go through each framework's own machinery:
 ``nnx.Optimizer(..., wrt=nnx.Param)`` under ``nnx.jit`` with a frozen part
 (``optax.partition``), and ``eqx.filter_jit`` with a model that holds an integer
 array, which ``eqx.filter_grad`` gives a ``None`` gradient. The packed state
-layout runs through both.
+layout runs through both, alone and inside a chain.
 """
 
 from __future__ import annotations
@@ -67,14 +67,14 @@ PAIRS: dict[str, Pair] = {
         lambda: optax.MultiSteps(momentum_jax.nesterov(LR, MU), every_k_schedule=2),
         lambda: optax.MultiSteps(optax.sgd(LR, MU, nesterov=True), every_k_schedule=2),
     ),
-    # The packed state layout (the GPU default), and packing around optax's Adam.
+    # The packed state layout, alone and in a chain.
     "packed_nesterov": (
         lambda: momentum_jax.nesterov(LR, MU, layout="packed"),
         lambda: optax.sgd(LR, MU, nesterov=True),
     ),
-    "packed_adam": (
-        lambda: momentum_jax.pack_small_leaves(optax.adam(1e-2)),
-        lambda: optax.adam(1e-2),
+    "packed_torch_sgd": (
+        lambda: momentum_jax.compat.torch_sgd(LR, MU, weight_decay=0.01, layout="packed"),
+        lambda: optax.chain(optax.add_decayed_weights(0.01), optax.sgd(LR, MU)),
     ),
 }
 NNX_CASES = list(PAIRS)

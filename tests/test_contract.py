@@ -60,7 +60,7 @@ def scale_by_momentum_then_lr(
     dampening: Any = 0.0,
     nesterov: bool = False,
     accumulator_dtype: Any = None,
-    layout: str = "auto",
+    layout: str = "per_leaf",
 ) -> optax.GradientTransformation:
     """The building block as the api shows it: chained with optax's learning rate."""
     return optax.chain(
@@ -77,28 +77,16 @@ def scale_by_momentum_then_lr(
 
 # The learning-rate-free variant blocks are looked up when a row is built, not
 # at import: a block that is not exported yet fails its own rows and no others.
-def scale_by_qhm_then_lr(learning_rate: Any, momentum: Any, nu: Any, layout: str = "auto") -> Any:
+def scale_by_qhm_then_lr(
+    learning_rate: Any, momentum: Any, nu: Any, layout: str = "per_leaf"
+) -> Any:
     block = momentum_jax.scale_by_qhm(momentum=momentum, nu=nu, layout=layout)
     return optax.chain(block, optax.scale_by_learning_rate(learning_rate))
 
 
-def scale_by_aggmo_then_lr(learning_rate: Any, momenta: Any, layout: str = "auto") -> Any:
+def scale_by_aggmo_then_lr(learning_rate: Any, momenta: Any, layout: str = "per_leaf") -> Any:
     block = momentum_jax.scale_by_aggmo(momenta=momenta, layout=layout)
     return optax.chain(block, optax.scale_by_learning_rate(learning_rate))
-
-
-def momentum_packed(
-    learning_rate: Any,
-    momentum: Any,
-    nesterov: bool = False,
-    weight_decay: Any = 0.0,
-    layout: str = "packed",
-) -> Any:
-    """``momentum`` with the state of all (small) test arrays in one flat buffer."""
-    inner = momentum_jax.momentum(
-        learning_rate, momentum, nesterov=nesterov, weight_decay=weight_decay, layout="per_leaf"
-    )
-    return momentum_jax.pack_small_leaves(inner, layout=layout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,19 +318,11 @@ ROWS = [
         {"momenta": (0.0, 0.9, 0.99)},
         reference=lambda: momentum_jax.aggmo(LR, (0.0, 0.9, 0.99)),
     ),
-    # The packed layout: every property of the table holds for it too.
-    Row(
-        "pack_small_leaves",
-        momentum_packed,
-        {"learning_rate": LR, "momentum": MU},
-        reference=lambda: optax.sgd(LR, MU),
-    ),
-    Row(
-        "pack_small_leaves_nesterov_schedules",
-        momentum_packed,
-        {"weight_decay": 0.01},
-        {"learning_rate": _decay, "momentum": _rising, "nesterov": True},
-    ),
+]
+# The packed layout: every property of the table holds for every row in it too.
+ROWS += [
+    dataclasses.replace(row, id=f"{row.id}[packed]", static={**row.static, "layout": "packed"})
+    for row in ROWS
 ]
 
 rows = pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])

@@ -56,7 +56,21 @@ BAD_VALUES = [
         momentum_jax.nesterov,
         {"learning_rate": 0.1, "momentum": 1.5},
         ValueError,
-        r"momentum_jax.momentum: momentum must be in \[0, 1\), got momentum=1\.5",
+        r"momentum_jax.nesterov: momentum must be in \[0, 1\), got momentum=1\.5",
+    ),
+    # NumPy float64 values are checked in float32 (the arithmetic's dtype without x64).
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "momentum": np.float64(1 - 1e-10)},
+        ValueError,
+        r"momentum must be in \[0, 1\), got momentum=(np.float64\()?0.9999999999\)?, which "
+        r"is 1.0 in float32",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": np.float64(1e39)},
+        ValueError,
+        r"learning_rate must be in \[0, inf\), got .*1e\+39\)?, which is inf in float32",
     ),
     (
         momentum_jax.scale_by_momentum,

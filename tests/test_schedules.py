@@ -317,3 +317,19 @@ def test_bad_input(build: Callable[[], Any], error: type[Exception], match: str)
 def test_numpy_integers_are_accepted() -> None:
     assert _value(schedules.sutskever(0.9, np.int64(10)), 10) == 0.75
     assert _value(schedules.demon(0.9, np.int32(10)), 10) == 0.0
+
+
+def test_injected_nesterov_keeps_the_exact_look_ahead_only_with_a_static_schedule() -> None:
+    # Injected, the momentum is one number per step, so the look-ahead uses mu_t where
+    # the schedule gives mu_{t+1} (the docstrings say so); static, it is the schedule.
+    schedule = optax.linear_schedule(0.5, 0.95, 10)
+    plain = _problems.trajectory(momentum_jax.nesterov(0.05, schedule), STEPS)
+    static = optax.inject_hyperparams(momentum_jax.nesterov, static_args=("momentum",))
+    _problems.assert_trajectories_close(
+        _problems.trajectory(static(learning_rate=0.05, momentum=schedule), STEPS), plain
+    )
+    injected = optax.inject_hyperparams(momentum_jax.nesterov)(
+        learning_rate=0.05, momentum=schedule
+    )
+    with pytest.raises(AssertionError):
+        _problems.assert_trajectories_close(_problems.trajectory(injected, STEPS), plain)

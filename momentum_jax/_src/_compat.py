@@ -73,7 +73,7 @@ def torch_sgd(
     nesterov: bool = False,
     *,
     maximize: bool = False,
-    layout: str = "auto",
+    layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""``torch.optim.SGD``, step for step.
 
@@ -136,6 +136,7 @@ def torch_sgd(
     _check.check_weight_decay(name, weight_decay)
     nesterov = _check.check_bool(name, "nesterov", nesterov)
     maximize = _check.check_bool(name, "maximize", maximize)
+    layout = _layout.check_layout(name, layout)
     if nesterov and ((mu is not None and mu <= 0.0) or (tau is not None and tau != 0.0)):
         raise ValueError(
             f"{name}: nesterov=True requires momentum > 0 and dampening = 0, as in "
@@ -155,13 +156,18 @@ def torch_sgd(
             # (inject_hyperparams) keeps the buffer, so drop the dampening there.
             dampening = jnp.where(jnp.asarray(momentum) == 0, 0.0, dampening)
         parts.append(
-            _core.scale_by_momentum(
-                momentum, nesterov=nesterov, dampening=dampening, layout="per_leaf"
+            _core.gradient_buffer(
+                name,
+                momentum,
+                nesterov=nesterov,
+                dampening=dampening,
+                accumulator_dtype=None,
+                layout=layout,
             )
         )
     scale = optax.scale_by_learning_rate(_check.checked_schedule(name, "lr", lr))
     parts.append(scale if len(parts) > int(maximize) else _checked(name, scale))
-    return _layout.with_layout(name, optax.chain(*parts), layout)
+    return optax.chain(*parts)
 
 
 def keras_sgd(
@@ -170,7 +176,7 @@ def keras_sgd(
     nesterov: bool = False,
     *,
     weight_decay: float | jax.Array | None = None,
-    layout: str = "auto",
+    layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Keras 3 ``keras.optimizers.SGD``, step for step.
 
@@ -225,6 +231,7 @@ def keras_sgd(
     nesterov = _check.check_bool(name, "nesterov", nesterov)
     if weight_decay is not None:
         _check.check_weight_decay(name, weight_decay)
+    layout = _layout.check_layout(name, layout)
     step: optax.GradientTransformation
     if _check.is_python_zero(momentum):
         # Keras keeps no momentum variable then; neither do we. (An array zero,
@@ -236,13 +243,20 @@ def keras_sgd(
             ),
         )
     else:
-        step = _core.momentum(learning_rate, momentum, nesterov=nesterov, layout="per_leaf")
+        step = _core.heavy_ball(
+            name,
+            learning_rate,
+            momentum,
+            nesterov=nesterov,
+            weight_decay=0.0,
+            accumulator_dtype=None,
+            layout=layout,
+        )
     if weight_decay is None or _check.is_python_zero(weight_decay):
-        return _layout.with_layout(name, optax.chain(step), layout)
+        return optax.chain(step)
     # The decay term is added to the finished momentum update: it must not
     # enter the velocity, and the momentum step depends on the gradient alone.
-    chain = optax.chain(step, _decoupled_weight_decay(name, learning_rate, weight_decay))
-    return _layout.with_layout(name, chain, layout)
+    return optax.chain(step, _decoupled_weight_decay(name, learning_rate, weight_decay))
 
 
 def tf1_momentum(
@@ -250,7 +264,7 @@ def tf1_momentum(
     momentum: ScalarOrSchedule,
     *,
     use_nesterov: bool = False,
-    layout: str = "auto",
+    layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""``tf.compat.v1.train.MomentumOptimizer``, step for step.
 
@@ -297,8 +311,14 @@ def tf1_momentum(
     _check.check_learning_rate(name, learning_rate)
     _check.check_momentum(name, momentum)
     use_nesterov = _check.check_bool(name, "use_nesterov", use_nesterov)
-    chain = optax.chain(
-        _core.scale_by_momentum(momentum, nesterov=use_nesterov, layout="per_leaf"),
+    return optax.chain(
+        _core.gradient_buffer(
+            name,
+            momentum,
+            nesterov=use_nesterov,
+            dampening=0.0,
+            accumulator_dtype=None,
+            layout=layout,
+        ),
         optax.scale_by_learning_rate(_check.checked_schedule(name, "learning_rate", learning_rate)),
     )
-    return _layout.with_layout(name, chain, layout)

@@ -36,7 +36,7 @@ def momentum(
     nesterov: bool = False,
     weight_decay: float | jax.Array = 0.0,
     accumulator_dtype: Any | None = None,
-    layout: str = "auto",
+    layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Momentum with the learning rate inside the velocity (heavy ball or Nesterov).
 
@@ -68,6 +68,13 @@ def momentum(
     Hyperparameters may be numbers, scalar arrays or optax schedules; a schedule
     is evaluated at the number of updates already done (0 for the first).
 
+    Under ``optax.inject_hyperparams`` the momentum is one number per step, so
+    Nesterov's look-ahead uses :math:`\mu_t` where a momentum schedule gives
+    :math:`\mu_{t+1}`: with a scheduled momentum the trajectories differ. To
+    keep the exact look-ahead, pass the schedule itself as ``momentum`` (and
+    inject only the learning rate, e.g. with
+    ``optax.inject_hyperparams(momentum_jax.nesterov, static_args=("momentum",))``).
+
     Integer and boolean leaves do not train (see :mod:`momentum_jax`).
 
     Args:
@@ -81,11 +88,11 @@ def momentum(
         traces the same computation it initialised).
       accumulator_dtype: dtype of the velocity; ``None`` keeps each param's
         dtype. ``jnp.float32`` keeps an exact buffer for bfloat16 params.
-      layout: ``"auto"`` (the default) packs the buffers of all small arrays
-        into one flat array per dtype on a GPU and keeps one buffer per array
-        elsewhere; ``"packed"`` and ``"per_leaf"`` choose. Both compute the
-        same expression per element (XLA may round a fused multiply-add
-        differently, in the last bit); see :func:`momentum_jax.pack_small_leaves`.
+      layout: ``"per_leaf"`` (the default, on every backend) keeps one
+        buffer per param; ``"packed"`` keeps the buffers of all small arrays
+        in one flat array per dtype (:class:`momentum_jax.PackedState`), an
+        option for GPUs and models with many small arrays. Both give the same
+        numbers.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -116,13 +123,34 @@ def momentum(
       and momentum in deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_,
       ICML 2013.
     """
-    name = "momentum_jax.momentum"
+    return heavy_ball(
+        "momentum_jax.momentum",
+        learning_rate,
+        momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        accumulator_dtype=accumulator_dtype,
+        layout=layout,
+    )
+
+
+def heavy_ball(
+    name: str,
+    learning_rate: ScalarOrSchedule,
+    momentum: ScalarOrSchedule,
+    *,
+    nesterov: bool,
+    weight_decay: float | jax.Array,
+    accumulator_dtype: Any | None,
+    layout: str,
+) -> optax.GradientTransformationExtraArgs:
+    """:func:`momentum`, with ``name`` (the function the user called) in its errors."""
     _check.check_learning_rate(name, learning_rate)
     _check.check_momentum(name, momentum)
     nesterov = _check.check_bool(name, "nesterov", nesterov)
     _check.check_weight_decay(name, weight_decay)
     dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
-    _layout.check_layout(name, layout)
+    layout = _layout.check_layout(name, layout)
     # Only a Python zero removes the decay term: an array (which is what
     # optax.inject_hyperparams passes, concrete at init and traced under jit)
     # keeps it, so the computation never depends on a hyperparameter's value.
@@ -169,14 +197,7 @@ def momentum(
             )
         return out, velocity
 
-    block = _tree.buffer_block(
-        name, MomentumState, lambda params: _tree.init_buffer(name, params, dtype), step
-    )
-    return _layout.with_layout(name, block, layout)
-
-
-# ``nesterov`` takes an argument named ``momentum`` that shadows the function.
-_momentum = momentum
+    return _tree.buffer_block(name, MomentumState, step, dtype=dtype, layout=layout)
 
 
 def nesterov(
@@ -185,13 +206,19 @@ def nesterov(
     *,
     weight_decay: float | jax.Array = 0.0,
     accumulator_dtype: Any | None = None,
-    layout: str = "auto",
+    layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Nesterov momentum: :func:`momentum` with ``nesterov=True``.
 
     .. math::
 
       v_t = \mu_t v_{t-1} + \alpha_t g_t, \qquad u_t = -(\mu_{t+1} v_t + \alpha_t g_t)
+
+    :math:`\mu_{t+1}` is a momentum schedule evaluated one step ahead. Under
+    ``optax.inject_hyperparams`` an injected momentum is one number per step,
+    so the look-ahead uses :math:`\mu_t` instead and a scheduled momentum gives
+    another trajectory; pass the schedule as ``momentum`` and keep it static
+    (``static_args=("momentum",)``) to keep the exact form.
 
     Args:
       learning_rate: the step size :math:`\alpha_t`, or a schedule.
@@ -226,7 +253,8 @@ def nesterov(
     """
     # Keyword arguments are spelled out (not **kwargs) so that
     # optax.inject_hyperparams can bind and inject them.
-    return _momentum(
+    return heavy_ball(
+        "momentum_jax.nesterov",
         learning_rate,
         momentum,
         nesterov=True,
@@ -242,7 +270,7 @@ def scale_by_momentum(
     nesterov: bool = False,
     dampening: float | jax.Array = 0.0,
     accumulator_dtype: Any | None = None,
-    layout: str = "auto",
+    layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""The learning-rate-free gradient buffer of PyTorch, TF1 and optax.
 
@@ -291,12 +319,32 @@ def scale_by_momentum(
       learning library <https://arxiv.org/abs/1912.01703>`_, 2019
       (``torch.optim.SGD``).
     """
-    name = "momentum_jax.scale_by_momentum"
+    return gradient_buffer(
+        "momentum_jax.scale_by_momentum",
+        momentum,
+        nesterov=nesterov,
+        dampening=dampening,
+        accumulator_dtype=accumulator_dtype,
+        layout=layout,
+    )
+
+
+def gradient_buffer(
+    name: str,
+    momentum: ScalarOrSchedule,
+    *,
+    nesterov: bool,
+    dampening: float | jax.Array,
+    accumulator_dtype: Any | None,
+    layout: str,
+) -> optax.GradientTransformationExtraArgs:
+    """:func:`scale_by_momentum`, with ``name`` (the function the user called) in its errors."""
     _check.check_momentum(name, momentum)
     nesterov = _check.check_bool(name, "nesterov", nesterov)
     tau = _check.check_dampening(name, dampening)
     _check.check_nesterov_dampening(name, nesterov, tau, dampening)
     dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
+    layout = _layout.check_layout(name, layout)
     # With no dampening, b_1 = mu*0 + g_1 = g_1 already; only a possibly
     # non-zero dampening (any array, even a zero one) needs the first-step rule.
     needs_first_step_rule = not (isinstance(dampening, int | float) and dampening == 0)
@@ -321,7 +369,4 @@ def scale_by_momentum(
             out = _tree.map_buffers(lambda g, b: _kernels.cast(b, g.dtype), updates, buffer)
         return out, buffer
 
-    block = _tree.buffer_block(
-        name, MomentumState, lambda params: _tree.init_buffer(name, params, dtype), step
-    )
-    return _layout.with_layout(name, block, layout)
+    return _tree.buffer_block(name, MomentumState, step, dtype=dtype, layout=layout)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from momentum_jax._src._layout import Layout, PackedState
 from momentum_jax._src._validation import INT32_MAX, is_traced
 
 State = TypeVar("State")
@@ -46,27 +47,23 @@ def trainable_only(params: Any) -> Any:
     return jax.tree.map(lambda p: p if trains(p) else None, params)
 
 
-def init_buffer(fn_name: str, params: Any, dtype: jnp.dtype | None) -> Any:
+def check_accumulator_dtype(fn_name: str, params: Any, dtype: jnp.dtype | None) -> None:
+    """Refuse a real ``accumulator_dtype`` for complex params (it would drop the imaginary part)."""
+    if dtype is None or jnp.issubdtype(dtype, jnp.complexfloating):
+        return
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating):
+            raise TypeError(
+                f"{fn_name}: the param at {_keystr(path)} is complex "
+                f"({jnp.result_type(leaf)}), but accumulator_dtype={dtype} is real: "
+                "the buffer would drop the imaginary part. Pass a complex "
+                "accumulator_dtype (e.g. jnp.complex64) or None."
+            )
+
+
+def zeros_for_trainable(params: Any, dtype: jnp.dtype | None) -> Any:
     """A zero buffer per trainable param, ``None`` for integer and bool leaves."""
-    if dtype is not None and not jnp.issubdtype(dtype, jnp.complexfloating):
-        for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-            if jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating):
-                raise TypeError(
-                    f"{fn_name}: the param at {_keystr(path)} is complex "
-                    f"({jnp.result_type(leaf)}), but accumulator_dtype={dtype} is real: "
-                    "the buffer would drop the imaginary part. Pass a complex "
-                    "accumulator_dtype (e.g. jnp.complex64) or None."
-                )
     return jax.tree.map(lambda p: _zeros_sharded_like(p, dtype) if trains(p) else None, params)
-
-
-def zeros_like_tree(params: Any, dtype: jnp.dtype | None) -> Any:
-    """A zero buffer per param, in ``dtype`` or in the param's own dtype.
-
-    Each buffer gets its param's sharding, under ``jax.jit`` too (see
-    :func:`_zeros_sharded_like`).
-    """
-    return jax.tree.map(lambda p: _zeros_sharded_like(p, dtype), params)
 
 
 def _zeros_sharded_like(param: Any, dtype: jnp.dtype | None) -> jax.Array:
@@ -214,11 +211,12 @@ def check_state(fn_name: str, state: Any, expected: type[State], updates: Any) -
 
 
 def _as_array(x: Any) -> Any:
-    return x if x is None or isinstance(x, jax.Array | np.ndarray) else jnp.asarray(x)
+    return x if x is None or isinstance(x, jax.Array) else jnp.asarray(x)
 
 
 def as_arrays(tree: Any) -> Any:
-    """``tree`` with Python and NumPy scalars made arrays (arrays are kept as they are)."""
+    """``tree`` with Python numbers and NumPy values made JAX arrays (in JAX's dtypes: float32
+    for float64 unless x64 is on)."""
     return jax.tree.map(_as_array, tree, is_leaf=_is_none)
 
 
@@ -234,21 +232,35 @@ def map_buffers(fn: Any, *trees: Any) -> Any:
 def buffer_block(
     fn_name: str,
     state_type: type[Any],
-    init_buffers: Callable[[Any], Any],
     step: Callable[[Any, Any, Any], tuple[Any, Any]],
-    reference_of: Callable[[Any], Any] = lambda state: state[1],
+    *,
+    dtype: jnp.dtype | None,
+    layout: str,
+    num_buffers: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """The skeleton every buffer-holding transform shares.
 
-    The state is ``state_type(count, buffers)``, with ``buffers =
-    init_buffers(params)``. ``update`` refuses a foreign state, checks the
-    gradients (and the params, when given) against ``reference_of(state)``,
+    The state is ``state_type(count, buffers)``: one zero buffer tree shaped
+    like the params (in ``dtype``, or each param's own), or a tuple of
+    ``num_buffers`` of them. ``update`` refuses a foreign state, checks the
+    gradients (and the params, when given) against the first buffer tree,
     then ``step(updates, state, params)`` returns the output and the new
     buffers, and the count is incremented.
+
+    With ``layout="packed"`` the state is a :class:`PackedState` and ``step``
+    sees every tree (gradients, params, buffers) as ``(rest, packs)``; the
+    checks run before packing, on the trees the caller passed.
     """
 
     def init_fn(params: optax.Params) -> Any:
-        return state_type(zero_count(), init_buffers(params))
+        check_accumulator_dtype(fn_name, params, dtype)
+        plan = Layout.of(fn_name, params) if layout == "packed" else None
+        tree = params if plan is None else plan.pack(fn_name, params, "param")
+        buffers = zeros_for_trainable(tree, dtype)
+        if num_buffers is not None:
+            buffers = (buffers, *(zeros_for_trainable(tree, dtype) for _ in range(num_buffers - 1)))
+        state = state_type(zero_count(), buffers)
+        return state if plan is None else PackedState(state, plan)
 
     def update_fn(
         updates: optax.Updates,
@@ -257,14 +269,32 @@ def buffer_block(
         **extra_args: Any,
     ) -> tuple[optax.Updates, Any]:
         del extra_args
-        checked: Any = check_state(fn_name, state, state_type, updates)
-        reference = reference_of(checked)
+        plan = None
+        if layout == "packed":
+            packed = check_state(fn_name, state, PackedState, updates)
+            plan, state = packed.layout, packed.inner
+        inner: Any = check_state(fn_name, state, state_type, updates)
+        reference = inner[1]
+        if num_buffers is not None:
+            if len(reference) != num_buffers:
+                raise ValueError(
+                    f"{fn_name}: the state holds {len(reference)} buffers but the "
+                    f"transform was built with {num_buffers} momenta. Call init again."
+                )
+            reference = reference[0]
+        if plan is not None:
+            reference = plan.abstract(*reference)
         check_tree(fn_name, updates, reference)
         updates = as_arrays(updates)
         if params is not None:
             check_tree(fn_name, params, reference, what="param")
             params = as_arrays(params)
-        out, buffers = step(updates, checked, params)
-        return out, state_type(safe_increment(checked.count), buffers)
+        if plan is None:
+            out, buffers = step(updates, inner, params)
+            return out, state_type(safe_increment(inner.count), buffers)
+        packed_params = None if params is None else plan.pack(fn_name, params, "param")
+        out, buffers = step(plan.pack(fn_name, updates, "gradient"), inner, packed_params)
+        new_state = state_type(safe_increment(inner.count), buffers)
+        return plan.unpack(*out), PackedState(new_state, plan)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -45,11 +45,12 @@ def _arithmetic_dtype(value: Any) -> np.dtype[Any]:
     """The dtype the update arithmetic will see ``value`` in.
 
     Python numbers are weakly typed and end up in the default float dtype
-    (float32 unless ``jax_enable_x64``); a floating array keeps its own.
+    (float32 unless ``jax_enable_x64``); a floating array keeps its own, as
+    JAX sees it (a NumPy float64 is float32 unless ``jax_enable_x64``).
     """
     dtype = getattr(value, "dtype", None)
     if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
-        return np.dtype(dtype)
+        return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
     return np.dtype(jnp.result_type(float))
 
 

@@ -61,7 +61,7 @@ def scale_by_qhm(
     nu: ScalarOrSchedule = 0.7,
     *,
     accumulator_dtype: Any | None = None,
-    layout: str = "auto",
+    layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""The learning-rate-free block of quasi-hyperbolic momentum.
 
@@ -96,10 +96,16 @@ def scale_by_qhm(
     References:
       Ma and Yarats, 2019: see :func:`momentum_jax.qhm`.
     """
-    name = "momentum_jax.scale_by_qhm"
+    return _qhm_block("momentum_jax.scale_by_qhm", momentum, nu, accumulator_dtype, layout)
+
+
+def _qhm_block(
+    name: str, momentum: ScalarOrSchedule, nu: ScalarOrSchedule, accumulator_dtype: Any, layout: str
+) -> optax.GradientTransformationExtraArgs:
     _check.check_momentum(name, momentum)
     _check.check_nu(name, nu)
     dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
+    layout = _layout.check_layout(name, layout)
 
     def step(updates: Any, state: QHMState, params: Any) -> tuple[Any, Any]:
         del params
@@ -118,10 +124,7 @@ def scale_by_qhm(
         )
         return out, buffer
 
-    block = _tree.buffer_block(
-        name, QHMState, lambda params: _tree.init_buffer(name, params, dtype), step
-    )
-    return _layout.with_layout(name, block, layout)
+    return _tree.buffer_block(name, QHMState, step, dtype=dtype, layout=layout)
 
 
 def qhm(
@@ -130,7 +133,7 @@ def qhm(
     nu: ScalarOrSchedule = 0.7,
     *,
     accumulator_dtype: Any | None = None,
-    layout: str = "auto",
+    layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Quasi-hyperbolic momentum: a weighted mean of the gradient and its moving average.
 
@@ -189,22 +192,17 @@ def qhm(
     """
     name = "momentum_jax.qhm"
     _check.check_learning_rate(name, learning_rate)
-    _check.check_momentum(name, momentum)
-    _check.check_nu(name, nu)
-    _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
-    _layout.check_layout(name, layout)
-    chain = optax.chain(
-        scale_by_qhm(momentum, nu, accumulator_dtype=accumulator_dtype, layout="per_leaf"),
+    return optax.chain(
+        _qhm_block(name, momentum, nu, accumulator_dtype, layout),
         optax.scale_by_learning_rate(_check.checked_schedule(name, "learning_rate", learning_rate)),
     )
-    return _layout.with_layout(name, chain, layout)
 
 
 def scale_by_aggmo(
     momenta: Sequence[float | jax.Array] | jax.Array = (0.0, 0.9, 0.99),
     *,
     accumulator_dtype: Any | None = None,
-    layout: str = "auto",
+    layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""The learning-rate-free block of aggregated momentum: the mean of ``K`` buffers.
 
@@ -239,20 +237,15 @@ def scale_by_aggmo(
     References:
       Lucas et al., 2019: see :func:`momentum_jax.aggmo`.
     """
-    name = "momentum_jax.scale_by_aggmo"
+    return _aggmo_block("momentum_jax.scale_by_aggmo", momenta, accumulator_dtype, layout)
+
+
+def _aggmo_block(
+    name: str, momenta: Any, accumulator_dtype: Any, layout: str
+) -> optax.GradientTransformationExtraArgs:
     num_buffers = _check.check_momenta(name, momenta)
     dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
-
-    def init_buffers(params: Any) -> tuple[Any, ...]:
-        return tuple(_tree.init_buffer(name, params, dtype) for _ in range(num_buffers))
-
-    def first_buffer(state: AggMoState) -> Any:
-        if len(state.buffers) != num_buffers:
-            raise ValueError(
-                f"{name}: the state holds {len(state.buffers)} buffers but the "
-                f"transform was built with {num_buffers} momenta. Call init again."
-            )
-        return state.buffers[0]
+    layout = _layout.check_layout(name, layout)
 
     def step(updates: Any, state: AggMoState, params: Any) -> tuple[Any, Any]:
         del params
@@ -266,8 +259,9 @@ def scale_by_aggmo(
         out = _tree.map_buffers(lambda g, *bs: _kernels.mean(g, bs), updates, *buffers)
         return out, buffers
 
-    block = _tree.buffer_block(name, AggMoState, init_buffers, step, first_buffer)
-    return _layout.with_layout(name, block, layout)
+    return _tree.buffer_block(
+        name, AggMoState, step, dtype=dtype, layout=layout, num_buffers=num_buffers
+    )
 
 
 def aggmo(
@@ -275,7 +269,7 @@ def aggmo(
     momenta: Sequence[float | jax.Array] | jax.Array = (0.0, 0.9, 0.99),
     *,
     accumulator_dtype: Any | None = None,
-    layout: str = "auto",
+    layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Aggregated momentum: the mean of several heavy-ball buffers with different momenta.
 
@@ -332,11 +326,7 @@ def aggmo(
     """
     name = "momentum_jax.aggmo"
     _check.check_learning_rate(name, learning_rate)
-    _check.check_momenta(name, momenta)
-    _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
-    _layout.check_layout(name, layout)
-    chain = optax.chain(
-        scale_by_aggmo(momenta, accumulator_dtype=accumulator_dtype, layout="per_leaf"),
+    return optax.chain(
+        _aggmo_block(name, momenta, accumulator_dtype, layout),
         optax.scale_by_learning_rate(_check.checked_schedule(name, "learning_rate", learning_rate)),
     )
-    return _layout.with_layout(name, chain, layout)

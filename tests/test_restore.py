@@ -1,0 +1,185 @@
+"""``restore_state``: every field of every stage carried, or an error naming the field.
+
+Every row of the contract table, under every optax wrapper that holds state
+of its own, moves between the two layouts in both directions, from the state
+itself and from its nested-dicts form (a checkpoint read without a target);
+every leaf must arrive unchanged. Real orbax checkpoints read without a
+target move for dict, tuple, NamedTuple, Equinox and Flax NNX params.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import momentum_jax
+from momentum_jax._src._restore import _unpacked
+from tests.golden.make_golden import plain
+from tests.test_contract import ROWS, Row
+from tests.test_layout import _apply, _grads, _params
+
+BASE_ROWS = [row for row in ROWS if "layout" not in row.static]
+LAYOUTS = ("per_leaf", "packed")
+STEPS = 3
+
+
+def _not_vectors(params: Any) -> Any:
+    return jax.tree.map(lambda x: x.ndim != 1, params)
+
+
+def _labels(params: Any) -> Any:
+    return jax.tree.map(lambda x: "ours" if x.ndim != 1 else "adam", params)
+
+
+WRAPPERS: dict[str, Callable[[optax.GradientTransformation], Any]] = {
+    "plain": lambda tx: tx,
+    "multisteps": lambda tx: optax.MultiSteps(tx, every_k_schedule=2).gradient_transformation(),
+    "apply_if_finite": lambda tx: optax.apply_if_finite(tx, max_consecutive_errors=2),
+    "masked": lambda tx: optax.masked(tx, _not_vectors),
+    "multi_transform": lambda tx: optax.multi_transform(
+        {"ours": tx, "adam": optax.adam(1e-2)}, _labels
+    ),
+}
+if hasattr(optax, "partition"):  # optax 0.2.5+
+    WRAPPERS["partition"] = lambda tx: optax.partition(
+        {"ours": tx, "adam": optax.adam(1e-2)}, _labels
+    )
+
+
+def _build(row: Row, layout: str, wrapper: str) -> optax.GradientTransformation:
+    if wrapper == "inject":
+        inject = optax.inject_hyperparams(row.factory, static_args=(*row.static, "layout"))
+        return inject(**row.hyper, **row.static, layout=layout)
+    return WRAPPERS[wrapper](row.build(layout=layout))
+
+
+def _trained(tx: optax.GradientTransformation, params: Any) -> Any:
+    state = tx.init(params)
+    for k in range(STEPS):
+        updates, state = tx.update(_grads(params, k), state, params)
+        params = _apply(params, updates)
+    return state
+
+
+def _assert_moved(moved: Any, old: Any, tx: optax.GradientTransformation, params: Any) -> None:
+    chex.assert_trees_all_equal_structs(moved, tx.init(params))
+    chex.assert_trees_all_equal_shapes_and_dtypes(moved, tx.init(params))
+    # Nothing reset: every leaf, read in the per-array layout, is the old one.
+    chex.assert_trees_all_equal(_unpacked(moved), _unpacked(old))
+
+
+# Every row alone and under inject_hyperparams; one row per public transform under
+# each other wrapper (they hold the inner state as it is, whatever the row).
+_FIRST = {row.factory: row for row in reversed(BASE_ROWS)}.values()
+CASES = [(row, w) for row in BASE_ROWS for w in ("plain", "inject")] + [
+    (row, w) for row in _FIRST for w in WRAPPERS if w != "plain"
+]
+
+
+@pytest.mark.parametrize(("row", "wrapper"), CASES, ids=[f"{r.id}-{w}" for r, w in CASES])
+def test_every_row_moves_between_layouts_under_every_wrapper(row: Row, wrapper: str) -> None:
+    # inject_hyperparams casts the hyperparameters to the params' dtype, and MultiSteps
+    # casts its complex accumulator to a real dtype: real params only there.
+    complex_params = row.complex_params and wrapper not in ("inject", "multisteps")
+    params = {k: v for k, v in _params(complex_params).items() if k not in ("steps", "frozen")}
+    if wrapper == "inject":  # (and float32 hyperparameters would lift bfloat16 arithmetic)
+        del params["half"]
+    states = {layout: _trained(_build(row, layout, wrapper), params) for layout in LAYOUTS}
+    for old_layout, new_layout in (LAYOUTS, LAYOUTS[::-1]):
+        old, tx = states[old_layout], _build(row, new_layout, wrapper)
+        _assert_moved(momentum_jax.restore_state(old, tx, params), old, tx, params)
+        _assert_moved(momentum_jax.restore_state(plain(old), tx, params), old, tx, params)
+        # And into its own layout: the state itself.
+        same = momentum_jax.restore_state(old, _build(row, old_layout, wrapper), params)
+        chex.assert_trees_all_equal(same, old)
+
+
+class Pair(NamedTuple):
+    kernel: Any
+    bias: Any
+
+
+def _param_kinds() -> dict[str, Any]:
+    rng = np.random.default_rng(1)
+    kernel = jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)
+    bias = jnp.asarray(rng.standard_normal(4), jnp.float32)
+    kinds = {
+        "dict": {"kernel": kernel, "bias": bias},
+        "tuple": (kernel, bias, jnp.arange(3)),
+        "namedtuple": Pair(kernel, bias),
+    }
+    eqx = pytest.importorskip("equinox")
+    kinds["equinox"] = eqx.filter(eqx.nn.MLP(3, 2, 4, 1, key=jax.random.PRNGKey(0)), eqx.is_array)
+    nnx = pytest.importorskip("flax.nnx")
+    kinds["flax_nnx"] = nnx.state(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.Param)
+    return kinds
+
+
+def _orbax_round_trip(state: Any, path: Any) -> Any:
+    ocp = pytest.importorskip("orbax.checkpoint")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(path, state)
+    checkpointer.wait_until_finished()
+    return checkpointer.restore(path)  # no target: nested dicts and lists
+
+
+TRANSFORMS = {
+    "nesterov": lambda layout: momentum_jax.nesterov(0.1, 0.9, layout=layout),
+    "qhm": lambda layout: momentum_jax.qhm(0.1, 0.9, layout=layout),
+    "aggmo": lambda layout: momentum_jax.aggmo(0.1, (0.0, 0.9), layout=layout),
+    "torch_sgd": lambda layout: momentum_jax.compat.torch_sgd(
+        0.1, 0.9, weight_decay=0.01, layout=layout
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple", "namedtuple", "equinox", "flax_nnx"])
+def test_orbax_checkpoints_without_a_target_move_for_every_kind_of_params(
+    kind: str, tmp_path: Any
+) -> None:
+    params = _param_kinds()[kind]
+    for name, build in TRANSFORMS.items():
+        for old_layout, new_layout in (LAYOUTS, LAYOUTS[::-1]):
+            old = _trained(build(old_layout), params)
+            raw = _orbax_round_trip(old, tmp_path / f"{name}_{old_layout}")
+            tx = build(new_layout)
+            _assert_moved(momentum_jax.restore_state(raw, tx, params), old, tx, params)
+
+
+def test_a_field_that_cannot_be_carried_is_named() -> None:
+    params = {"w": jnp.ones(3)}
+    adam = _trained(optax.adam(0.1), params)
+    with pytest.raises(ValueError, match=r"the field state.velocity is missing from the old state"):
+        momentum_jax.restore_state({"count": np.int32(3)}, momentum_jax.momentum(0.1), params)
+    with pytest.raises(ValueError, match=r"the field state\[0\].count of the old state has no place"):
+        momentum_jax.restore_state(adam, optax.sgd(0.1, 0.9), params)
+    with pytest.raises(
+        ValueError, match=r"the field state.velocity.w of the old state has shape \(3,\).*\(2,\)"
+    ):
+        momentum_jax.restore_state(
+            _trained(momentum_jax.momentum(0.1), params),
+            momentum_jax.momentum(0.1),
+            {"w": jnp.ones(2)},
+        )
+    packed = _trained(momentum_jax.momentum(0.1, layout="packed"), params)
+    with pytest.raises(ValueError, match=r"packs \{'float32': 3\} elements per dtype"):
+        momentum_jax.restore_state(plain(packed), momentum_jax.momentum(0.1), {"w": jnp.ones(2)})
+
+
+def test_optax_stages_keep_every_field_and_their_own_counts() -> None:
+    params = {"w": jnp.linspace(-1.0, 1.0, 4)}
+    tx = optax.chain(
+        optax.MultiSteps(optax.adam(0.1), every_k_schedule=3).gradient_transformation(),
+        optax.apply_if_finite(momentum_jax.nesterov(0.1, 0.9, layout="packed"), 2),
+    )
+    old = _trained(tx, params)
+    assert int(old[0].mini_step) == STEPS % 3
+    moved = momentum_jax.restore_state(plain(old), tx, params)
+    chex.assert_trees_all_equal(moved, old)
