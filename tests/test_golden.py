@@ -84,7 +84,9 @@ def test_restore_state_continues_a_0_1_0_run(
 def test_restore_state_refuses_a_state_of_another_shape() -> None:
     tx = momentum_jax.momentum(0.1)
     old = {"count": np.int32(2), "velocity": np.zeros(3, np.float32)}
-    with pytest.raises(ValueError, match=r"state.velocity of the old state has shape \(3,\).*\(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"state.velocity of the old state has shape \(3,\).*\(2,\)"
+    ):
         momentum_jax.restore_state(old, tx, jnp.zeros(2))
     with pytest.raises(ValueError, match=r"state.velocity is missing from the old state"):
         momentum_jax.restore_state({"count": np.int32(2)}, tx, jnp.zeros(2))

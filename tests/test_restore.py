@@ -158,7 +158,9 @@ def test_a_field_that_cannot_be_carried_is_named() -> None:
     adam = _trained(optax.adam(0.1), params)
     with pytest.raises(ValueError, match=r"the field state.velocity is missing from the old state"):
         momentum_jax.restore_state({"count": np.int32(3)}, momentum_jax.momentum(0.1), params)
-    with pytest.raises(ValueError, match=r"the field state\[0\].count of the old state has no place"):
+    with pytest.raises(
+        ValueError, match=r"the field state\[0\].count of the old state has no place"
+    ):
         momentum_jax.restore_state(adam, optax.sgd(0.1, 0.9), params)
     with pytest.raises(
         ValueError, match=r"the field state.velocity.w of the old state has shape \(3,\).*\(2,\)"
