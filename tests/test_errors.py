@@ -270,3 +270,34 @@ def test_gradient_with_a_different_shape_names_the_leaf() -> None:
     state = tx.init({"w": jnp.zeros((2, 3))})
     with pytest.raises(ValueError, match=r"gradient at \['w'\] has shape \(3,\).*shape \(2, 3\)"):
         tx.update({"w": jnp.zeros(3)}, state)
+
+
+# Each public factory with arguments that build it, and its name as errors spell it.
+CALLED = [
+    ("momentum_jax.momentum", lambda **kw: momentum_jax.momentum(0.1, **kw)),
+    ("momentum_jax.nesterov", lambda **kw: momentum_jax.nesterov(0.1, **kw)),
+    ("momentum_jax.scale_by_momentum", lambda **kw: momentum_jax.scale_by_momentum(**kw)),
+    ("momentum_jax.qhm", lambda **kw: momentum_jax.qhm(0.1, **kw)),
+    ("momentum_jax.scale_by_qhm", lambda **kw: momentum_jax.scale_by_qhm(**kw)),
+    ("momentum_jax.compat.torch_sgd", lambda **kw: compat.torch_sgd(0.1, **kw)),
+    ("momentum_jax.compat.keras_sgd", lambda **kw: compat.keras_sgd(0.1, **kw)),
+    ("momentum_jax.compat.tf1_momentum", lambda **kw: compat.tf1_momentum(0.1, **kw)),
+]
+
+
+@pytest.mark.parametrize("layout", ["per_leaf", "packed"])
+@pytest.mark.parametrize(("name", "build"), CALLED, ids=[name for name, _ in CALLED])
+def test_every_error_names_the_function_the_user_called(
+    name: str, build: Callable[..., Any], layout: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"^{name}: momentum must be in \[0, 1\)"):
+        build(momentum=1.0, layout=layout)
+    with pytest.raises(ValueError, match=rf"^{name}: layout must be"):
+        build(momentum=0.9, layout="auto")
+    tx = build(momentum=0.9, layout=layout)
+    params = {"w": jnp.zeros(2)}
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=rf"^{name}: the gradient at \['w'\] has shape \(3,\)"):
+        tx.update({"w": jnp.ones(3)}, state, params)
+    with pytest.raises(TypeError, match=rf"^{name}: the gradient at \['w'\] has dtype int32"):
+        tx.update({"w": jnp.ones(2, jnp.int32)}, state, params)

@@ -263,7 +263,7 @@ def test_another_optimizers_state_is_named() -> None:
     with pytest.raises(TypeError, match=r"expected .* a MomentumState, but got tuple"):
         tx.update(jnp.ones(2), optax.sgd(0.1, 0.9).init(params), params)
     qhm = momentum_jax.qhm(0.1)
-    with pytest.raises(TypeError, match=r"scale_by_qhm: .* a QHMState, but got MomentumState"):
+    with pytest.raises(TypeError, match=r"momentum_jax.qhm: .* a QHMState, but got MomentumState"):
         qhm.update(jnp.ones(2), (tx.init(params), optax.EmptyState()), params)
 
 

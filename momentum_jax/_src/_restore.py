@@ -58,8 +58,8 @@ def restore_state(
       ...   _, state = packed.update({"w": jnp.ones((2, 2)), "b": jnp.ones(2)}, state)
       >>> per_leaf = momentum_jax.qhm(0.1, 0.9)
       >>> moved = momentum_jax.restore_state(state, per_leaf, params)
-      >>> print(moved[0].buffer["b"], moved[0].count, moved[1].count)
-      [0.271 0.271] 3 3
+      >>> print(moved[0].buffer["b"], moved[0].count)
+      [0.271 0.271] 3
     """
     fresh = transform.init(params)
     template = _unpacked(fresh)
