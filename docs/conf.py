@@ -50,6 +50,15 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(Any|Callable|Sequence|NamedTuple|TypeAlias|ArrayLike|Array|int|float|bool)"),
 ]
 
+# The equations render with no network: MathJax 3.2.2 (Apache-2.0, its LICENSE
+# beside it), the tex-chtml component and its fonts, copied from the npm
+# package mathjax@3.2.2 into _static/mathjax. That component has the base and
+# AMS macros built in; a macro from an extension it would autoload (\boldsymbol,
+# \cancel, ...) needs that extension's file copied there too. The built site
+# loads nothing from a remote URL (.ci/no_remote_assets.py checks it); furo
+# uses the system fonts.
+mathjax_path = "mathjax/tex-chtml.js"
+
 html_theme = "furo"
 html_title = f"momentum_jax {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
