@@ -207,3 +207,10 @@ def test_remote_asset_check_finds_every_kind_of_remote_load(tmp_path: Path) -> N
         path.write_text('<script src="_static/local.js"></script>')
     assert check.main([str(tmp_path)]) == 0
     assert check.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_gallery_page_states_its_intro_once() -> None:
+    readme = README.read_text()
+    included = readme.split("<!-- gallery:start -->")[1].split("<!-- gallery:end -->")[0]
+    assert "Each figure is regenerated" not in included  # docs/gallery.md has its own
+    assert included.lstrip().startswith("![")
