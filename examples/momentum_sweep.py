@@ -57,17 +57,55 @@ RUNS_HEADER = ["momentum", "method", "seed", "steps_to_target", "final_loss", "t
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="300 steps, 2 seeds")
-    parser.add_argument("--data", choices=("digits", "mnist"), default="digits")
-    parser.add_argument("--data-dir", type=Path, help="MNIST IDX files (.gz too) or mnist.npz")
-    parser.add_argument("--momenta", type=float, nargs="+", default=list(MOMENTA))
-    parser.add_argument("--learning-rate", type=float, default=0.1)
-    parser.add_argument("--steps", type=int, help="training steps (default 2000)")
-    parser.add_argument("--seeds", type=int, help="number of seeds (default 5)")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
-    parser.add_argument("--target-loss", type=float, default=0.05)
-    parser.add_argument("--out", type=Path, help="output folder")
+    parser = _common.parser(__doc__)
+    quick = f"{QUICK['steps']} steps, {QUICK['seeds']} seeds"
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument(
+        "--data",
+        choices=("digits", "mnist"),
+        default="digits",
+        help="scikit-learn's bundled 8x8 digits, or MNIST from --data-dir",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="for --data mnist: the IDX files (.gz too) or mnist.npz",
+    )
+    parser.add_argument(
+        "--momenta",
+        type=float,
+        nargs="+",
+        default=list(MOMENTA),
+        metavar="MU",
+        help="momenta to sweep",
+    )
+    parser.add_argument("--learning-rate", type=float, default=0.1, help="the same for every run")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help=f"training steps (default: {FULL['steps']}, {QUICK['steps']} with --quick)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        help=f"number of seeds (default: {FULL['seeds']}, {QUICK['seeds']} with --quick)",
+    )
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        nargs="+",
+        default=[64, 64],
+        metavar="WIDTH",
+        help="hidden layer widths",
+    )
+    parser.add_argument(
+        "--target-loss",
+        type=float,
+        default=0.05,
+        help="training loss to reach; the steps are counted to it",
+    )
+    parser.add_argument("--out", type=Path, help=_common.out_help("momentum_sweep"))
     return parser.parse_args(argv)
 
 

@@ -55,12 +55,19 @@ def loss_fn(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--steps", type=int, default=600, help="training steps")
     parser.add_argument("--batch-size", type=int, default=128, help="minibatch size")
-    parser.add_argument("--learning-rate", type=float, default=0.1, help="peak learning rate")
+    parser.add_argument(
+        "--learning-rate", type=float, default=0.1, help="peak of the warm-up + cosine schedule"
+    )
     parser.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the data split, the weights and the batches"
+    )
     args = parser.parse_args(argv)
 
     x_train, y_train, x_test, y_test = map(jnp.asarray, load_digits_split(args.seed))
