@@ -92,17 +92,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    # Per step: the loss of that step's minibatch (noisy). At the end: the loss
+    # over the whole training set, a different number.
     start = time.perf_counter()
     for step in range(args.steps):
         key, batch_key = jax.random.split(key)
         params, opt_state, loss = train_step(params, opt_state, batch_key)
         if step % max(args.steps // 6, 1) == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {float(loss):.4f}  lr {float(schedule(step)):.4f}")
+            print(
+                f"step {step:5d}  minibatch loss {float(loss):.4f}  lr {float(schedule(step)):.4f}"
+            )
     seconds = time.perf_counter() - start
 
     accuracy = float(jnp.mean(jnp.argmax(logits(params, x_test), -1) == y_test))
     train_loss = float(loss_fn(params, x_train, y_train))
-    print(f"train loss {train_loss:.4f}  test accuracy {accuracy:.3f}  ({seconds:.1f} s)")
+    print(
+        f"after {args.steps} steps: loss over all {len(x_train)} training examples "
+        f"{train_loss:.4f}, test accuracy {accuracy:.3f} ({seconds:.1f} s)"
+    )
     return {"train_loss": train_loss, "test_accuracy": accuracy}
 
 
