@@ -106,8 +106,12 @@ def test_sweep_verdicts_follow_the_numbers() -> None:
     diverged[1, 1, 0] = True
     steps = np.where(diverged, np.nan, steps)
     lines = momentum_sweep.verdict_lines(momenta, steps, diverged)
-    assert lines[1] == "Nesterov vs SGD: slower at 0.9"  # one seed never got there
-    assert lines[2] == "Nesterov vs heavy ball: slower at 0.9; no clear difference at 0"
+    # One seed never got there: said so, not called slower.
+    assert lines[1] == "Nesterov vs SGD: did not reach the target at 0.9 (1/3 seeds)"
+    assert lines[2] == (
+        "Nesterov vs heavy ball: no clear difference at 0; "
+        "did not reach the target at 0.9 (1/3 seeds)"
+    )
     assert lines[3] == "diverged: Nesterov 0.9 (1/3)"
 
 
