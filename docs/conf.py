@@ -8,6 +8,8 @@ Build (warnings are errors, broken cross-references included):
 
 from __future__ import annotations
 
+from typing import Any
+
 import momentum_jax
 
 project = "momentum_jax"
@@ -35,8 +37,11 @@ napoleon_use_rtype = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
-# Show the alias, not the long union it stands for.
-autodoc_type_aliases = {"ScalarOrSchedule": "momentum_jax.ScalarOrSchedule"}
+# Show the aliases, not the long unions they stand for.
+autodoc_type_aliases = {
+    "ScalarOrSchedule": "momentum_jax.ScalarOrSchedule",
+    "optax.Schedule": "optax.Schedule",
+}
 autodoc_default_options = {"members": False}
 
 myst_enable_extensions = ["dollarmath", "colon_fence"]
@@ -50,6 +55,41 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(Any|Callable|Sequence|NamedTuple|TypeAlias|ArrayLike|Array|int|float|bool)"),
 ]
 
+# The equations render with no network: MathJax 3.2.2 (Apache-2.0, its LICENSE
+# beside it), the tex-chtml component and its fonts, copied from the npm
+# package mathjax@3.2.2 into _static/mathjax. That component has the base and
+# AMS macros built in; a macro from an extension it would autoload (\boldsymbol,
+# \cancel, ...) needs that extension's file copied there too. The built site
+# loads nothing from a remote URL (.ci/no_remote_assets.py checks it); furo
+# uses the system fonts.
+mathjax_path = "mathjax/tex-chtml.js"
+
 html_theme = "furo"
 html_title = f"momentum_jax {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+
+
+def _check_signature(
+    app: Any,
+    what: str,
+    name: str,
+    obj: Any,
+    options: Any,
+    signature: str | None,
+    return_annotation: str | None,
+) -> None:
+    """Under -W, fail the build where a signature spells out a union that an alias names."""
+    from sphinx.util import logging
+
+    text = f"{signature or ''} -> {return_annotation or ''}"
+    if "int | float | complex" in text:
+        logging.getLogger(__name__).warning(
+            "%s%s: a type alias is expanded into its union; add the alias to "
+            "autodoc_type_aliases in docs/conf.py",
+            name,
+            text,
+        )
+
+
+def setup(app: Any) -> None:
+    app.connect("autodoc-process-signature", _check_signature)

@@ -39,15 +39,37 @@ def float64() -> Any:
     return experimental.enable_x64()
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default; a flag or an option without one shows none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A parser described by the first paragraph of a script's docstring."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=HelpFormatter)
+
+
+def out_help(name: str) -> str:
+    return f"output folder (default: examples/out/{name}/, {name}_quick/ with --quick)"
+
+
 def client_parser(doc: str) -> argparse.ArgumentParser:
     """Options of the client examples (flax_nnx.py, equinox_mlp.py): one digits run."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    parser.add_argument("--learning-rate", type=float, default=0.05)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    return parser
+    options = parser(doc)
+    options.add_argument("--steps", type=int, default=300, help="training steps")
+    options.add_argument(
+        "--learning-rate", type=float, default=0.05, help="learning rate of momentum_jax.nesterov"
+    )
+    options.add_argument("--momentum", type=float, default=0.9, help="and its momentum")
+    options.add_argument("--batch-size", type=int, default=128, help="minibatch size")
+    options.add_argument(
+        "--seed", type=int, default=0, help="seed of the data split, the weights and the batches"
+    )
+    return options
 
 
 def out_dir(name: str, quick: bool, out: Path | None) -> Path:

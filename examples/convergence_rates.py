@@ -29,7 +29,6 @@ Outputs (``examples/out/convergence_rates/``, ``..._quick/`` with ``--quick``):
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,15 +113,21 @@ def stays_below(error: np.ndarray, tol: float) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kappas", type=float, nargs="+", help="condition numbers (> 1)")
+    parser = _common.parser(__doc__)
+    parser.add_argument(
+        "--kappas",
+        type=float,
+        nargs="+",
+        help=f"condition numbers, each > 1 (default: {' '.join(f'{k:g}' for k in KAPPAS)}; "
+        f"{' '.join(f'{k:g}' for k in QUICK_KAPPAS)} with --quick)",
+    )
     parser.add_argument("--dim", type=int, default=100, help="dimension of the quadratic")
     parser.add_argument("--seed", type=int, default=0, help="seed of the start and minimizer")
     parser.add_argument("--tol", type=float, default=1e-6, help="error for 'steps to tol'")
     parser.add_argument("--fit-from", type=float, default=1e-4, help="start of the fit window")
     parser.add_argument("--floor", type=float, default=1e-10, help="end of the fit window")
     parser.add_argument("--quick", action="store_true", help="κ = 10 and 100 only")
-    parser.add_argument("--out", type=Path, help="output folder")
+    parser.add_argument("--out", type=Path, help=_common.out_help("convergence_rates"))
     args = parser.parse_args(argv)
     kappas = args.kappas or (QUICK_KAPPAS if args.quick else KAPPAS)
     if min(kappas) <= 1:

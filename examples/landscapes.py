@@ -24,7 +24,6 @@ Outputs (``examples/out/landscapes/``, ``..._quick/`` with ``--quick``):
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -99,11 +98,11 @@ def stays_below(gap: np.ndarray, tol: float) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _common.parser(__doc__)
     parser.add_argument("--momentum", type=float, default=0.9, help="μ of heavy ball, Nesterov")
     parser.add_argument("--tol", type=float, default=1e-6, help="loss gap counted as arrived")
     parser.add_argument("--quick", action="store_true", help="fewer steps")
-    parser.add_argument("--out", type=Path, help="output folder")
+    parser.add_argument("--out", type=Path, help=_common.out_help("landscapes"))
     args = parser.parse_args(argv)
     out = _common.out_dir("landscapes", args.quick, args.out)
     mu = args.momentum

@@ -9,9 +9,12 @@ A seed fixes the initial weights and the minibatches, shared by every setting.
 
 Per (momentum, method) it prints the steps to reach a target training loss,
 the final training loss and the test accuracy (mean ± std over seeds) and how
-many runs diverged (loss NaN/inf or above 10x its initial value; those runs are
-left out of the means). A difference is called faster or slower only when the
-mean ± std intervals over seeds do not overlap.
+many runs diverged: a loss that became NaN/inf or rose above 10x its initial
+value, or a final loss above half the initial one (``_common.diverged``); those
+runs are left out of the means. A difference is called faster or slower only
+when the mean ± std intervals over seeds do not overlap; a setting in which a
+run did not reach the target (diverged runs included) is said to, with the
+number of such seeds, rather than to be slower.
 
 Outputs (``examples/out/momentum_sweep/``, ``..._quick/`` with ``--quick``):
 ``momentum_sweep.csv`` (the table), ``momentum_sweep_runs.csv`` (one row per
@@ -38,6 +41,10 @@ import momentum_jax
 MOMENTA = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 METHODS = ("heavy_ball", "nesterov")
 LABELS = {"heavy_ball": "heavy ball", "nesterov": "Nesterov"}
+# Okabe & Ito's colour-blind-safe palette, ordered so that neighbouring momenta
+# get unlike hues (0.9 blue, 0.95 vermillion).
+PALETTE = ("#000000", "#E69F00", "#F0E442", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7")
+METHOD_STYLE = {"heavy_ball": ("#0072B2", "o"), "nesterov": ("#D55E00", "s")}
 FULL = {"steps": 2000, "seeds": 5}
 QUICK = {"steps": 300, "seeds": 2}
 CSV_HEADER = [
@@ -57,17 +64,55 @@ RUNS_HEADER = ["momentum", "method", "seed", "steps_to_target", "final_loss", "t
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="300 steps, 2 seeds")
-    parser.add_argument("--data", choices=("digits", "mnist"), default="digits")
-    parser.add_argument("--data-dir", type=Path, help="MNIST IDX files (.gz too) or mnist.npz")
-    parser.add_argument("--momenta", type=float, nargs="+", default=list(MOMENTA))
-    parser.add_argument("--learning-rate", type=float, default=0.1)
-    parser.add_argument("--steps", type=int, help="training steps (default 2000)")
-    parser.add_argument("--seeds", type=int, help="number of seeds (default 5)")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
-    parser.add_argument("--target-loss", type=float, default=0.05)
-    parser.add_argument("--out", type=Path, help="output folder")
+    parser = _common.parser(__doc__)
+    quick = f"{QUICK['steps']} steps, {QUICK['seeds']} seeds"
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument(
+        "--data",
+        choices=("digits", "mnist"),
+        default="digits",
+        help="scikit-learn's bundled 8x8 digits, or MNIST from --data-dir",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="for --data mnist: the IDX files (.gz too) or mnist.npz",
+    )
+    parser.add_argument(
+        "--momenta",
+        type=float,
+        nargs="+",
+        default=list(MOMENTA),
+        metavar="MU",
+        help="momenta to sweep",
+    )
+    parser.add_argument("--learning-rate", type=float, default=0.1, help="the same for every run")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help=f"training steps (default: {FULL['steps']}, {QUICK['steps']} with --quick)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        help=f"number of seeds (default: {FULL['seeds']}, {QUICK['seeds']} with --quick)",
+    )
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        nargs="+",
+        default=[64, 64],
+        metavar="WIDTH",
+        help="hidden layer widths",
+    )
+    parser.add_argument(
+        "--target-loss",
+        type=float,
+        default=0.05,
+        help="training loss to reach; the steps are counted to it",
+    )
+    parser.add_argument("--out", type=Path, help=_common.out_help("momentum_sweep"))
     return parser.parse_args(argv)
 
 
@@ -142,10 +187,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def compare(steps_a: np.ndarray, steps_b: np.ndarray, momenta: np.ndarray) -> str:
-    """Where a needs fewer steps than b (per momentum), beyond the seed spread."""
-    groups: dict[str, list[str]] = {"faster": [], "slower": [], "no clear difference": []}
+    """Where a needs fewer steps than b (per momentum), beyond the seed spread.
+
+    A NaN in a (a seed that never reached the target, or diverged) is reported
+    as such, with the count of those seeds; a NaN in b only makes a faster.
+    """
+    groups: dict[str, list[str]] = {
+        "faster": [],
+        "slower": [],
+        "no clear difference": [],
+        "did not reach the target": [],
+    }
     for a, b, mu in zip(steps_a, steps_b, momenta, strict=True):
-        groups[_common.verdict(a, b, "faster", "slower")].append(f"{mu:g}")
+        missed = int(np.isnan(a).sum())
+        if missed:
+            groups["did not reach the target"].append(f"{mu:g} ({missed}/{a.size} seeds)")
+        else:
+            groups[_common.verdict(a, b, "faster", "slower")].append(f"{mu:g}")
     return "; ".join(f"{key} at {', '.join(mus)}" for key, mus in groups.items() if mus)
 
 
@@ -171,12 +229,12 @@ def plot_loss(
 ) -> None:
     plt = _common.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    colors = plt.cm.viridis(np.linspace(0, 0.95, len(momenta)))
     for ax, i in zip(axes, range(2), strict=True):
         for j, mu in enumerate(momenta):
+            color, dash = PALETTE[j % len(PALETTE)], "-" if j < len(PALETTE) else "--"
             runs = np.where(np.isfinite(loss[i, j]), loss[i, j], np.inf)
-            ax.plot(steps, np.median(runs, 0), color=colors[j], label=f"μ = {mu:g}")
-            ax.fill_between(steps, runs.min(0), runs.max(0), color=colors[j], alpha=0.15)
+            ax.plot(steps, np.median(runs, 0), color=color, ls=dash, label=f"μ = {mu:g}")
+            ax.fill_between(steps, runs.min(0), runs.max(0), color=color, alpha=0.15)
         ax.axhline(target, color="gray", ls=":", lw=1)
         ax.set(yscale="log", ylim=(1e-5, 10), xlabel="step", title=LABELS[METHODS[i]])
     axes[0].set_ylabel("training loss (median, min–max over seeds)")
@@ -193,19 +251,39 @@ def plot_summary(
     out: Path,
 ) -> None:
     plt = _common.pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    from matplotlib.lines import Line2D
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     x = np.arange(len(momenta))
+    # Settings with no mean to plot are marked in a strip along the top of the
+    # axes (not at 0 steps): x where a seed diverged, ^ where one never reached
+    # the target.
+    gone = diverged.any(-1)
+    missed = ~np.isfinite(steps).all(-1) & ~gone
+    strips = {left: {"x": gone, "^": missed}, right: {"x": gone}}
+    marks = {"x": "diverged (a seed or more)", "^": "did not reach the target"}
     for i, method in enumerate(METHODS):
+        color, marker = METHOD_STYLE[method]
         shift = x + (i - 0.5) * 0.15
         for ax, values in ((left, steps[i]), (right, 100 * acc[i])):
-            ax.errorbar(shift, *_common.spread(values), fmt="o-", capsize=3, label=LABELS[method])
-        gone = diverged[i].any(-1)
-        left.plot(shift[gone], np.zeros(gone.sum()), "x", color=f"C{i}", ms=9)
-    left.set(ylabel=f"steps to loss {target:g} (mean ± std)", title="steps to target (x: diverged)")
-    right.set(ylabel="test accuracy % (mean ± std)", title="test accuracy (diverged runs left out)")
+            ax.errorbar(shift, *_common.spread(values), color=color, marker=marker, capsize=3)
+            for symbol, where in strips[ax].items():
+                top = np.full(where[i].sum(), 0.93)
+                strip = ax.get_xaxis_transform()  # x in data, y in axes coordinates
+                ax.plot(shift[where[i]], top, symbol, color=color, mfc="none", transform=strip)
     for ax in (left, right):
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high + 0.2 * (high - low))  # room for the strip
         ax.set(xticks=x, xticklabels=[f"{m:g}" for m in momenta], xlabel="momentum")
-        ax.legend(fontsize=8)
+        handles = [Line2D([], [], color=c, marker=m) for c, m in METHOD_STYLE.values()]
+        labels = [LABELS[method] for method in METHOD_STYLE]
+        for symbol, where in strips[ax].items():
+            if where.any():
+                handles.append(Line2D([], [], ls="", marker=symbol, color="gray", mfc="none"))
+                labels.append(marks[symbol])
+        ax.legend(handles, labels, fontsize=8)
+    left.set(ylabel="steps (mean ± std over seeds)", title=f"steps to training loss {target:g}")
+    right.set(ylabel="test accuracy % (mean ± std)", title="test accuracy (diverged runs left out)")
     _common.save(fig, out / "momentum_sweep_summary.png")
 
 

@@ -55,12 +55,19 @@ def loss_fn(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--steps", type=int, default=600, help="training steps")
     parser.add_argument("--batch-size", type=int, default=128, help="minibatch size")
-    parser.add_argument("--learning-rate", type=float, default=0.1, help="peak learning rate")
+    parser.add_argument(
+        "--learning-rate", type=float, default=0.1, help="peak of the warm-up + cosine schedule"
+    )
     parser.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the data split, the weights and the batches"
+    )
     args = parser.parse_args(argv)
 
     x_train, y_train, x_test, y_test = map(jnp.asarray, load_digits_split(args.seed))
@@ -85,17 +92,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    # Per step: the loss of that step's minibatch (noisy). At the end: the loss
+    # over the whole training set, a different number.
     start = time.perf_counter()
     for step in range(args.steps):
         key, batch_key = jax.random.split(key)
         params, opt_state, loss = train_step(params, opt_state, batch_key)
         if step % max(args.steps // 6, 1) == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {float(loss):.4f}  lr {float(schedule(step)):.4f}")
+            print(
+                f"step {step:5d}  minibatch loss {float(loss):.4f}  lr {float(schedule(step)):.4f}"
+            )
     seconds = time.perf_counter() - start
 
     accuracy = float(jnp.mean(jnp.argmax(logits(params, x_test), -1) == y_test))
     train_loss = float(loss_fn(params, x_train, y_train))
-    print(f"train loss {train_loss:.4f}  test accuracy {accuracy:.3f}  ({seconds:.1f} s)")
+    print(
+        f"after {args.steps} steps: loss over all {len(x_train)} training examples "
+        f"{train_loss:.4f}, test accuracy {accuracy:.3f} ({seconds:.1f} s)"
+    )
     return {"train_loss": train_loss, "test_accuracy": accuracy}
 
 

@@ -4,12 +4,16 @@ Each page runs top to bottom in a fresh process (blocks share one namespace,
 like a notebook) with 8 simulated CPU devices, which the sharding recipes of
 docs/production.md need. Blocks that import torch run where torch is installed.
 The README quick start and the docs/variants.md recipes are also checked for
-what they claim.
+what they claim, and the site's math renders from the bundled MathJax, with
+no network (.ci/no_remote_assets.py, which CI runs on the built site, is
+tested here too).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import runpy
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +152,65 @@ def test_signatures_quoted_in_prose_match_the_code() -> None:
                     assert default == repr(parameter.default), f"{page.name}: {name}({args})"
             checked += 1
     assert checked >= 4
+
+
+def _no_remote_assets() -> Any:
+    path = ROOT / ".ci" / "no_remote_assets.py"
+    spec = importlib.util.spec_from_file_location("no_remote_assets", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_math_renders_from_the_bundled_mathjax() -> None:
+    conf = runpy.run_path(str(ROOT / "docs" / "conf.py"))
+    static = ROOT / "docs" / conf["html_static_path"][0]
+    path = conf["mathjax_path"]
+    assert not re.match(r"([a-z]+:)?//", path), f"mathjax_path {path!r} is a remote URL"
+    assert (static / path).is_file()
+    assert (static / path).with_name("LICENSE").is_file()  # Apache-2.0 asks for its copy
+    fonts = static / path.rpartition("/")[0] / "output" / "chtml" / "fonts" / "woff-v2"
+    assert len(list(fonts.glob("MathJax_*.woff"))) == 23
+
+
+def test_remote_asset_check_finds_every_kind_of_remote_load(tmp_path: Path) -> None:
+    check = _no_remote_assets()
+    (tmp_path / "page.html").write_text(
+        '<script src="_static/local.js"></script>\n'
+        '<script defer src="https://cdn.example.org/mathjax.js"></script>\n'
+        '<link rel="stylesheet" href="//fonts.example.org/css">\n'
+        '<link rel="next" href="https://example.org/next.html">\n'
+        '<a href="https://example.org/">a link to follow</a>\n'
+        '<img src="data:image/png;base64,AAAA" srcset="https://example.org/a.png 2x">\n'
+        "<style>@import url('https://example.org/a.css');</style>\n"
+        '<div style="background: url(http://example.org/b.png)"></div>\n'
+    )
+    (tmp_path / "theme.css").write_text(
+        "@font-face{src:url(fonts/local.woff2)}\n"
+        "@font-face{src:url(\"https://example.org/remote.woff2\") format('woff2')}\n"
+        "a{background:url(\"data:image/svg+xml,<svg xmlns='http://www.w3.org/2000/svg'/>\")}\n"
+        '@import "https://example.org/more.css";\n'
+    )
+    assert check.remote_loads(tmp_path) == [
+        "page.html:2: <script> https://cdn.example.org/mathjax.js",
+        "page.html:3: <link> //fonts.example.org/css",
+        "page.html:6: <img> https://example.org/a.png",
+        "page.html:7: <style> https://example.org/a.css",
+        "page.html:8: <div style=...> http://example.org/b.png",
+        "theme.css:2: https://example.org/remote.woff2",
+        "theme.css:4: https://example.org/more.css",
+    ]
+    assert check.main([str(tmp_path)]) == 1
+    for path in tmp_path.iterdir():
+        path.write_text('<script src="_static/local.js"></script>')
+    assert check.main([str(tmp_path)]) == 0
+    assert check.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_gallery_page_states_its_intro_once() -> None:
+    readme = README.read_text()
+    included = readme.split("<!-- gallery:start -->")[1].split("<!-- gallery:end -->")[0]
+    assert "Each figure is regenerated" not in included  # docs/gallery.md has its own
+    assert included.lstrip().startswith("![")

@@ -6,13 +6,16 @@ The examples import their helper as a top-level module (``_common``), so
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
+import importlib
 import re
 import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -103,8 +106,12 @@ def test_sweep_verdicts_follow_the_numbers() -> None:
     diverged[1, 1, 0] = True
     steps = np.where(diverged, np.nan, steps)
     lines = momentum_sweep.verdict_lines(momenta, steps, diverged)
-    assert lines[1] == "Nesterov vs SGD: slower at 0.9"  # one seed never got there
-    assert lines[2] == "Nesterov vs heavy ball: slower at 0.9; no clear difference at 0"
+    # One seed never got there: said so, not called slower.
+    assert lines[1] == "Nesterov vs SGD: did not reach the target at 0.9 (1/3 seeds)"
+    assert lines[2] == (
+        "Nesterov vs heavy ball: no clear difference at 0; "
+        "did not reach the target at 0.9 (1/3 seeds)"
+    )
     assert lines[3] == "diverged: Nesterov 0.9 (1/3)"
 
 
@@ -210,6 +217,50 @@ def test_help_runs_as_a_script(name: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "--quick" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "momentum_sweep",
+        "landscapes",
+        "convergence_rates",
+        "variants",
+        "quickstart",
+        "flax_nnx",
+        "equinox_mlp",
+    ],
+)
+def test_help_explains_every_option(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parsers = []
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def record(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
+        parsers.append(self)
+        return parse_args(self, *args, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", record)
+    module = importlib.import_module(name)
+    with pytest.raises(SystemExit) as exited:
+        module.main(["--help"])
+    assert exited.value.code == 0
+    shown = capsys.readouterr().out
+    entries = {  # "--steps": "--steps STEPS  training steps (default: 300)"
+        entry.split()[0].rstrip(","): " ".join(entry.split())
+        for entry in re.split(r"\n  (?=-)", shown.split("options:", 1)[1])
+        if entry.strip()
+    }
+    (parser,) = parsers
+    for action in parser._actions:
+        option = action.option_strings[-1]
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"{name} {option} has no help text"
+        flag = isinstance(action, argparse._StoreTrueAction)
+        if not flag and action.dest != "data_dir":  # --data-dir has no default
+            assert "(default: " in entries[option], f"{name} --help: {entries[option]}"
 
 
 # --- the MNIST reader ----------------------------------------------------------------
