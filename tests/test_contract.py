@@ -12,12 +12,15 @@ runs over every row (optax's optimizers-under-test pattern):
 * eager ``init`` and jitted ``update`` under ``optax.inject_hyperparams`` follow
   the plain transform's trajectory, with all numeric hyperparameters injected
   at once and with each one injected alone;
-* where optax has the same optimizer, the row follows optax's trajectory;
+* where optax has a numerically equivalent optimizer, the row follows its
+  trajectory; where the row is a composition of blocks (optax's or our own),
+  it is bit-identical to that composition written out;
 * the state's structure, shapes and dtypes survive ``lax.scan`` and ``lax.cond``
   carries for float16, bfloat16, float32, complex64 and weakly typed params, and
   float64 under x64; updates come back in the gradients' dtypes;
 * ``jax.eval_shape(tx.init, params)`` matches ``tx.init(params)``;
-* bfloat16 and float16 scalar hyperparameters are accepted (issue 10, D2);
+* bfloat16 and float16 scalar hyperparameters are accepted, checked in the
+  precision the arithmetic uses;
 * ``None`` leaves pass through, and integer or boolean leaves whose gradient is
   ``None`` get no buffer and a ``None`` update (as Equinox models need).
 """
@@ -97,8 +100,11 @@ class Row:
     factory: Callable[..., optax.GradientTransformation]
     hyper: dict[str, float]
     static: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # The same optimizer built from optax's own transforms, where optax has it.
+    # The optax optimizer it is numerically equivalent to (the same trajectory
+    # up to rounding), where optax has one.
     reference: Callable[[], optax.GradientTransformation] | None = None
+    # The same optimizer composed of optax's (or our own) blocks: bit for bit.
+    blocks: Callable[[], optax.GradientTransformation] | None = None
     complex_params: bool = True
 
     def build(self, **override: Any) -> optax.GradientTransformation:
@@ -116,6 +122,8 @@ ROWS = [
         momentum_jax.momentum,
         {"learning_rate": LR, "momentum": MU},
         reference=lambda: optax.sgd(LR, MU),
+        # lr inside the velocity is the order of two optax stages.
+        blocks=lambda: optax.chain(optax.scale_by_learning_rate(LR), optax.trace(MU)),
     ),
     Row(
         "momentum_zero_weight_decay",
@@ -128,6 +136,18 @@ ROWS = [
         momentum_jax.momentum,
         {"learning_rate": LR, "momentum": MU, "weight_decay": 0.01},
         reference=lambda: optax.chain(optax.add_decayed_weights(0.01), optax.sgd(LR, MU)),
+        blocks=lambda: optax.chain(
+            optax.add_decayed_weights(0.01), optax.scale_by_learning_rate(LR), optax.trace(MU)
+        ),
+    ),
+    Row(
+        # A learning-rate schedule inside the velocity: unlike optax.sgd's
+        # v = mu v + g, theta -= lr_t v, each lr_t scales only its own gradient.
+        "momentum_lr_schedule",
+        momentum_jax.momentum,
+        {"momentum": MU},
+        {"learning_rate": _decay},
+        blocks=lambda: optax.chain(optax.scale_by_learning_rate(_decay), optax.trace(MU)),
     ),
     Row(
         "momentum_schedules",
@@ -175,7 +195,7 @@ ROWS = [
         "scale_by_momentum",
         scale_by_momentum_then_lr,
         {"learning_rate": LR, "momentum": MU, "dampening": 0.0},
-        reference=lambda: optax.chain(optax.trace(MU), optax.scale_by_learning_rate(LR)),
+        blocks=lambda: optax.chain(optax.trace(MU), optax.scale_by_learning_rate(LR)),
     ),
     Row(
         "scale_by_momentum_dampening",
@@ -187,7 +207,7 @@ ROWS = [
         scale_by_momentum_then_lr,
         {"learning_rate": LR, "momentum": MU, "dampening": 0.0},
         {"nesterov": True},
-        reference=lambda: optax.chain(
+        blocks=lambda: optax.chain(
             optax.trace(MU, nesterov=True), optax.scale_by_learning_rate(LR)
         ),
     ),
@@ -196,7 +216,7 @@ ROWS = [
         scale_by_momentum_then_lr,
         {"momentum": MU},
         {"learning_rate": _decay},
-        reference=lambda: optax.sgd(_decay, MU),
+        blocks=lambda: optax.sgd(_decay, MU),
     ),
     Row(
         "scale_by_momentum_momentum_schedule",
@@ -209,7 +229,7 @@ ROWS = [
         scale_by_momentum_then_lr,
         {"learning_rate": LR, "momentum": MU},
         {"accumulator_dtype": jnp.float32},
-        reference=lambda: optax.chain(optax.trace(MU), optax.scale_by_learning_rate(LR)),
+        blocks=lambda: optax.chain(optax.trace(MU), optax.scale_by_learning_rate(LR)),
         complex_params=False,
     ),
     # --- framework presets.
@@ -217,13 +237,13 @@ ROWS = [
         "torch_sgd",
         compat.torch_sgd,
         {"lr": LR, "momentum": MU, "dampening": 0.0, "weight_decay": 0.0},
-        reference=lambda: optax.sgd(LR, MU),
+        blocks=lambda: optax.sgd(LR, MU),
     ),
     Row(
         "torch_sgd_defaults",
         compat.torch_sgd,
         {"lr": LR, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0},
-        reference=lambda: optax.sgd(LR),
+        blocks=lambda: optax.sgd(LR),
     ),
     Row(
         "torch_sgd_dampening_weight_decay",
@@ -235,7 +255,7 @@ ROWS = [
         compat.torch_sgd,
         {"lr": LR, "momentum": MU, "dampening": 0.0, "weight_decay": 0.01},
         {"nesterov": True},
-        reference=lambda: optax.chain(
+        blocks=lambda: optax.chain(
             optax.add_decayed_weights(0.01), optax.sgd(LR, MU, nesterov=True)
         ),
     ),
@@ -244,7 +264,7 @@ ROWS = [
         compat.torch_sgd,
         {"momentum": MU, "weight_decay": 0.0},
         {"lr": _decay, "maximize": True},
-        reference=lambda: optax.chain(optax.scale(-1.0), optax.sgd(_decay, MU)),
+        blocks=lambda: optax.chain(optax.scale(-1.0), optax.sgd(_decay, MU)),
     ),
     Row(
         "keras_sgd",
@@ -256,7 +276,7 @@ ROWS = [
         "keras_sgd_defaults",
         compat.keras_sgd,
         {"learning_rate": LR, "momentum": 0.0},
-        reference=lambda: optax.sgd(LR),
+        blocks=lambda: optax.sgd(LR),
     ),
     Row(
         "keras_sgd_zero_weight_decay",
@@ -278,45 +298,54 @@ ROWS = [
         "tf1_momentum",
         compat.tf1_momentum,
         {"learning_rate": LR, "momentum": MU},
-        reference=lambda: optax.sgd(LR, MU),
+        blocks=lambda: optax.sgd(LR, MU),
     ),
     Row(
         "tf1_momentum_nesterov_lr_schedule",
         compat.tf1_momentum,
         {"momentum": MU},
         {"learning_rate": _decay, "use_nesterov": True},
-        reference=lambda: optax.sgd(_decay, MU, nesterov=True),
+        blocks=lambda: optax.sgd(_decay, MU, nesterov=True),
     ),
     # --- variants and their learning-rate-free blocks.
     Row("qhm", momentum_jax.qhm, {"learning_rate": LR, "momentum": 0.999, "nu": 0.7}),
     Row(
-        "qhm_lr_schedule", momentum_jax.qhm, {"momentum": MU, "nu": 0.7}, {"learning_rate": _decay}
+        "qhm_lr_schedule",
+        momentum_jax.qhm,
+        {"momentum": MU, "nu": 0.7},
+        {"learning_rate": _decay},
+        blocks=lambda: optax.chain(
+            momentum_jax.scale_by_qhm(MU, 0.7), optax.scale_by_learning_rate(_decay)
+        ),
     ),
     Row(
         "aggmo",
         momentum_jax.aggmo,
         {"learning_rate": LR},
         {"momenta": (0.0, 0.9, 0.99)},
+        blocks=lambda: optax.chain(
+            momentum_jax.scale_by_aggmo((0.0, 0.9, 0.99)), optax.scale_by_learning_rate(LR)
+        ),
     ),
     Row(
         "aggmo_one_buffer",
         momentum_jax.aggmo,
         {"learning_rate": LR},
         {"momenta": (MU,)},
-        reference=lambda: optax.sgd(LR, MU),
+        blocks=lambda: optax.sgd(LR, MU),
     ),
     Row(
         "scale_by_qhm",
         scale_by_qhm_then_lr,
         {"learning_rate": LR, "momentum": 0.999, "nu": 0.7},
-        reference=lambda: momentum_jax.qhm(LR, 0.999, 0.7),
+        blocks=lambda: momentum_jax.qhm(LR, 0.999, 0.7),
     ),
     Row(
         "scale_by_aggmo",
         scale_by_aggmo_then_lr,
         {"learning_rate": LR},
         {"momenta": (0.0, 0.9, 0.99)},
-        reference=lambda: momentum_jax.aggmo(LR, (0.0, 0.9, 0.99)),
+        blocks=lambda: momentum_jax.aggmo(LR, (0.0, 0.9, 0.99)),
     ),
 ]
 # The packed layout: every property of the table holds for every row in it too.
@@ -327,6 +356,7 @@ ROWS += [
 
 rows = pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
 REFERENCED = [row for row in ROWS if row.reference is not None]
+COMPOSED = [row for row in ROWS if row.blocks is not None]
 
 
 def test_the_table_covers_every_public_transform() -> None:
@@ -376,7 +406,7 @@ def test_jit_equals_eager_and_traces_once(row: Row) -> None:
 
 @rows
 def test_inject_hyperparams_eager_init_jitted_update_equals_plain(row: Row) -> None:
-    """Issue 10, D1: what NNX and Equinox users do with every hyperparameter injected."""
+    """What NNX and Equinox users do: every hyperparameter injected, init eager, update jitted."""
     tx = row.build()
     injected = row.injected()
     state = injected.init(_problems.initial_params())
@@ -410,6 +440,17 @@ def test_follows_the_optax_equivalent(row: Row) -> None:
     tx = row.build()
     got = _run(tx.init, _problems.step_fn(tx))
     chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("row", COMPOSED, ids=[row.id for row in COMPOSED])
+def test_is_bit_identical_to_its_composition_of_blocks(row: Row) -> None:
+    """Each reuse of a block is exact: the same bits over 15 steps of the quadratic."""
+    assert row.blocks is not None
+    expected = _problems.trajectory(row.blocks(), 15)
+    got = _problems.trajectory(row.build(), 15)
+    for step, (a, b) in enumerate(zip(got, expected, strict=True)):
+        for key in b:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{key!r}, step {step + 1}")
 
 
 def _mixed_params(row: Row, x64: bool) -> dict[str, jax.Array]:
@@ -488,11 +529,11 @@ def test_eval_shape_of_init_matches_init(row: Row) -> None:
 @rows
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
 def test_low_precision_scalar_hyperparameters_are_accepted(row: Row, dtype: Any) -> None:
-    """Issue 10, D2: a bfloat16 scalar is a real number, whatever numpy's kind says."""
+    """A bfloat16 scalar is a real number, although numpy's dtype kind for it is 'V'."""
     low = {name: jnp.asarray(value, dtype) for name, value in row.hyper.items()}
     rounded = {name: float(value) for name, value in low.items()}
     if rounded.get("momentum", 0.0) >= 1.0:
-        # 0.999 is 1.0 in bfloat16: checked in the dtype the arithmetic uses (D8).
+        # 0.999 is 1.0 in bfloat16: checked in the dtype the arithmetic uses.
         with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
             row.build(**low)
         return

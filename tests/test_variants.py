@@ -2,8 +2,9 @@
 
 Each transform is checked against its paper's equations written out in numpy
 (float64, on the shared quadratic with a non-diagonal Hessian), against the
-special cases that reduce it to a known method run by another library, and
-against the JAX contract (jit, scan, cond, inject_hyperparams, dtypes).
+special cases that reduce it to a known method run by another library. The
+JAX contract (jit, scan, cond, inject_hyperparams, dtypes) is checked for both
+by the table in tests/test_contract.py.
 """
 
 from __future__ import annotations
@@ -332,7 +333,7 @@ def test_aggmo_with_equal_momenta_is_heavy_ball(beta: float, copies: int, lr: fl
 
 
 # --------------------------------------------------------------------------
-# Both: the JAX contract
+# Both: state types, static or traced momenta, bfloat16 params
 # --------------------------------------------------------------------------
 
 FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
@@ -352,69 +353,6 @@ def _signature(tree: Any) -> Any:
     return jax.tree.structure(tree), [(x.shape, x.dtype) for x in jax.tree.leaves(tree)]
 
 
-@both
-def test_jit_equals_eager(make: Callable[..., optax.GradientTransformation]) -> None:
-    tx = make()
-    eager = _problems.trajectory(tx, 20)
-    params = _problems.initial_params()
-    state = tx.init(params)
-    step = jax.jit(lambda p, s: _step(tx, p, s))
-    jitted = []
-    for _ in range(20):
-        params, state = step(params, state)
-        jitted.append(jax.tree.map(np.asarray, params))
-    _problems.assert_trajectories_close(jitted, eager, rtol=1e-5, atol=1e-6)
-
-
-@both
-def test_no_recompilation_on_later_steps(make: Callable[..., optax.GradientTransformation]) -> None:
-    tx = make()
-    traces = []
-
-    @jax.jit
-    def step(params: Any, state: Any) -> tuple[Any, Any]:
-        traces.append(None)
-        return _step(tx, params, state)
-
-    params = _problems.initial_params()
-    state = tx.init(params)
-    for _ in range(4):
-        params, state = step(params, state)
-    assert len(traces) == 1
-
-
-@both
-def test_state_is_a_stable_scan_and_cond_carry(
-    make: Callable[..., optax.GradientTransformation],
-) -> None:
-    tx = make()
-    params = _problems.initial_params()
-    state = tx.init(params)
-    before = _signature(state)
-
-    def body(carry: Any, _: Any) -> tuple[Any, None]:
-        return _step(tx, *carry), None
-
-    (scanned_params, scanned_state), _ = jax.lax.scan(body, (params, state), length=12)
-    assert _signature(scanned_state) == before
-    assert int(scanned_state[0].count) == 12
-    eager = _problems.trajectory(tx, 12)[-1]
-    for key in eager:
-        np.testing.assert_allclose(scanned_params[key], eager[key], rtol=1e-6, atol=1e-7)
-
-    grads = jax.grad(_problems.loss)(params)
-
-    @jax.jit
-    def maybe_update(skip: jax.Array, state: Any) -> Any:
-        return jax.lax.cond(skip, lambda s: s, lambda s: tx.update(grads, s, params)[1], state)
-
-    skipped = maybe_update(jnp.array(True), scanned_state)
-    updated = maybe_update(jnp.array(False), scanned_state)
-    assert _signature(skipped) == _signature(updated) == before
-    assert int(skipped[0].count) == 12
-    assert int(updated[0].count) == 13
-
-
 def test_state_types() -> None:
     params = _problems.initial_params()
     # qhm and aggmo are chain(block, optax.scale_by_learning_rate): the block's
@@ -430,26 +368,6 @@ def test_state_types() -> None:
     assert len(aggmo_state.buffers) == 4
     for buffer in aggmo_state.buffers:
         assert _signature(buffer) == _signature(params)
-
-
-def test_inject_hyperparams_qhm_gives_the_same_trajectory() -> None:
-    direct = _problems.trajectory(qhm(0.15, 0.9, 0.7), 20)
-    injected_tx = optax.inject_hyperparams(qhm)(learning_rate=0.15, momentum=0.9, nu=0.7)
-    injected = _problems.trajectory(injected_tx, 20)
-    _problems.assert_trajectories_close(injected, direct, rtol=1e-6, atol=1e-7)
-    state = injected_tx.init(_problems.initial_params())
-    assert set(state.hyperparams) == {"learning_rate", "momentum", "nu"}
-    # A schedule injected as the learning rate, under jit.
-    direct = _problems.trajectory(qhm(_lr_schedule, 0.9, 0.7), 20)
-    injected_tx = optax.inject_hyperparams(qhm)(learning_rate=_lr_schedule, momentum=0.9, nu=0.7)
-    params = _problems.initial_params()
-    state = injected_tx.init(params)
-    step = jax.jit(lambda p, s: _step(injected_tx, p, s))
-    injected = []
-    for _ in range(20):
-        params, state = step(params, state)
-        injected.append(jax.tree.map(np.asarray, params))
-    _problems.assert_trajectories_close(injected, direct, rtol=1e-5, atol=1e-6)
 
 
 def test_inject_hyperparams_aggmo_keeps_momenta_static() -> None:
@@ -526,51 +444,6 @@ def test_float32_buffers_for_bfloat16_params_aggmo() -> None:
     for beta, buffer in zip(momenta, state[0].buffers, strict=True):
         assert buffer.dtype == jnp.float32
         np.testing.assert_allclose(buffer, (1.0 - beta**100) / (1.0 - beta), rtol=1e-5)
-
-
-@both
-def test_none_leaves_pass_through(make: Callable[..., optax.GradientTransformation]) -> None:
-    tx = make()
-    params = {"w": jnp.array([1.0, -2.0]), "frozen": None}
-    state = tx.init(params)
-    for _ in range(3):
-        updates, state = tx.update({"w": jnp.array([0.5, 1.0]), "frozen": None}, state, params)
-        assert updates["frozen"] is None
-        assert updates["w"].shape == (2,)
-    assert _signature(state) == _signature(tx.init(params))
-
-
-@both
-def test_gradient_structure_mismatch_is_reported(
-    make: Callable[..., optax.GradientTransformation],
-) -> None:
-    tx = make()
-    state = tx.init(_problems.initial_params())
-    with pytest.raises(ValueError, match=r"gradient tree does not match.*structure"):
-        tx.update({"w": jnp.zeros(3)}, state)
-
-
-@both
-def test_count_saturates(make: Callable[..., optax.GradientTransformation]) -> None:
-    tx = make()
-    params = _problems.initial_params()
-    top = np.iinfo(np.int32).max
-    block_state, lr_state = tx.init(params)
-    state = (block_state._replace(count=jnp.asarray(top, jnp.int32)), lr_state)
-    _, state = tx.update(jax.grad(_problems.loss)(params), state, params)
-    assert int(state[0].count) == top
-    assert state[0].count.dtype == jnp.int32
-
-
-@both
-def test_integer_params_get_no_buffer(make: Callable[..., optax.GradientTransformation]) -> None:
-    tx = make()
-    params = {"w": jnp.zeros(2), "n": jnp.zeros(2, jnp.int32)}
-    state = tx.init(params)
-    updates, _ = tx.update({"w": jnp.ones(2), "n": None}, state, params)
-    assert updates["n"] is None
-    with pytest.raises(TypeError, match=r"gradient arrived for the param at \['n'\]"):
-        tx.update({"w": jnp.ones(2), "n": jnp.ones(2)}, state, params)
 
 
 # --------------------------------------------------------------------------
