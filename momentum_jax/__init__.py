@@ -33,6 +33,7 @@ from momentum_jax._src._core import nesterov as nesterov
 from momentum_jax._src._core import scale_by_momentum as scale_by_momentum
 from momentum_jax._src._layout import Layout as Layout
 from momentum_jax._src._layout import PackedState as PackedState
+from momentum_jax._src._layout import Slot as Slot
 from momentum_jax._src._restore import restore_state as restore_state
 from momentum_jax._src._validation import ScalarOrSchedule as ScalarOrSchedule
 from momentum_jax._src._variants import AggMoState as AggMoState
@@ -51,6 +52,7 @@ __all__ = [
     "PackedState",
     "QHMState",
     "ScalarOrSchedule",
+    "Slot",
     "aggmo",
     "compat",
     "momentum",

@@ -25,6 +25,8 @@ from momentum_jax import compat
 from tests import _checkpoint_worker as worker
 from tests import _subprocess
 
+pytestmark = pytest.mark.slow  # checkpoints in subprocesses
+
 HAS_ORBAX = importlib.util.find_spec("orbax") is not None and (
     importlib.util.find_spec("orbax.checkpoint") is not None
 )

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains the client examples
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 STEPS = ["--steps", "80", "--batch-size", "64"]

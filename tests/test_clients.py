@@ -29,6 +29,8 @@ from flax import nnx
 import momentum_jax
 from momentum_jax import compat
 
+pytestmark = pytest.mark.slow  # trains Flax NNX and Equinox models
+
 LR = 0.05
 MU = 0.9
 STEPS = 8

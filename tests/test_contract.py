@@ -354,7 +354,25 @@ ROWS += [
     for row in ROWS
 ]
 
-rows = pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
+# The fast tier (``pytest -m "not slow"``) runs the first row of each public transform.
+FAST = {row.id for row in {row.factory: row for row in reversed(ROWS)}.values()}
+
+
+def _tiered(cases: list[Any], ids: list[str]) -> list[Any]:
+    """``cases`` (rows, or tuples starting with one) as pytest params, tiered."""
+    params = []
+    for case, case_id in zip(cases, ids, strict=True):
+        args = case if isinstance(case, tuple) else (case,)
+        marks = () if args[0].id in FAST else pytest.mark.slow
+        params.append(pytest.param(*args, id=case_id, marks=marks))
+    return params
+
+
+def _over(rows: list[Row]) -> Any:
+    return pytest.mark.parametrize("row", _tiered(rows, [row.id for row in rows]))
+
+
+rows = _over(ROWS)
 REFERENCED = [row for row in ROWS if row.reference is not None]
 COMPOSED = [row for row in ROWS if row.blocks is not None]
 
@@ -420,7 +438,9 @@ def test_inject_hyperparams_eager_init_jitted_update_equals_plain(row: Row) -> N
 ALONE = [(row, name) for row in ROWS for name in row.hyper]
 
 
-@pytest.mark.parametrize(("row", "name"), ALONE, ids=[f"{row.id}-{name}" for row, name in ALONE])
+@pytest.mark.parametrize(
+    ("row", "name"), _tiered(ALONE, [f"{row.id}-{name}" for row, name in ALONE])
+)
 def test_inject_hyperparams_each_hyperparameter_alone_equals_plain(row: Row, name: str) -> None:
     """One traced hyperparameter among concrete ones (zeros too) must not change the chain."""
     others = tuple(p for p in inspect.signature(row.factory).parameters if p != name)
@@ -432,7 +452,7 @@ def test_inject_hyperparams_each_hyperparameter_alone_equals_plain(row: Row, nam
     chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("row", REFERENCED, ids=[row.id for row in REFERENCED])
+@_over(REFERENCED)
 def test_follows_the_optax_equivalent(row: Row) -> None:
     assert row.reference is not None
     reference = row.reference()
@@ -442,7 +462,7 @@ def test_follows_the_optax_equivalent(row: Row) -> None:
     chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("row", COMPOSED, ids=[row.id for row in COMPOSED])
+@_over(COMPOSED)
 def test_is_bit_identical_to_its_composition_of_blocks(row: Row) -> None:
     """Each reuse of a block is exact: the same bits over 15 steps of the quadratic."""
     assert row.blocks is not None

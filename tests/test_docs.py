@@ -23,6 +23,8 @@ import pytest
 
 from tests import _subprocess
 
+pytestmark = pytest.mark.slow  # runs every page's code in a subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]

@@ -33,6 +33,8 @@ import convergence_rates  # noqa: E402
 import landscapes  # noqa: E402
 import momentum_sweep  # noqa: E402
 
+pytestmark = pytest.mark.slow  # runs the examples
+
 
 def assert_png(path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path

@@ -20,6 +20,8 @@ import momentum_jax
 from tests import _problems
 from tests.golden import make_golden
 
+pytestmark = pytest.mark.slow  # replays 0.1.0's recorded runs
+
 # Transforms whose float32 rounding legitimately changed since 0.1.0, with the
 # largest difference allowed, in units in the last place of the param.
 # aggmo: 0.1.0 applied -(lr / K) to the sum of the buffers in one multiply;

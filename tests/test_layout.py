@@ -26,6 +26,8 @@ import momentum_jax
 from tests import _subprocess
 from tests.test_contract import ROWS, Row
 
+pytestmark = pytest.mark.slow  # the packed layout, with an 8-device subprocess
+
 BASE_ROWS = [row for row in ROWS if "layout" not in row.static]
 rows = pytest.mark.parametrize("row", BASE_ROWS, ids=[row.id for row in BASE_ROWS])
 # The structural properties need one row per public transform (the contract

@@ -26,12 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import momentum_jax
 from tests import _jax_compat
 from tests.test_contract import ROWS
+
+pytestmark = pytest.mark.slow  # property-based search
 
 SETTINGS = settings(max_examples=30, deadline=None, database=None)
 STEPS = 3

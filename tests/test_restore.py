@@ -25,6 +25,8 @@ from tests.golden.make_golden import plain
 from tests.test_contract import ROWS, Row
 from tests.test_layout import _apply, _grads, _params
 
+pytestmark = pytest.mark.slow  # every row under every wrapper, both layouts
+
 BASE_ROWS = [row for row in ROWS if "layout" not in row.static]
 LAYOUTS = ("per_leaf", "packed")
 STEPS = 3

@@ -21,6 +21,8 @@ import pytest
 from tests import _sharding_worker as worker
 from tests import _subprocess
 
+pytestmark = pytest.mark.slow  # 8-device subprocesses
+
 WORKER = Path(worker.__file__)
 ROOT = WORKER.parents[1]
 CASES = [f"{mesh}/{name}" for name in worker.transforms() for mesh in worker.MESH_KINDS]

@@ -319,6 +319,7 @@ def test_aggmo_accepts_an_array_of_momenta() -> None:
         )
 
 
+@pytest.mark.slow  # property-based search
 @hypothesis.settings(max_examples=15, deadline=None)
 @hypothesis.given(
     beta=st.floats(0.0, 0.95),

@@ -20,6 +20,8 @@ import variants  # noqa: E402
 
 from momentum_jax import schedules  # noqa: E402
 
+pytestmark = pytest.mark.slow  # runs the variants example
+
 ARGS = ["--quick", "--dim", "50", "--quad-steps", "1500", "--quad-target", "1e-3"]
 
 
