@@ -1,0 +1,834 @@
+"""Bad input, argument by argument, and what the transforms do with it.
+
+Hyperparameters are checked when the transform is built (for concrete values):
+a ``ValueError`` or ``TypeError`` names the function the user called, the
+argument, the value and the valid range, in the precision the arithmetic uses.
+Traced values are never branched on. Then what ``update`` refuses or carries:
+schedules' return values, gradients (tree, shape, dtype, NaN/Inf), params and
+the state. Every public transform is exercised, presets included.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import momentum_jax
+from momentum_jax import aggmo, compat, qhm, schedules
+from tests import _jax_compat, _problems
+
+Factory = Callable[[], optax.GradientTransformation]
+
+# Transforms that keep a param-shaped buffer.
+STATEFUL: dict[str, Factory] = {
+    "momentum": lambda: momentum_jax.momentum(0.05, 0.9, weight_decay=1e-3),
+    "nesterov": lambda: momentum_jax.nesterov(0.05, 0.9),
+    "scale_by_momentum": lambda: momentum_jax.scale_by_momentum(0.9, dampening=0.1),
+    "scale_by_momentum_nesterov": lambda: momentum_jax.scale_by_momentum(0.9, nesterov=True),
+    "torch_sgd": lambda: compat.torch_sgd(0.05, 0.9, dampening=0.1),
+    "keras_sgd": lambda: compat.keras_sgd(0.05, 0.9, nesterov=True, weight_decay=1e-3),
+    "tf1_momentum": lambda: compat.tf1_momentum(0.05, 0.9, use_nesterov=True),
+    "qhm": lambda: qhm(0.05, 0.9, 0.7),
+    "aggmo": lambda: aggmo(0.05, (0.0, 0.9, 0.99)),
+}
+# With momentum=0 the presets keep no buffer, as PyTorch and Keras do.
+STATELESS: dict[str, Factory] = {
+    "torch_sgd_no_momentum": lambda: compat.torch_sgd(0.05, weight_decay=1e-3),
+    "keras_sgd_no_momentum": lambda: compat.keras_sgd(0.05),
+}
+EVERY = {**STATEFUL, **STATELESS}
+
+
+def _ids(table: dict[str, Any]) -> dict[str, Any]:
+    return {"argvalues": list(table.values()), "ids": list(table)}
+
+
+def _params() -> dict[str, jax.Array]:
+    return {"w": jnp.array([0.5, -1.0, 2.0]), "b": jnp.array([[0.25, -0.75]])}
+
+
+def _grads(k: int) -> dict[str, jax.Array]:
+    # A fixed sequence that does not depend on the params, so only the
+    # optimizer can carry a NaN from one step to the next.
+    return {
+        "w": jnp.array([1.0, -0.5, 0.25]) * (1.0 + 0.1 * k),
+        "b": jnp.array([[-0.3, 0.7]]) / (1.0 + k),
+    }
+
+
+def _with_nan(grads: dict[str, jax.Array], value: float) -> dict[str, jax.Array]:
+    return {**grads, "w": grads["w"].at[1].set(value)}
+
+
+def _counts(state: Any) -> list[int]:
+    return [int(c) for _, c in optax.tree_utils.tree_get_all_with_path(state, "count")]
+
+
+def _step(tx: optax.GradientTransformation) -> Callable[..., Any]:
+    @jax.jit
+    def step(params: Any, state: Any, grads: Any) -> Any:
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def _assert_trees_equal(a: Any, b: Any, what: str) -> None:
+    assert jax.tree.structure(a) == jax.tree.structure(b), what
+    for path_leaf, other in zip(
+        jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True
+    ):
+        path, leaf = path_leaf
+        assert np.array_equal(leaf, other), f"{what}: {jax.tree_util.keystr(path)} changed"
+
+
+# --- hyperparameters, when the transform is built ----------------------------
+
+
+BAD_VALUES = [
+    # (factory, kwargs, exception, message pattern naming argument, value and range)
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "momentum": 1.0},
+        ValueError,
+        r"momentum must be in \[0, 1\), got momentum=1\.0",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "momentum": -0.1},
+        ValueError,
+        r"momentum must be in \[0, 1\), got momentum=-0\.1",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "momentum": float("nan")},
+        ValueError,
+        r"momentum must be in \[0, 1\), got momentum=nan",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": -0.1},
+        ValueError,
+        r"learning_rate must be in \[0, inf\), got learning_rate=-0\.1",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": jnp.asarray(-1.0)},
+        ValueError,
+        r"learning_rate must be in \[0, inf\), got learning_rate=Array\(-1",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "weight_decay": -1e-4},
+        ValueError,
+        r"weight_decay must be in \[0, inf\), got weight_decay=-0\.0001",
+    ),
+    (
+        momentum_jax.nesterov,
+        {"learning_rate": 0.1, "momentum": 1.5},
+        ValueError,
+        r"momentum_jax.nesterov: momentum must be in \[0, 1\), got momentum=1\.5",
+    ),
+    # NumPy float64 values are checked in float32 (the arithmetic's dtype without x64).
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "momentum": np.float64(1 - 1e-10)},
+        ValueError,
+        r"momentum must be in \[0, 1\), got momentum=(np.float64\()?0.9999999999\)?, which "
+        r"is 1.0 in float32",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": np.float64(1e39)},
+        ValueError,
+        r"learning_rate must be in \[0, inf\), got .*1e\+39\)?, which is inf in float32",
+    ),
+    (
+        momentum_jax.scale_by_momentum,
+        {"momentum": 0.9, "dampening": 1.0},
+        ValueError,
+        r"dampening must be in \[0, 1\), got dampening=1\.0",
+    ),
+    (
+        momentum_jax.scale_by_momentum,
+        {"momentum": 0.9, "dampening": -0.5},
+        ValueError,
+        r"dampening must be in \[0, 1\), got dampening=-0\.5",
+    ),
+    (
+        momentum_jax.scale_by_momentum,
+        {"momentum": 0.9, "nesterov": True, "dampening": 0.1},
+        ValueError,
+        r"nesterov=True requires dampening=0, got dampening=0\.1",
+    ),
+    (
+        momentum_jax.scale_by_momentum,
+        {"momentum": 2.0},
+        ValueError,
+        r"momentum must be in \[0, 1\), got momentum=2\.0",
+    ),
+    (compat.torch_sgd, {"lr": -0.01}, ValueError, r"lr must be in \[0, inf\), got lr=-0\.01"),
+    (
+        compat.torch_sgd,
+        {"lr": 0.1, "momentum": 0.0, "nesterov": True},
+        ValueError,
+        r"nesterov=True requires momentum > 0 and dampening = 0.*momentum=0\.0",
+    ),
+    (
+        compat.torch_sgd,
+        {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": True},
+        ValueError,
+        r"nesterov=True requires momentum > 0 and dampening = 0.*dampening=0\.1",
+    ),
+    (
+        compat.torch_sgd,
+        {"lr": 0.1, "weight_decay": -1.0},
+        ValueError,
+        r"weight_decay must be in \[0, inf\), got weight_decay=-1\.0",
+    ),
+    (
+        compat.keras_sgd,
+        {"learning_rate": 0.1, "momentum": 1.2},
+        ValueError,
+        r"momentum must be in \[0, 1\), got momentum=1\.2",
+    ),
+    (
+        compat.keras_sgd,
+        {"learning_rate": 0.1, "weight_decay": -0.1},
+        ValueError,
+        r"weight_decay must be in \[0, inf\), got weight_decay=-0\.1",
+    ),
+    (
+        compat.tf1_momentum,
+        {"learning_rate": 0.1, "momentum": -0.9},
+        ValueError,
+        r"momentum must be in \[0, 1\), got momentum=-0\.9",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": "0.1"},
+        TypeError,
+        r"learning_rate must be a number, a scalar array or a schedule.*got str '0\.1'",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "momentum": True},
+        TypeError,
+        r"momentum must be a number.*got the boolean momentum=True",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": jnp.ones(3)},
+        ValueError,
+        r"learning_rate must be a scalar, got an array of shape \(3,\)",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "nesterov": "yes"},
+        TypeError,
+        r"nesterov must be True or False.*got str 'yes'",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "accumulator_dtype": jnp.int32},
+        TypeError,
+        r"accumulator_dtype must be None or a floating-point.*int32",
+    ),
+    (
+        compat.tf1_momentum,
+        {"learning_rate": 0.1, "momentum": 0.9, "use_nesterov": 1},
+        TypeError,
+        r"use_nesterov must be True or False",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 0.1, "momentum": 0.9999999999},
+        ValueError,
+        r"momentum=0\.9999999999, which is 1\.0 in float32.*grow without bound",
+    ),
+    (
+        momentum_jax.momentum,
+        {"learning_rate": 1e39},
+        ValueError,
+        r"learning_rate must be in \[0, inf\), got learning_rate=1e\+39, which is inf",
+    ),
+    (compat.torch_sgd, {"lr": float("inf")}, ValueError, r"lr must be in \[0, inf\), got lr=inf"),
+]
+
+
+@pytest.mark.parametrize(
+    ("factory", "kwargs", "error", "pattern"),
+    BAD_VALUES,
+    ids=[f"{f.__name__}-{'-'.join(map(str, k))}-{i}" for i, (f, k, _, _) in enumerate(BAD_VALUES)],
+)
+def test_bad_hyperparameters_raise_at_build_time(
+    factory: Callable[..., Any], kwargs: dict[str, Any], error: type[Exception], pattern: str
+) -> None:
+    with pytest.raises(error, match=pattern):
+        factory(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"momentum": 1.0}, ValueError, r"momentum must be in \[0, 1\), got momentum=1\.0"),
+        ({"momentum": -0.1}, ValueError, r"momentum must be in \[0, 1\), got momentum=-0\.1"),
+        ({"learning_rate": -0.1}, ValueError, r"learning_rate must be in \[0, inf\).*=-0\.1"),
+        ({"nu": 1.5}, ValueError, r"nu must be in \[0, 1\], got nu=1\.5"),
+        ({"nu": -0.2}, ValueError, r"nu must be in \[0, 1\], got nu=-0\.2"),
+        ({"nu": jnp.float32(2.0)}, ValueError, r"nu must be in \[0, 1\], got nu=.*2\."),
+        ({"nu": True}, TypeError, r"nu must be a number.*nu=True"),
+        ({"momentum": "0.9"}, TypeError, r"momentum must be a number.*'0\.9'"),
+        ({"accumulator_dtype": jnp.int32}, TypeError, r"accumulator_dtype.*int32"),
+    ],
+)
+def test_bad_qhm_hyperparameters_raise_at_build_time(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    arguments = {"learning_rate": 0.1, **kwargs}
+    with pytest.raises(error, match=r"momentum_jax\.qhm: " + match):
+        qhm(**arguments)
+
+
+@pytest.mark.parametrize(
+    ("momenta", "error", "match"),
+    [
+        ((), ValueError, r"momenta must hold at least one momentum, got momenta=\(\)"),
+        ([], ValueError, r"momenta must hold at least one momentum, got momenta=\[\]"),
+        (jnp.zeros(0), ValueError, r"momenta must hold at least one momentum"),
+        ((0.9, 1.0), ValueError, r"momenta\[1\] must be in \[0, 1\), got momenta\[1\]=1\.0"),
+        ((-0.5,), ValueError, r"momenta\[0\] must be in \[0, 1\), got momenta\[0\]=-0\.5"),
+        (jnp.array([0.5, 0.0, 1.5]), ValueError, r"momenta\[2\] must be in \[0, 1\).*=1\.5"),
+        (0.9, TypeError, r"momenta must be a tuple of numbers.*got float 0\.9.*\(0\.9,\)"),
+        ("0.9", TypeError, r"momenta must be a tuple of numbers.*got str '0\.9'"),
+        ({0.9}, TypeError, r"momenta must be a tuple of numbers.*got set"),
+        (
+            (0.9, None),
+            TypeError,
+            r"momenta\[1\] must be a number in \[0, 1\), got momenta\[1\]=None",
+        ),
+        ((0.9, "x"), TypeError, r"momenta\[1\] must be a number.*momenta\[1\]='x'"),
+        ((True,), TypeError, r"momenta\[0\] must be a number.*momenta\[0\]=True"),
+        ((lambda count: 0.9,), TypeError, r"momenta\[0\] must be a number.*function"),
+        (jnp.zeros((2, 2)), ValueError, r"momenta must be one-dimensional.*\(2, 2\)"),
+    ],
+)
+def test_bad_aggmo_momenta_raise_at_build_time(
+    momenta: Any, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=r"momentum_jax\.aggmo: " + match):
+        aggmo(0.1, momenta)
+
+
+def test_bad_aggmo_learning_rate_and_dtype_raise_at_build_time() -> None:
+    with pytest.raises(ValueError, match=r"aggmo: learning_rate must be in \[0, inf\).*=-1"):
+        aggmo(-1)
+    with pytest.raises(TypeError, match=r"aggmo: accumulator_dtype.*bool"):
+        aggmo(0.1, accumulator_dtype=jnp.bool_)
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "pattern"),
+    [
+        (
+            lambda: momentum_jax.momentum(0.1, weight_decay=lambda c: 0.1),
+            TypeError,
+            r"weight_decay must be a number or a scalar array, got the callable",
+        ),
+        (
+            lambda: momentum_jax.scale_by_momentum(0.9, dampening=lambda c: 0.1),
+            TypeError,
+            r"dampening does not accept a schedule",
+        ),
+        (
+            lambda: schedules.sutskever(lambda c: 0.9),
+            TypeError,
+            r"max_momentum must be a number or a scalar array, got the callable",
+        ),
+        (
+            lambda: schedules.demon(0.9, 2**40),
+            ValueError,
+            r"total_steps must be a positive integer no larger than 2147483647.*2\*\*40|"
+            r"total_steps must be a positive integer no larger than 2147483647.*1099511627776",
+        ),
+        (
+            lambda: schedules.sutskever(0.9, steps_per_stage=2**31),
+            ValueError,
+            r"steps_per_stage must be a positive integer no larger than 2147483647",
+        ),
+    ],
+    ids=["weight_decay", "dampening", "sutskever", "demon", "sutskever-stage"],
+)
+def test_bad_callables_and_counts_are_refused_at_build_time(
+    build: Callable[[], Any], error: type[Exception], pattern: str
+) -> None:
+    with pytest.raises(error, match=pattern):
+        build()
+
+
+def test_growth_hint_only_for_momentum_of_one_or_more() -> None:
+    with pytest.raises(ValueError, match=r"momentum=-0\.5\.$"):
+        momentum_jax.momentum(0.1, -0.5)
+    with pytest.raises(ValueError, match=r"momentum=1\.5\. Values of 1 or more"):
+        momentum_jax.momentum(0.1, 1.5)
+
+
+def test_x64_checks_in_float64() -> None:
+    with _jax_compat.enable_x64(True):
+        momentum_jax.momentum(0.1, 0.9999999999)
+
+
+def test_nesterov_alias_refuses_a_nesterov_argument() -> None:
+    with pytest.raises(TypeError, match="nesterov"):
+        momentum_jax.nesterov(0.1, nesterov=False)  # type: ignore[call-arg]
+
+
+def test_edges_of_the_valid_ranges_are_accepted() -> None:
+    g = jnp.array([1.0, -2.0])
+    # (transform, its first update for gradient g), each at an edge of a valid range.
+    cases = [
+        (momentum_jax.momentum(0.0, 0.0), 0.0 * g),
+        (momentum_jax.momentum(1.0, 0.999999, weight_decay=0.0), -g),
+        (momentum_jax.scale_by_momentum(0.0, dampening=0.999), g),  # b_1 = g_1, undamped
+        (compat.torch_sgd(0.1, momentum=0.5, nesterov=True), -0.1 * (g + 0.5 * g)),
+        (compat.keras_sgd(weight_decay=None), -0.01 * g),
+    ]
+    for tx, expected in cases:
+        updates, _ = tx.update(g, tx.init(jnp.zeros(2)), jnp.zeros(2))
+        np.testing.assert_allclose(updates, expected, rtol=1e-6)
+
+
+def test_optax_schedule_objects_are_accepted() -> None:
+    tx = momentum_jax.momentum(optax.linear_schedule(0.1, 0.0, 10), optax.constant_schedule(0.5))
+    updates, _ = tx.update(jnp.ones(1), tx.init(jnp.zeros(1)))
+    np.testing.assert_allclose(updates, [-0.1])
+
+
+def test_traced_hyperparameters_are_not_checked_in_python() -> None:
+    """Inside jit the values are abstract: building must not branch on them."""
+
+    @jax.jit
+    def run(lr: jax.Array, mu: jax.Array, nu: jax.Array) -> jax.Array:
+        params, g = jnp.zeros(2), jnp.array([1.0, -1.0])
+        total = jnp.zeros(2)
+        for tx in (momentum_jax.momentum(lr, mu), qhm(lr, mu, nu), aggmo(lr, (mu, 0.5))):
+            updates, _ = tx.update(g, tx.init(params))
+            total = total + updates
+        return total
+
+    # Step 1: momentum -0.1 g; QHM -0.1 (0.5 g + 0.5 * 0.2 g) = -0.06 g; AggMo -0.1 g.
+    np.testing.assert_allclose(run(0.1, 0.8, 0.5), [-0.26, 0.26], rtol=1e-6)
+
+
+# The structure of the chain never depends on the hyperparameters' values: each
+# edge value, injected (traced), gives the plain transform's trajectory.
+INJECTED: list[tuple[Callable[..., Any], dict[str, Any], bool]] = [
+    # (factory, numeric kwargs, is a learning-rate-free block): zeros included, where a
+    # Python 0 may take another branch than a traced one.
+    (momentum_jax.momentum, {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.01}, False),
+    (momentum_jax.momentum, {"learning_rate": 0.1, "momentum": 0.0, "weight_decay": 0.0}, False),
+    (momentum_jax.nesterov, {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.01}, False),
+    (momentum_jax.nesterov, {"learning_rate": 0.0, "momentum": 0.0, "weight_decay": 0.0}, False),
+    (momentum_jax.scale_by_momentum, {"momentum": 0.9, "dampening": 0.1}, True),
+    (momentum_jax.scale_by_momentum, {"momentum": 0.0, "dampening": 0.0}, True),
+    (compat.torch_sgd, {"lr": 0.1, "momentum": 0.9}, False),
+    (compat.torch_sgd, {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}, False),
+    (compat.torch_sgd, {"lr": 0.1, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0}, False),
+    # PyTorch ignores dampening when momentum is 0, injected or not.
+    (compat.torch_sgd, {"lr": 0.1, "momentum": 0.0, "dampening": 0.5}, False),
+    (compat.keras_sgd, {"learning_rate": 0.1}, False),
+    (compat.keras_sgd, {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.01}, False),
+    (compat.keras_sgd, {"learning_rate": 0.1, "momentum": 0.0, "weight_decay": 0.0}, False),
+    (compat.tf1_momentum, {"learning_rate": 0.1, "momentum": 0.9}, False),
+    (compat.tf1_momentum, {"learning_rate": 0.1, "momentum": 0.0}, False),
+    (momentum_jax.qhm, {"learning_rate": 0.1, "momentum": 0.9, "nu": 0.7}, False),
+    (momentum_jax.qhm, {"learning_rate": 0.1, "momentum": 0.0, "nu": 0.0}, False),
+    (momentum_jax.aggmo, {"learning_rate": 0.1}, False),
+    (momentum_jax.scale_by_qhm, {"momentum": 0.9, "nu": 1.0}, True),
+    (momentum_jax.scale_by_aggmo, {}, True),
+]
+
+
+def _jitted_trajectory(tx: optax.GradientTransformation, steps: int) -> list[Any]:
+    params = _problems.initial_params()
+    state = tx.init(params)  # eager: inject_hyperparams sees concrete arrays
+
+    @jax.jit
+    def step(params: Any, state: Any) -> tuple[Any, Any]:
+        grads = jax.grad(_problems.loss)(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    out = []
+    for _ in range(steps):
+        params, state = step(params, state)
+        out.append(jax.tree.map(np.asarray, params))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("factory", "kwargs", "block"),
+    INJECTED,
+    ids=[f"{f.__name__}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for f, kw, _ in INJECTED],
+)
+def test_edge_values_injected_match_the_plain_transform(
+    factory: Callable[..., Any], kwargs: dict[str, Any], block: bool
+) -> None:
+    def build(make: Callable[..., Any]) -> optax.GradientTransformation:
+        tx = make(**kwargs)
+        return optax.chain(tx, optax.scale_by_learning_rate(0.05)) if block else tx
+
+    injected = build(optax.inject_hyperparams(factory))
+    plain = build(factory)
+    _problems.assert_trajectories_close(
+        _jitted_trajectory(injected, 8), _problems.trajectory(plain, 8), rtol=1e-6, atol=1e-7
+    )
+
+
+# --- what schedules return -------------------------------------------------------
+
+
+def _vector_schedule(count: Any) -> jax.Array:
+    return jnp.full((3,), 0.05) + 0.0 * count
+
+
+NON_SCALAR_SCHEDULES = [
+    pytest.param(lambda s: momentum_jax.momentum(s, 0.9), "learning_rate", id="momentum-lr"),
+    pytest.param(lambda s: momentum_jax.momentum(0.1, s), "momentum", id="momentum-momentum"),
+    pytest.param(lambda s: momentum_jax.nesterov(s, 0.9), "learning_rate", id="nesterov-lr"),
+    pytest.param(lambda s: momentum_jax.nesterov(0.1, s), "momentum", id="nesterov-momentum"),
+    pytest.param(lambda s: momentum_jax.scale_by_momentum(s), "momentum", id="sbm-momentum"),
+    pytest.param(lambda s: compat.torch_sgd(s, 0.9), "lr", id="torch_sgd-lr"),
+    pytest.param(lambda s: compat.torch_sgd(0.1, s), "momentum", id="torch_sgd-momentum"),
+    pytest.param(lambda s: compat.keras_sgd(s, 0.9), "learning_rate", id="keras_sgd-lr"),
+    pytest.param(lambda s: compat.keras_sgd(s), "learning_rate", id="keras_sgd_no_mom-lr"),
+    pytest.param(lambda s: compat.keras_sgd(0.1, s), "momentum", id="keras_sgd-momentum"),
+    pytest.param(lambda s: compat.tf1_momentum(s, 0.9), "learning_rate", id="tf1-lr"),
+    pytest.param(lambda s: compat.tf1_momentum(0.1, s), "momentum", id="tf1-momentum"),
+    pytest.param(lambda s: qhm(s, 0.9, 0.7), "learning_rate", id="qhm-lr"),
+    pytest.param(lambda s: qhm(0.1, s, 0.7), "momentum", id="qhm-momentum"),
+    pytest.param(lambda s: qhm(0.1, 0.9, s), "nu", id="qhm-nu"),
+    pytest.param(lambda s: aggmo(s, (0.0, 0.9)), "learning_rate", id="aggmo-lr"),
+]
+
+
+@pytest.mark.parametrize(("build", "arg"), NON_SCALAR_SCHEDULES)
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_schedule_returning_an_array_is_refused(
+    build: Callable[[Any], optax.GradientTransformation], arg: str, jit: bool
+) -> None:
+    tx = build(_vector_schedule)
+    params = jnp.zeros(3)
+    state = tx.init(params)
+    update = jax.jit(tx.update) if jit else tx.update
+    with pytest.raises(ValueError, match=rf"{arg} must evaluate to a scalar.*shape \(3,\)"):
+        update(jnp.ones(3), state, params)
+
+
+@pytest.mark.parametrize(
+    "value", ["0.1", None, True, jnp.asarray(True), 0.1 + 0j, jnp.asarray(0.1 + 0j)]
+)
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_schedule_returning_a_non_real_scalar_is_refused(value: Any, jit: bool) -> None:
+    for tx, arg in (
+        (momentum_jax.momentum(lambda c: value), "learning_rate"),
+        (momentum_jax.nesterov(0.1, lambda c: value), "momentum"),
+        (momentum_jax.qhm(0.1, nu=lambda c: value), "nu"),
+        (compat.torch_sgd(lambda c: value, 0.9), "lr"),
+        (compat.tf1_momentum(lambda c: value, 0.9), "learning_rate"),
+    ):
+        update = jax.jit(tx.update) if jit else tx.update
+        with pytest.raises(TypeError, match=rf"the {arg} schedule .* returned .*real scalar"):
+            update(jnp.ones(2), tx.init(jnp.zeros(2)), jnp.zeros(2))
+
+
+# --- gradients --------------------------------------------------------------------
+
+
+MISMATCH_CASES = {
+    **STATEFUL,
+    "torch_sgd_weight_decay": lambda: compat.torch_sgd(0.05, 0.9, weight_decay=1e-3),
+}
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [pytest.param(f, id=n) for n, f in MISMATCH_CASES.items()],
+)
+@pytest.mark.parametrize(
+    "grads",
+    [{"w": jnp.ones(3)}, {"w": jnp.ones(3), "b": jnp.ones((1, 2)), "extra": jnp.ones(1)}],
+    ids=["missing-leaf", "extra-leaf"],
+)
+def test_gradient_tree_that_does_not_match_the_state_names_both(
+    factory: Factory, grads: dict[str, jax.Array]
+) -> None:
+    tx = factory()
+    params = _params()
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=r"gradient tree does not match") as info:
+        tx.update(grads, state, params)
+    message = str(info.value)
+    assert str(jax.tree.structure(grads)) in message
+    assert str(jax.tree.structure(params)) in message
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [pytest.param(f, id=n) for n, f in MISMATCH_CASES.items()],
+)
+@pytest.mark.parametrize("shape", [(1,), (5,)], ids=["broadcastable", "incompatible"])
+def test_gradient_leaf_of_the_wrong_shape_is_refused_by_name(
+    factory: Factory, shape: tuple[int, ...]
+) -> None:
+    tx = factory()
+    params = _params()
+    state = tx.init(params)
+    grads = {**_grads(0), "w": jnp.ones(shape)}
+    # A (1,) gradient would broadcast against the (3,) buffer and reshape the
+    # state; it must be refused, naming the leaf and both shapes.
+    with pytest.raises(ValueError, match=rf"\['w'\].*{re.escape(str(shape))}.*\(3,\)"):
+        tx.update(grads, state, params)
+
+
+@pytest.mark.parametrize("factory", **_ids(EVERY))
+def test_integer_gradients_are_refused(factory: Factory) -> None:
+    tx = factory()
+    params = {"w": jnp.zeros(3)}
+    state = tx.init(params)
+    with pytest.raises(TypeError, match=r"gradient.*\['w'\].*int32"):
+        tx.update({"w": jnp.ones(3, jnp.int32)}, state, params)
+
+
+def test_complex_gradient_into_a_real_state_is_refused() -> None:
+    tx = momentum_jax.momentum(0.1, 0.9)
+    state = tx.init(jnp.zeros(2))
+    with pytest.raises(TypeError, match=r"gradient at <root> is complex.*imaginary"):
+        tx.update(jnp.ones(2, jnp.complex64), state)
+
+
+@pytest.mark.parametrize("factory", **_ids(EVERY))
+def test_apply_if_finite_skips_bad_steps_without_touching_anything(factory: Factory) -> None:
+    guarded = optax.apply_if_finite(factory(), max_consecutive_errors=5)
+    step = _step(guarded)
+    params = _params()
+    state = guarded.init(params)
+    reference_params, reference_state = params, state
+    for k in range(3):
+        params, state = step(params, state, _grads(k))
+        reference_params, reference_state = step(reference_params, reference_state, _grads(k))
+    counts_before = _counts(state.inner_state)
+    for bad in (np.nan, np.inf, -np.inf):
+        new_params, new_state = step(params, state, _with_nan(_grads(3), bad))
+        _assert_trees_equal(new_params, params, f"params after a {bad} gradient")
+        _assert_trees_equal(new_state.inner_state, state.inner_state, f"state after {bad}")
+        params, state = new_params, new_state
+    assert _counts(state.inner_state) == counts_before
+    assert int(state.notfinite_count) == 3
+    assert int(state.total_notfinite) == 3
+    # The run then goes on exactly as if the bad steps never happened.
+    for k in range(3, 6):
+        params, state = step(params, state, _grads(k))
+        reference_params, reference_state = step(reference_params, reference_state, _grads(k))
+    _assert_trees_equal(params, reference_params, "params after recovering")
+    _assert_trees_equal(state.inner_state, reference_state.inner_state, "state after recovering")
+    assert int(state.notfinite_count) == 0
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params))
+
+
+def test_apply_if_finite_gives_up_after_max_consecutive_errors() -> None:
+    """optax's guard applies the bad update once the limit is exceeded: pick the limit with care."""
+    guarded = optax.apply_if_finite(momentum_jax.momentum(0.05, 0.9), max_consecutive_errors=2)
+    step = _step(guarded)
+    params = _params()
+    state = guarded.init(params)
+    params, state = step(params, state, _grads(0))
+    for _ in range(2):
+        params, state = step(params, state, _with_nan(_grads(1), np.nan))
+        assert np.all(np.isfinite(params["w"]))
+    params, state = step(params, state, _with_nan(_grads(1), np.nan))
+    assert np.isnan(params["w"][1])
+    assert np.isnan(state.inner_state.velocity["w"][1])
+
+
+@pytest.mark.parametrize("factory", **_ids(STATEFUL))
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+def test_without_a_guard_a_bad_gradient_poisons_the_velocity_for_good(
+    factory: Factory, bad: float
+) -> None:
+    tx = factory()
+    step = _step(tx)
+    params = _params()
+    state = tx.init(params)
+    params, state = step(params, state, _grads(0))
+    params, state = step(params, state, _with_nan(_grads(1), bad))
+    for k in range(2, 12):
+        params, state = step(params, state, _grads(k))
+    # Momentum carries the bad value forever (mu * nan = nan, mu * inf = inf):
+    # finite gradients never wash it out.
+    assert not np.isfinite(params["w"][1])
+    buffers = [leaf for leaf in jax.tree.leaves(state) if np.shape(leaf) == (3,)]
+    assert buffers
+    assert all(not np.isfinite(buffer[1]) for buffer in buffers)
+    # The update is elementwise, so the other coordinates are unharmed (a real
+    # loss couples coordinates, and then the NaN spreads through the gradient).
+    assert np.all(np.isfinite(np.delete(np.asarray(params["w"]), 1)))
+    assert np.all(np.isfinite(params["b"]))
+    # The counter does not notice: it advanced once per call.
+    assert set(_counts(state)) == {12}
+
+
+@pytest.mark.parametrize("factory", **_ids(STATELESS))
+def test_without_momentum_a_nan_stays_in_the_param(factory: Factory) -> None:
+    tx = factory()
+    step = _step(tx)
+    params = _params()
+    state = tx.init(params)
+    params, state = step(params, state, _with_nan(_grads(0), np.nan))
+    for k in range(1, 5):
+        params, state = step(params, state, _grads(k))
+    assert np.isnan(params["w"][1])
+    assert np.all(np.isfinite(params["b"]))
+
+
+# --- params -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: momentum_jax.momentum(0.1, 0.9, weight_decay=0.1),
+        lambda: compat.torch_sgd(0.1, 0.9, weight_decay=0.1),
+        lambda: compat.keras_sgd(0.1, 0.9, weight_decay=0.1),
+    ],
+    ids=["momentum", "torch_sgd", "keras_sgd"],
+)
+def test_params_of_another_shape_do_not_broadcast_into_the_state(make: Callable[[], Any]) -> None:
+    tx = make()
+    state = tx.init(jnp.zeros(3))
+    with pytest.raises(
+        ValueError, match=r"at <root> has shape \((2, 3|3,)\), but .* shape \((3,|2, 3)\)"
+    ):
+        tx.update(jnp.ones(3), state, jnp.zeros((2, 3)))
+
+
+def test_weight_decay_without_params_is_explained() -> None:
+    tx = momentum_jax.momentum(0.1, weight_decay=1e-4)
+    state = tx.init(jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"weight_decay=0\.0001 needs the params"):
+        tx.update(jnp.ones(2), state)
+    keras_tx = compat.keras_sgd(0.1, 0.9, weight_decay=0.1)
+    with pytest.raises(ValueError, match=r"weight_decay=0\.1 needs the params"):
+        keras_tx.update(jnp.ones(2), keras_tx.init(jnp.zeros(2)))
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [pytest.param(f, id=n) for n, f in EVERY.items()],
+)
+@pytest.mark.parametrize(
+    ("leaf", "dtype"),
+    [(jnp.zeros((), jnp.int32), "int32"), (jnp.zeros(2, jnp.bool_), "bool")],
+    ids=["int32", "bool"],
+)
+def test_integer_and_boolean_params_get_no_buffer_and_a_none_update(
+    factory: Factory, leaf: jax.Array, dtype: str
+) -> None:
+    # Leaves that do not train, as optax treats them for eqx.filter(model, eqx.is_array).
+    tx = factory()
+    params = {"w": jnp.zeros(3), "step": leaf}
+    state = tx.init(params)
+    assert len(jax.tree.leaves(state)) == len(jax.tree.leaves(tx.init({"w": jnp.zeros(3)})))
+    updates, state = tx.update({"w": jnp.ones(3), "step": None}, state, params)
+    assert updates["step"] is None
+    assert np.all(np.asarray(updates["w"]) != 0)
+    with pytest.raises(TypeError, match=r"gradient arrived for the param at \['step'\]"):
+        tx.update({"w": jnp.ones(3), "step": jnp.ones_like(leaf, jnp.float32)}, state, params)
+
+
+@pytest.mark.parametrize("leaf", [3, True], ids=["int", "bool"])
+def test_python_int_and_bool_leaves_get_no_buffer_and_a_none_update(leaf: Any) -> None:
+    tx = momentum_jax.momentum(0.1, 0.9)
+    params = {"w": jnp.ones(2), "n": leaf}
+    state = tx.init(params)
+    assert state.velocity["n"] is None
+    for _ in range(2):
+        updates, state = tx.update({"w": jnp.ones(2), "n": None}, state, params)
+        assert updates["n"] is None
+    np.testing.assert_allclose(updates["w"], -0.19, rtol=1e-6)
+    with pytest.raises(TypeError, match=r"gradient arrived for the param at \['n'\].*float"):
+        tx.update({"w": jnp.ones(2), "n": jnp.ones_like(leaf, jnp.float32)}, state, params)
+
+
+def test_real_accumulator_for_complex_params_is_refused() -> None:
+    tx = momentum_jax.scale_by_momentum(0.9, accumulator_dtype=jnp.float32)
+    with pytest.raises(TypeError, match=r"param at \['z'\] is complex.*accumulator_dtype"):
+        tx.init({"z": jnp.zeros(2, jnp.complex64)})
+
+
+def test_complex_params_train_with_a_complex_state() -> None:
+    tx = momentum_jax.momentum(0.1, 0.9)
+    state = tx.init(jnp.zeros(2, jnp.complex64))
+    updates, state = tx.update(jnp.full(2, 1 + 2j, jnp.complex64), state)
+    np.testing.assert_allclose(updates, -0.1 * (1 + 2j), rtol=1e-6)
+
+
+# --- the state ----------------------------------------------------------------------
+
+
+def test_another_optimizers_state_is_named() -> None:
+    tx = momentum_jax.momentum(0.1)
+    params = jnp.zeros(2)
+    with pytest.raises(TypeError, match=r"expected .* a MomentumState, but got tuple"):
+        tx.update(jnp.ones(2), optax.sgd(0.1, 0.9).init(params), params)
+    qhm = momentum_jax.qhm(0.1)
+    with pytest.raises(TypeError, match=r"momentum_jax.qhm: .* a QHMState, but got MomentumState"):
+        qhm.update(jnp.ones(2), (tx.init(params), optax.EmptyState()), params)
+
+
+def test_swapped_update_arguments_are_named() -> None:
+    tx = momentum_jax.momentum(0.1)
+    state = tx.init(jnp.zeros(2))
+    with pytest.raises(TypeError, match=r"but got ArrayImpl. The gradients argument holds"):
+        tx.update(state, jnp.ones(2))
+
+
+# --- every error names the function the user called -------------------------------
+
+
+# Each public factory with arguments that build it, and its name as errors spell it.
+CALLED = [
+    ("momentum_jax.momentum", lambda **kw: momentum_jax.momentum(0.1, **kw)),
+    ("momentum_jax.nesterov", lambda **kw: momentum_jax.nesterov(0.1, **kw)),
+    ("momentum_jax.scale_by_momentum", lambda **kw: momentum_jax.scale_by_momentum(**kw)),
+    ("momentum_jax.qhm", lambda **kw: momentum_jax.qhm(0.1, **kw)),
+    ("momentum_jax.scale_by_qhm", lambda **kw: momentum_jax.scale_by_qhm(**kw)),
+    ("momentum_jax.compat.torch_sgd", lambda **kw: compat.torch_sgd(0.1, **kw)),
+    ("momentum_jax.compat.keras_sgd", lambda **kw: compat.keras_sgd(0.1, **kw)),
+    ("momentum_jax.compat.tf1_momentum", lambda **kw: compat.tf1_momentum(0.1, **kw)),
+]
+
+
+@pytest.mark.parametrize("layout", ["per_leaf", "packed"])
+@pytest.mark.parametrize(("name", "build"), CALLED, ids=[name for name, _ in CALLED])
+def test_every_error_names_the_function_the_user_called(
+    name: str, build: Callable[..., Any], layout: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"^{name}: momentum must be in \[0, 1\)"):
+        build(momentum=1.0, layout=layout)
+    with pytest.raises(ValueError, match=rf"^{name}: layout must be"):
+        build(momentum=0.9, layout="auto")
+    tx = build(momentum=0.9, layout=layout)
+    params = {"w": jnp.zeros(2)}
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=rf"^{name}: the gradient at \['w'\] has shape \(3,\)"):
+        tx.update({"w": jnp.ones(3)}, state, params)
+    with pytest.raises(TypeError, match=rf"^{name}: the gradient at \['w'\] has dtype int32"):
+        tx.update({"w": jnp.ones(2, jnp.int32)}, state, params)
