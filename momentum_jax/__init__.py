@@ -35,6 +35,8 @@ from momentum_jax._src._layout import Layout as Layout
 from momentum_jax._src._layout import PackedState as PackedState
 from momentum_jax._src._layout import Slot as Slot
 from momentum_jax._src._restore import restore_state as restore_state
+from momentum_jax._src._rounding import StochasticRoundParamsState as StochasticRoundParamsState
+from momentum_jax._src._rounding import stochastic_round_params as stochastic_round_params
 from momentum_jax._src._validation import ScalarOrSchedule as ScalarOrSchedule
 from momentum_jax._src._variants import AggMoState as AggMoState
 from momentum_jax._src._variants import QHMState as QHMState
@@ -53,6 +55,7 @@ __all__ = [
     "QHMState",
     "ScalarOrSchedule",
     "Slot",
+    "StochasticRoundParamsState",
     "aggmo",
     "compat",
     "momentum",
@@ -63,4 +66,5 @@ __all__ = [
     "scale_by_momentum",
     "scale_by_qhm",
     "schedules",
+    "stochastic_round_params",
 ]

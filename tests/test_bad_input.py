@@ -800,6 +800,62 @@ def test_swapped_update_arguments_are_named() -> None:
         tx.update(state, jnp.ones(2))
 
 
+# --- stochastic_rounding and seed --------------------------------------------------
+
+ROUNDING_FACTORIES = [
+    ("momentum_jax.momentum", lambda **kw: momentum_jax.momentum(0.1, 0.9, **kw)),
+    ("momentum_jax.nesterov", lambda **kw: momentum_jax.nesterov(0.1, 0.9, **kw)),
+    ("momentum_jax.scale_by_momentum", lambda **kw: momentum_jax.scale_by_momentum(0.9, **kw)),
+    ("momentum_jax.qhm", lambda **kw: momentum_jax.qhm(0.1, **kw)),
+    ("momentum_jax.scale_by_qhm", lambda **kw: momentum_jax.scale_by_qhm(**kw)),
+    ("momentum_jax.aggmo", lambda **kw: momentum_jax.aggmo(0.1, **kw)),
+    ("momentum_jax.scale_by_aggmo", lambda **kw: momentum_jax.scale_by_aggmo(**kw)),
+    # Without momentum the presets keep no buffer; the arguments are checked all the same.
+    ("momentum_jax.compat.torch_sgd", lambda **kw: compat.torch_sgd(0.1, **kw)),
+    ("momentum_jax.compat.keras_sgd", lambda **kw: compat.keras_sgd(0.1, **kw)),
+    ("momentum_jax.compat.tf1_momentum", lambda **kw: compat.tf1_momentum(0.1, 0.9, **kw)),
+]
+BAD_SEEDS = [
+    (-1, ValueError, r"seed must be in \[0, 2147483647\], got seed=-1"),
+    (2**31, ValueError, r"seed must be in \[0, 2147483647\], got seed=2147483648"),
+    (1.5, TypeError, r"seed must be an integer in \[0, 2147483647\], got float 1\.5"),
+    (True, TypeError, r"seed must be an integer .*got bool True"),
+    ("0", TypeError, r"seed must be an integer .*got str '0'"),
+    (jnp.asarray(1.0), TypeError, r"seed must be an integer scalar, got an array of dtype float32"),
+    (np.arange(2), TypeError, r"seed must be an integer scalar, .* shape \(2,\)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "build"), ROUNDING_FACTORIES, ids=[n for n, _ in ROUNDING_FACTORIES]
+)
+def test_bad_stochastic_rounding_and_seed_raise_at_build_time(
+    name: str, build: Callable[..., Any]
+) -> None:
+    with pytest.raises(TypeError, match=rf"^{name}: stochastic_rounding must be True or False"):
+        build(stochastic_rounding=1)
+    for seed, error, pattern in BAD_SEEDS:
+        with pytest.raises(error, match=rf"^{name}: {pattern}"):
+            build(stochastic_rounding=True, seed=seed)
+    # Valid: the range's ends, a NumPy integer, an integer array.
+    for seed in (0, 2**31 - 1, np.int64(5), jnp.asarray(7, jnp.uint32)):
+        build(stochastic_rounding=True, seed=seed)
+
+
+def test_bad_seed_for_the_params_stage() -> None:
+    for seed, error, pattern in BAD_SEEDS:
+        with pytest.raises(error, match=rf"^momentum_jax.stochastic_round_params: {pattern}"):
+            momentum_jax.stochastic_round_params(seed)
+    stage = momentum_jax.stochastic_round_params()
+    params = {"w": jnp.zeros(2, jnp.bfloat16)}
+    with pytest.raises(ValueError, match=r"needs the params"):
+        stage.update({"w": jnp.ones(2, jnp.bfloat16)}, stage.init(params))
+    with pytest.raises(ValueError, match=r"stochastic_round_params: the gradient at \['w'\]"):
+        stage.update({"w": jnp.ones(3, jnp.bfloat16)}, stage.init(params), params)
+    with pytest.raises(TypeError, match=r"stochastic_round_params: update\(\) expected"):
+        stage.update({"w": jnp.ones(2, jnp.bfloat16)}, optax.EmptyState(), params)
+
+
 # --- every error names the function the user called -------------------------------
 
 

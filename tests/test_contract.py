@@ -64,6 +64,8 @@ def scale_by_momentum_then_lr(
     nesterov: bool = False,
     accumulator_dtype: Any = None,
     layout: str = "per_leaf",
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformation:
     """The building block as the api shows it: chained with optax's learning rate."""
     return optax.chain(
@@ -73,6 +75,8 @@ def scale_by_momentum_then_lr(
             dampening=dampening,
             accumulator_dtype=accumulator_dtype,
             layout=layout,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
         ),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -90,6 +94,18 @@ def scale_by_qhm_then_lr(
 def scale_by_aggmo_then_lr(learning_rate: Any, momenta: Any, layout: str = "per_leaf") -> Any:
     block = momentum_jax.scale_by_aggmo(momenta=momenta, layout=layout)
     return optax.chain(block, optax.scale_by_learning_rate(learning_rate))
+
+
+def momentum_then_round_params(
+    learning_rate: Any, momentum: Any, seed: int = 0, layout: str = "per_leaf"
+) -> optax.GradientTransformation:
+    """bfloat16 params: stochastically rounded velocity, then the params stage."""
+    return optax.chain(
+        momentum_jax.momentum(
+            learning_rate, momentum, stochastic_rounding=True, seed=seed, layout=layout
+        ),
+        momentum_jax.stochastic_round_params(seed=seed),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +364,37 @@ ROWS = [
         blocks=lambda: momentum_jax.aggmo(LR, (0.0, 0.9, 0.99)),
     ),
 ]
+# Stochastic rounding into bfloat16 buffers: each transform with the option on.
+_SR = {"accumulator_dtype": jnp.bfloat16, "stochastic_rounding": True, "seed": 3}
+ROWS += [
+    Row(
+        f"{row.id}_stochastic_rounding",
+        row.factory,
+        row.hyper,
+        {**row.static, **_SR},
+        complex_params=False,
+    )
+    for row in ROWS
+    if row.id
+    in {
+        "momentum",
+        "nesterov_momentum_schedule",
+        "scale_by_momentum_dampening",
+        "torch_sgd_nesterov",
+        "keras_sgd_nesterov_weight_decay",
+        "tf1_momentum",
+        "qhm",
+        "aggmo",
+    }
+]
+ROWS.append(
+    Row(
+        "stochastic_round_params",
+        momentum_then_round_params,
+        {"learning_rate": LR, "momentum": MU},
+        {"seed": 5},
+    )
+)
 # The packed layout: every property of the table holds for every row in it too.
 ROWS += [
     dataclasses.replace(row, id=f"{row.id}[packed]", static={**row.static, "layout": "packed"})

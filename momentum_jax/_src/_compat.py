@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax._src import _core, _kernels, _layout, _tree
+from momentum_jax._src import _core, _kernels, _layout, _rounding, _tree
 from momentum_jax._src import _validation as _check
 from momentum_jax._src._validation import ScalarOrSchedule
 
@@ -73,6 +73,9 @@ def torch_sgd(
     nesterov: bool = False,
     *,
     maximize: bool = False,
+    accumulator_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
+    seed: int | jax.Array = 0,
     layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""``torch.optim.SGD``, step for step.
@@ -110,6 +113,11 @@ def torch_sgd(
       nesterov: Nesterov momentum; requires ``momentum > 0`` and
         ``dampening = 0``, as in PyTorch.
       maximize: ascend the objective instead of descending it.
+      accumulator_dtype: dtype of the momentum buffer; ``None`` keeps each param's
+        dtype (the framework's behaviour).
+      stochastic_rounding: round the new momentum buffer stochastically into a
+        bfloat16 or float16 buffer, as in :func:`momentum_jax.momentum`.
+      seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
       layout: the state layout, as in :func:`momentum_jax.momentum`.
 
     Returns:
@@ -136,6 +144,8 @@ def torch_sgd(
     _check.check_weight_decay(name, weight_decay)
     nesterov = _check.check_bool(name, "nesterov", nesterov)
     maximize = _check.check_bool(name, "maximize", maximize)
+    _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
+    _rounding.rounding(name, stochastic_rounding, seed)
     layout = _layout.check_layout(name, layout)
     if nesterov and ((mu is not None and mu <= 0.0) or (tau is not None and tau != 0.0)):
         raise ValueError(
@@ -161,7 +171,9 @@ def torch_sgd(
                 momentum,
                 nesterov=nesterov,
                 dampening=dampening,
-                accumulator_dtype=None,
+                accumulator_dtype=accumulator_dtype,
+                stochastic_rounding=stochastic_rounding,
+                seed=seed,
                 layout=layout,
             )
         )
@@ -176,6 +188,9 @@ def keras_sgd(
     nesterov: bool = False,
     *,
     weight_decay: float | jax.Array | None = None,
+    accumulator_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
+    seed: int | jax.Array = 0,
     layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Keras 3 ``keras.optimizers.SGD``, step for step.
@@ -205,6 +220,11 @@ def keras_sgd(
       nesterov: Keras' Nesterov form.
       weight_decay: decoupled decay :math:`\lambda \ge 0`, or ``None`` for none;
         needs ``params`` in ``update``.
+      accumulator_dtype: dtype of the velocity; ``None`` keeps each param's
+        dtype (the framework's behaviour).
+      stochastic_rounding: round the new velocity stochastically into a
+        bfloat16 or float16 buffer, as in :func:`momentum_jax.momentum`.
+      seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
       layout: the state layout, as in :func:`momentum_jax.momentum`.
 
     Returns:
@@ -231,6 +251,8 @@ def keras_sgd(
     nesterov = _check.check_bool(name, "nesterov", nesterov)
     if weight_decay is not None:
         _check.check_weight_decay(name, weight_decay)
+    _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
+    _rounding.rounding(name, stochastic_rounding, seed)
     layout = _layout.check_layout(name, layout)
     step: optax.GradientTransformation
     if _check.is_python_zero(momentum):
@@ -249,7 +271,9 @@ def keras_sgd(
             momentum,
             nesterov=nesterov,
             weight_decay=0.0,
-            accumulator_dtype=None,
+            accumulator_dtype=accumulator_dtype,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
             layout=layout,
         )
     if weight_decay is None or _check.is_python_zero(weight_decay):
@@ -264,6 +288,9 @@ def tf1_momentum(
     momentum: ScalarOrSchedule,
     *,
     use_nesterov: bool = False,
+    accumulator_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
+    seed: int | jax.Array = 0,
     layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""``tf.compat.v1.train.MomentumOptimizer``, step for step.
@@ -288,6 +315,11 @@ def tf1_momentum(
       learning_rate: :math:`\alpha_t \ge 0`, or a schedule.
       momentum: :math:`\mu \in [0, 1)`, or a schedule.
       use_nesterov: TF1's Nesterov form.
+      accumulator_dtype: dtype of the accumulator; ``None`` keeps each param's
+        dtype (the framework's behaviour).
+      stochastic_rounding: round the new accumulator stochastically into a
+        bfloat16 or float16 buffer, as in :func:`momentum_jax.momentum`.
+      seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
       layout: the state layout, as in :func:`momentum_jax.momentum`.
 
     Returns:
@@ -317,7 +349,9 @@ def tf1_momentum(
             momentum,
             nesterov=use_nesterov,
             dampening=0.0,
-            accumulator_dtype=None,
+            accumulator_dtype=accumulator_dtype,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
             layout=layout,
         ),
         optax.scale_by_learning_rate(_check.checked_schedule(name, "learning_rate", learning_rate)),

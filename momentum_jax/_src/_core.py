@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax._src import _kernels, _layout, _tree
+from momentum_jax._src import _kernels, _layout, _rounding, _tree
 from momentum_jax._src import _validation as _check
 from momentum_jax._src._validation import ScalarOrSchedule
 
@@ -36,6 +36,8 @@ def momentum(
     nesterov: bool = False,
     weight_decay: float | jax.Array = 0.0,
     accumulator_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
+    seed: int | jax.Array = 0,
     layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Momentum with the learning rate inside the velocity (heavy ball or Nesterov).
@@ -88,6 +90,12 @@ def momentum(
         traces the same computation it initialised).
       accumulator_dtype: dtype of the velocity; ``None`` keeps each param's
         dtype. ``jnp.float32`` keeps an exact buffer for bfloat16 params.
+      stochastic_rounding: with a bfloat16 or float16 velocity, compute the
+        new velocity in float32 and round it stochastically into the buffer
+        (unbiased: small contributions survive on average); no effect on
+        other dtypes. See "Low-precision training" in the production guide.
+      seed: the integer in ``[0, 2**31 - 1]`` that, with the update count and
+        each element's position, determines the rounding's random bits.
       layout: ``"per_leaf"`` (the default, on every backend) keeps one
         buffer per param; ``"packed"`` keeps the buffers of all small arrays
         in one flat array per dtype (:class:`momentum_jax.PackedState`), an
@@ -130,6 +138,8 @@ def momentum(
         nesterov=nesterov,
         weight_decay=weight_decay,
         accumulator_dtype=accumulator_dtype,
+        stochastic_rounding=stochastic_rounding,
+        seed=seed,
         layout=layout,
     )
 
@@ -142,6 +152,8 @@ def heavy_ball(
     nesterov: bool,
     weight_decay: float | jax.Array,
     accumulator_dtype: Any | None,
+    stochastic_rounding: bool = False,
+    seed: int | jax.Array = 0,
     layout: str,
 ) -> optax.GradientTransformationExtraArgs:
     """:func:`momentum`, with ``name`` (the function the user called) in its errors."""
@@ -150,6 +162,7 @@ def heavy_ball(
     nesterov = _check.check_bool(name, "nesterov", nesterov)
     _check.check_weight_decay(name, weight_decay)
     dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
+    rounding = _rounding.rounding(name, stochastic_rounding, seed)
     layout = _layout.check_layout(name, layout)
     # Only a Python zero removes the decay term: an array (which is what
     # optax.inject_hyperparams passes, concrete at init and traced under jit)
@@ -197,7 +210,9 @@ def heavy_ball(
             )
         return out, velocity
 
-    return _tree.buffer_block(name, MomentumState, step, dtype=dtype, layout=layout)
+    return _tree.buffer_block(
+        name, MomentumState, step, dtype=dtype, layout=layout, rounding=rounding
+    )
 
 
 def nesterov(
@@ -206,6 +221,8 @@ def nesterov(
     *,
     weight_decay: float | jax.Array = 0.0,
     accumulator_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
+    seed: int | jax.Array = 0,
     layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Nesterov momentum: :func:`momentum` with ``nesterov=True``.
@@ -225,6 +242,9 @@ def nesterov(
       momentum: the decay :math:`\mu_t` in ``[0, 1)``, or a schedule.
       weight_decay: coupled L2 coefficient, as in :func:`momentum`.
       accumulator_dtype: dtype of the velocity, as in :func:`momentum`.
+      stochastic_rounding: round the new velocity stochastically, as in
+        :func:`momentum`.
+      seed: the rounding's seed, as in :func:`momentum`.
       layout: the state layout, as in :func:`momentum`.
 
     Returns:
@@ -260,6 +280,8 @@ def nesterov(
         nesterov=True,
         weight_decay=weight_decay,
         accumulator_dtype=accumulator_dtype,
+        stochastic_rounding=stochastic_rounding,
+        seed=seed,
         layout=layout,
     )
 
@@ -270,6 +292,8 @@ def scale_by_momentum(
     nesterov: bool = False,
     dampening: float | jax.Array = 0.0,
     accumulator_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
+    seed: int | jax.Array = 0,
     layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""The learning-rate-free gradient buffer of PyTorch, TF1 and optax.
@@ -294,6 +318,9 @@ def scale_by_momentum(
       dampening: :math:`\tau \in [0, 1)`, the fraction of each new gradient
         held back from the buffer (from the second step on).
       accumulator_dtype: dtype of the buffer; ``None`` keeps each param's dtype.
+      stochastic_rounding: round the new buffer stochastically, as in
+        :func:`momentum`.
+      seed: the rounding's seed, as in :func:`momentum`.
       layout: the state layout, as in :func:`momentum`.
 
     Returns:
@@ -325,6 +352,8 @@ def scale_by_momentum(
         nesterov=nesterov,
         dampening=dampening,
         accumulator_dtype=accumulator_dtype,
+        stochastic_rounding=stochastic_rounding,
+        seed=seed,
         layout=layout,
     )
 
@@ -336,6 +365,8 @@ def gradient_buffer(
     nesterov: bool,
     dampening: float | jax.Array,
     accumulator_dtype: Any | None,
+    stochastic_rounding: bool = False,
+    seed: int | jax.Array = 0,
     layout: str,
 ) -> optax.GradientTransformationExtraArgs:
     """:func:`scale_by_momentum`, with ``name`` (the function the user called) in its errors."""
@@ -344,6 +375,7 @@ def gradient_buffer(
     tau = _check.check_dampening(name, dampening)
     _check.check_nesterov_dampening(name, nesterov, tau, dampening)
     dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
+    rounding = _rounding.rounding(name, stochastic_rounding, seed)
     layout = _layout.check_layout(name, layout)
     # With no dampening, b_1 = mu*0 + g_1 = g_1 already; only a possibly
     # non-zero dampening (any array, even a zero one) needs the first-step rule.
@@ -369,4 +401,6 @@ def gradient_buffer(
             out = _tree.map_buffers(lambda g, b: _kernels.cast(b, g.dtype), updates, buffer)
         return out, buffer
 
-    return _tree.buffer_block(name, MomentumState, step, dtype=dtype, layout=layout)
+    return _tree.buffer_block(
+        name, MomentumState, step, dtype=dtype, layout=layout, rounding=rounding
+    )

@@ -9,7 +9,7 @@ as optax does, and their gradient must be ``None`` too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,9 @@ import optax
 
 from momentum_jax._src._layout import Layout, PackedState
 from momentum_jax._src._validation import INT32_MAX, is_traced
+
+if TYPE_CHECKING:
+    from momentum_jax._src._rounding import Rounding
 
 State = TypeVar("State")
 
@@ -237,6 +240,7 @@ def buffer_block(
     dtype: jnp.dtype | None,
     layout: str,
     num_buffers: int | None = None,
+    rounding: Rounding | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """The skeleton every buffer-holding transform shares.
 
@@ -250,7 +254,17 @@ def buffer_block(
     With ``layout="packed"`` the state is a :class:`PackedState` and ``step``
     sees every tree (gradients, params, buffers) as ``(rest, packs)``; the
     checks run before packing, on the trees the caller passed.
+
+    With a ``rounding``, ``step`` sees the 16-bit buffers in float32 and the
+    new buffers it returns are rounded stochastically into their dtypes.
     """
+
+    def run(updates: Any, inner: Any, params: Any) -> tuple[Any, Any]:
+        if rounding is None:
+            return step(updates, inner, params)
+        wide = state_type(inner.count, rounding.widen(inner[1]))
+        out, buffers = step(updates, wide, params)
+        return out, rounding.store(buffers, inner[1], inner.count)
 
     def init_fn(params: optax.Params) -> Any:
         check_accumulator_dtype(fn_name, params, dtype)
@@ -290,10 +304,10 @@ def buffer_block(
             check_tree(fn_name, params, reference, what="param")
             params = as_arrays(params)
         if plan is None:
-            out, buffers = step(updates, inner, params)
+            out, buffers = run(updates, inner, params)
             return out, state_type(safe_increment(inner.count), buffers)
         packed_params = None if params is None else plan.pack(fn_name, params, "param")
-        out, buffers = step(plan.pack(fn_name, updates, "gradient"), inner, packed_params)
+        out, buffers = run(plan.pack(fn_name, updates, "gradient"), inner, packed_params)
         new_state = state_type(safe_increment(inner.count), buffers)
         return plan.unpack(*out), PackedState(new_state, plan)
 

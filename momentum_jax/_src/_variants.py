@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from momentum_jax._src import _kernels, _layout, _tree
+from momentum_jax._src import _kernels, _layout, _rounding, _tree
 from momentum_jax._src import _validation as _check
 from momentum_jax._src._validation import ScalarOrSchedule
 
@@ -61,6 +61,8 @@ def scale_by_qhm(
     nu: ScalarOrSchedule = 0.7,
     *,
     accumulator_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
+    seed: int | jax.Array = 0,
     layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""The learning-rate-free block of quasi-hyperbolic momentum.
@@ -78,6 +80,9 @@ def scale_by_qhm(
       momentum: the averaging factor :math:`\beta_t` in ``[0, 1)``, or a schedule.
       nu: the immediate discount :math:`\nu_t` in ``[0, 1]``, or a schedule.
       accumulator_dtype: the buffer's dtype (``None``: each param's own).
+      stochastic_rounding: round the new buffer stochastically, as in
+        :func:`momentum_jax.momentum`.
+      seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
       layout: the state layout, as in :func:`momentum_jax.momentum`.
 
     Returns:
@@ -96,11 +101,18 @@ def scale_by_qhm(
     References:
       Ma and Yarats, 2019: see :func:`momentum_jax.qhm`.
     """
-    return _qhm_block("momentum_jax.scale_by_qhm", momentum, nu, accumulator_dtype, layout)
+    name = "momentum_jax.scale_by_qhm"
+    rounding = _rounding.rounding(name, stochastic_rounding, seed)
+    return _qhm_block(name, momentum, nu, accumulator_dtype, rounding, layout)
 
 
 def _qhm_block(
-    name: str, momentum: ScalarOrSchedule, nu: ScalarOrSchedule, accumulator_dtype: Any, layout: str
+    name: str,
+    momentum: ScalarOrSchedule,
+    nu: ScalarOrSchedule,
+    accumulator_dtype: Any,
+    rounding: _rounding.Rounding | None,
+    layout: str,
 ) -> optax.GradientTransformationExtraArgs:
     _check.check_momentum(name, momentum)
     _check.check_nu(name, nu)
@@ -124,7 +136,7 @@ def _qhm_block(
         )
         return out, buffer
 
-    return _tree.buffer_block(name, QHMState, step, dtype=dtype, layout=layout)
+    return _tree.buffer_block(name, QHMState, step, dtype=dtype, layout=layout, rounding=rounding)
 
 
 def qhm(
@@ -133,6 +145,8 @@ def qhm(
     nu: ScalarOrSchedule = 0.7,
     *,
     accumulator_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
+    seed: int | jax.Array = 0,
     layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Quasi-hyperbolic momentum: a weighted mean of the gradient and its moving average.
@@ -165,6 +179,9 @@ def qhm(
         the averaged buffer against the current gradient; or a schedule.
       accumulator_dtype: dtype of the buffer; ``None`` keeps each param's
         dtype. ``jnp.float32`` keeps an exact buffer for bfloat16 params.
+      stochastic_rounding: round the new buffer stochastically, as in
+        :func:`momentum_jax.momentum`.
+      seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
       layout: the state layout, as in :func:`momentum_jax.momentum`.
 
     Returns:
@@ -192,8 +209,9 @@ def qhm(
     """
     name = "momentum_jax.qhm"
     _check.check_learning_rate(name, learning_rate)
+    rounding = _rounding.rounding(name, stochastic_rounding, seed)
     return optax.chain(
-        _qhm_block(name, momentum, nu, accumulator_dtype, layout),
+        _qhm_block(name, momentum, nu, accumulator_dtype, rounding, layout),
         optax.scale_by_learning_rate(_check.checked_schedule(name, "learning_rate", learning_rate)),
     )
 
@@ -202,6 +220,8 @@ def scale_by_aggmo(
     momenta: Sequence[float | jax.Array] | jax.Array = (0.0, 0.9, 0.99),
     *,
     accumulator_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
+    seed: int | jax.Array = 0,
     layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""The learning-rate-free block of aggregated momentum: the mean of ``K`` buffers.
@@ -219,6 +239,9 @@ def scale_by_aggmo(
       momenta: the ``K >= 1`` momenta :math:`\beta_i`, each in ``[0, 1)``; a
         tuple of numbers, or a 1-D array.
       accumulator_dtype: dtype of the buffers; ``None`` keeps each param's dtype.
+      stochastic_rounding: round the new buffers stochastically, as in
+        :func:`momentum_jax.momentum`.
+      seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
       layout: the state layout, as in :func:`momentum_jax.momentum`.
 
     Returns:
@@ -237,11 +260,17 @@ def scale_by_aggmo(
     References:
       Lucas et al., 2019: see :func:`momentum_jax.aggmo`.
     """
-    return _aggmo_block("momentum_jax.scale_by_aggmo", momenta, accumulator_dtype, layout)
+    name = "momentum_jax.scale_by_aggmo"
+    rounding = _rounding.rounding(name, stochastic_rounding, seed)
+    return _aggmo_block(name, momenta, accumulator_dtype, rounding, layout)
 
 
 def _aggmo_block(
-    name: str, momenta: Any, accumulator_dtype: Any, layout: str
+    name: str,
+    momenta: Any,
+    accumulator_dtype: Any,
+    rounding: _rounding.Rounding | None,
+    layout: str,
 ) -> optax.GradientTransformationExtraArgs:
     num_buffers = _check.check_momenta(name, momenta)
     dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
@@ -260,7 +289,13 @@ def _aggmo_block(
         return out, buffers
 
     return _tree.buffer_block(
-        name, AggMoState, step, dtype=dtype, layout=layout, num_buffers=num_buffers
+        name,
+        AggMoState,
+        step,
+        dtype=dtype,
+        layout=layout,
+        num_buffers=num_buffers,
+        rounding=rounding,
     )
 
 
@@ -269,6 +304,8 @@ def aggmo(
     momenta: Sequence[float | jax.Array] | jax.Array = (0.0, 0.9, 0.99),
     *,
     accumulator_dtype: Any | None = None,
+    stochastic_rounding: bool = False,
+    seed: int | jax.Array = 0,
     layout: str = "per_leaf",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Aggregated momentum: the mean of several heavy-ball buffers with different momenta.
@@ -299,6 +336,9 @@ def aggmo(
         1-D array is accepted too (and is traced there).
       accumulator_dtype: dtype of the buffers; ``None`` keeps each param's
         dtype.
+      stochastic_rounding: round the new buffers stochastically, as in
+        :func:`momentum_jax.momentum`.
+      seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
       layout: the state layout, as in :func:`momentum_jax.momentum`.
 
     Returns:
@@ -326,7 +366,8 @@ def aggmo(
     """
     name = "momentum_jax.aggmo"
     _check.check_learning_rate(name, learning_rate)
+    rounding = _rounding.rounding(name, stochastic_rounding, seed)
     return optax.chain(
-        _aggmo_block(name, momenta, accumulator_dtype, layout),
+        _aggmo_block(name, momenta, accumulator_dtype, rounding, layout),
         optax.scale_by_learning_rate(_check.checked_schedule(name, "learning_rate", learning_rate)),
     )

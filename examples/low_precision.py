@@ -1,0 +1,224 @@
+"""bfloat16 optimizer state and params: round-to-nearest against stochastic rounding.
+
+A tanh MLP (64-64-10) is trained on the digits with full-batch
+``momentum_jax.momentum`` at three settings of (momentum, learning rate) with
+the same effective step α/(1-μ), over several seeds, storing its state five
+ways:
+
+* ``float32``: float32 params and velocity (8 bytes per param);
+* ``bf16 velocity``: ``accumulator_dtype=jnp.bfloat16`` (6 bytes);
+* ``bf16 params + velocity``: bfloat16 params, whose velocity is then
+  bfloat16 too (4 bytes);
+* ``SR velocity``: the bfloat16 velocity with ``stochastic_rounding=True``
+  (6 bytes);
+* ``SR params + velocity``: bfloat16 params and velocity, both rounded
+  stochastically (``stochastic_rounding=True`` and
+  ``momentum_jax.stochastic_round_params()`` last in the chain; 4 bytes).
+
+The forward and backward passes compute in float32 (JAX promotes bfloat16
+weights against the float32 inputs); only what is stored differs. With
+round-to-nearest, a contribution below half a bfloat16 ulp is lost: the new
+α·g against μ·v when μ is close to 1, and most updates θ + u against θ.
+
+It prints the final training loss per column as min–max over seeds (the
+issue's table) and compares each column with ``float32``: a column is called
+worse or better only when the mean ± std intervals over seeds do not overlap
+(``_common.verdict``), else "within the float32 seed spread".
+
+Outputs (``examples/out/low_precision/``, ``..._quick/`` with ``--quick``):
+``low_precision.csv`` (one row per setting and column) and
+``low_precision_loss.png`` (training loss over steps, mean over seeds).
+
+    python examples/low_precision.py            # digits from scikit-learn, ~3 min on 2 cores
+    python examples/low_precision.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import _common
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import momentum_jax
+
+SETTINGS = ((0.9, 0.01), (0.99, 0.001), (0.999, 0.0001))  # (momentum, learning rate)
+COLUMNS = (
+    "float32",
+    "bf16 velocity",
+    "bf16 params + velocity",
+    "SR velocity",
+    "SR params + velocity",
+)
+BYTES_PER_PARAM = dict(zip(COLUMNS, (8, 6, 4, 6, 4), strict=True))
+# Okabe & Ito's colour-blind-safe palette; round-to-nearest dashed.
+STYLE = {
+    "float32": ("#000000", "-"),
+    "bf16 velocity": ("#E69F00", "--"),
+    "bf16 params + velocity": ("#D55E00", "--"),
+    "SR velocity": ("#56B4E9", "-"),
+    "SR params + velocity": ("#0072B2", "-"),
+}
+FULL = {"steps": 3000, "seeds": 3}
+QUICK = {"steps": 300, "seeds": 2}
+CSV_HEADER = [
+    "momentum",
+    "learning_rate",
+    "column",
+    "bytes_per_param",
+    "final_loss_mean",
+    "final_loss_std",
+    "final_loss_min",
+    "final_loss_max",
+    "verdict",
+]
+
+
+def optimizer(column: str, mu: float, lr: float, seed: Any) -> optax.GradientTransformation:
+    """The transform of one column; ``seed`` also seeds its rounding."""
+    if column == "float32" or column == "bf16 params + velocity":
+        return momentum_jax.momentum(lr, mu)
+    if column == "bf16 velocity":
+        return momentum_jax.momentum(lr, mu, accumulator_dtype=jnp.bfloat16)
+    rounded = momentum_jax.momentum(
+        lr, mu, accumulator_dtype=jnp.bfloat16, stochastic_rounding=True, seed=seed
+    )
+    if column == "SR velocity":
+        return rounded
+    return optax.chain(rounded, momentum_jax.stochastic_round_params(seed=seed))
+
+
+def param_dtype(column: str) -> Any:
+    return jnp.bfloat16 if "params" in column else jnp.float32
+
+
+def init_mlp(seed: jax.Array, sizes: Sequence[int]) -> list[tuple[jax.Array, jax.Array]]:
+    keys = jax.random.split(jax.random.key(seed), len(sizes) - 1)
+    return [
+        (jax.random.normal(k, (a, b)) * jnp.sqrt(1.0 / a), jnp.zeros(b))
+        for k, (a, b) in zip(keys, itertools.pairwise(sizes), strict=True)
+    ]
+
+
+def loss_fn(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+    for w, b in params[:-1]:
+        x = jnp.tanh(x @ w + b)
+    w, b = params[-1]
+    return optax.softmax_cross_entropy_with_integer_labels(x @ w + b, y).mean()
+
+
+def train(
+    column: str, mu: float, lr: float, seeds: Sequence[int], steps: int, every: int
+) -> np.ndarray:
+    """Training loss (float32, on the stored params) every ``every`` steps: (seeds, evals)."""
+    x, y, _, _ = map(jnp.asarray, _common.load_digits())
+    dtype = param_dtype(column)
+
+    def one(seed: jax.Array) -> jax.Array:
+        params = jax.tree.map(lambda p: p.astype(dtype), init_mlp(seed, (64, 64, 64, 10)))
+        tx = optimizer(column, mu, lr, seed)
+
+        def step(carry: Any, _: Any) -> Any:
+            params, state = carry
+            grads = jax.grad(loss_fn)(params, x, y)
+            updates, state = tx.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), None
+
+        def block(carry: Any, _: Any) -> Any:
+            carry, _ = jax.lax.scan(step, carry, None, length=every)
+            as_f32 = jax.tree.map(lambda p: p.astype(jnp.float32), carry[0])
+            return carry, loss_fn(as_f32, x, y)
+
+        _, losses = jax.lax.scan(block, (params, tx.init(params)), None, length=steps // every)
+        start = loss_fn(jax.tree.map(lambda p: p.astype(jnp.float32), params), x, y)
+        return jnp.concatenate([start[None], losses])
+
+    # One program for all seeds: the seed is traced, also as the rounding's seed.
+    return np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(seeds)), np.float64)
+
+
+def verdict(column: np.ndarray, reference: np.ndarray) -> str:
+    """How a column's final losses compare with float32's, beyond the seed spread or not."""
+    said = _common.verdict(column, reference, "better than float32", "worse than float32")
+    return "within the float32 seed spread" if said == "no clear difference" else said
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _common.parser(__doc__)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a short smoke run ({QUICK['steps']} steps, "
+        f"{QUICK['seeds']} seeds) instead of {FULL['steps']} steps and {FULL['seeds']} seeds",
+    )
+    parser.add_argument("--steps", type=int, help="training steps (overrides --quick)")
+    parser.add_argument("--seeds", type=int, help="number of seeds (overrides --quick)")
+    parser.add_argument(
+        "--eval-every", type=int, default=50, help="steps between training-loss evaluations"
+    )
+    parser.add_argument("--out", type=Path, help=_common.out_help("low_precision"))
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    steps = args.steps or preset["steps"]
+    seeds = list(range(args.seeds or preset["seeds"]))
+    every = min(args.eval_every, steps)
+    steps -= steps % every
+    out = _common.out_dir("low_precision", args.quick, args.out)
+    start = time.perf_counter()
+    loss = np.stack(
+        [np.stack([train(c, mu, lr, seeds, steps, every) for c in COLUMNS]) for mu, lr in SETTINGS]
+    )  # (setting, column, seed, eval)
+    final = loss[..., -1]
+    print(f"final training loss, min–max over {len(seeds)} seeds, after {steps} steps")
+    print(f"{'μ, α':<14}" + "".join(f"{c:>25}" for c in COLUMNS))
+    rows, verdicts = [], {}
+    for i, (mu, lr) in enumerate(SETTINGS):
+        cells = [f"{final[i, j].min():.3f}–{final[i, j].max():.3f}" for j in range(len(COLUMNS))]
+        print(f"{f'{mu:g}, {lr:g}':<14}" + "".join(f"{c:>25}" for c in cells))
+        for j, column in enumerate(COLUMNS):
+            said = "reference" if j == 0 else verdict(final[i, j], final[i, 0])
+            verdicts[(mu, column)] = said
+            mean, std = _common.spread(final[i, j])
+            low, high = final[i, j].min(), final[i, j].max()
+            rows.append([mu, lr, column, BYTES_PER_PARAM[column], mean, std, low, high, said])
+    print()
+    for (mu, column), said in verdicts.items():
+        if said != "reference":
+            print(f"μ={mu:g}: {column} is {said}")
+    print(
+        "memory per param (params + velocity): "
+        + ", ".join(f"{c} {b} B" for c, b in BYTES_PER_PARAM.items())
+    )
+    _common.write_csv(out / "low_precision.csv", CSV_HEADER, rows)
+    plot(loss, np.arange(0, steps + 1, every), out / "low_precision_loss.png")
+    print(f"wrote {out} in {time.perf_counter() - start:.0f} s")
+    return {"loss": loss, "verdicts": verdicts, "out": out, "steps": steps}
+
+
+def plot(loss: np.ndarray, eval_steps: np.ndarray, path: Path) -> None:
+    plt = _common.pyplot()
+    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(13, 3.8), sharey=True)
+    for ax, (mu, lr), per_column in zip(axes, SETTINGS, loss, strict=True):
+        for column, runs in zip(COLUMNS, per_column, strict=True):
+            color, style = STYLE[column]
+            ax.plot(eval_steps, runs.mean(0), style, color=color, label=column)
+        ax.set(title=f"μ = {mu:g}, α = {lr:g}", xlabel="step", yscale="log")
+    axes[0].set_ylabel("training loss (mean over seeds)")
+    axes[-1].legend(fontsize=8)
+    _common.save(fig, path)
+
+
+if __name__ == "__main__":
+    main()
