@@ -169,7 +169,7 @@ def heavy_ball(
     # keeps it, so the computation never depends on a hyperparameter's value.
     use_decay = not (isinstance(weight_decay, int | float) and weight_decay == 0)
 
-    def step(updates: Any, state: MomentumState, params: Any) -> tuple[Any, Any]:
+    def step(updates: Any, state: MomentumState, params: Any, store: Any) -> tuple[Any, Any]:
         if use_decay:
             if params is None:
                 raise _check.needs_params_error(name, "weight_decay", weight_decay)
@@ -190,8 +190,10 @@ def heavy_ball(
             terms = _tree.map_buffers(
                 lambda g, v: _kernels.scaled(g, v, lr), updates, state.velocity
             )
-            velocity = _tree.map_buffers(
-                lambda t, v: _kernels.decay_add_term(t, v, mu), terms, state.velocity
+            velocity = store(
+                _tree.map_buffers(
+                    lambda t, v: _kernels.decay_add_term(t, v, mu), terms, state.velocity
+                )
             )
             neg_mu_next = _kernels.Scalar(-mu_next)
             out = _tree.map_buffers(
@@ -201,8 +203,10 @@ def heavy_ball(
                 velocity,
             )
         else:
-            velocity = _tree.map_buffers(
-                lambda g, v: _kernels.decay_add(g, v, mu, lr), updates, state.velocity
+            velocity = store(
+                _tree.map_buffers(
+                    lambda g, v: _kernels.decay_add(g, v, mu, lr), updates, state.velocity
+                )
             )
             minus_one = _kernels.Scalar(-1.0)
             out = _tree.map_buffers(
@@ -381,7 +385,7 @@ def gradient_buffer(
     # non-zero dampening (any array, even a zero one) needs the first-step rule.
     needs_first_step_rule = not (isinstance(dampening, int | float) and dampening == 0)
 
-    def step(updates: Any, state: MomentumState, params: Any) -> tuple[Any, Any]:
+    def step(updates: Any, state: MomentumState, params: Any, store: Any) -> tuple[Any, Any]:
         del params
         mu = _kernels.Scalar(_check.evaluate(name, "momentum", momentum, state.count))
         damping: Any = None
@@ -390,8 +394,10 @@ def gradient_buffer(
             damping = _kernels.Scalar(
                 jnp.where(state.count == 0, 1.0, 1.0 - jnp.asarray(dampening))
             )
-        buffer = _tree.map_buffers(
-            lambda g, b: _kernels.decay_add(g, b, mu, damping), updates, state.velocity
+        buffer = store(
+            _tree.map_buffers(
+                lambda g, b: _kernels.decay_add(g, b, mu, damping), updates, state.velocity
+            )
         )
         if nesterov:
             out = _tree.map_buffers(

@@ -88,21 +88,37 @@ def _element_index(shape: tuple[int, ...]) -> jax.Array:
     return index
 
 
-def stochastic_cast(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
-    """``x`` (float32) rounded stochastically to ``dtype`` with bits drawn from ``key`` (uint32).
+def _mix(x: jax.Array) -> jax.Array:
+    """A cheaper bijective mix for the per-element bits: multiply, xorshift, multiply.
+
+    Its input already differs per step, buffer and seed (through the key), so
+    one round suffices: the high bits, the ones used, depend on every input bit.
+    """
+    x = lax.mul(x, np.uint32(0x7FEB352D))
+    x = lax.bitwise_xor(x, lax.shift_right_logical(x, np.uint32(15)))
+    return lax.mul(x, np.uint32(0x846CA68B))
+
+
+def stochastic_round(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
+    """``x`` (float32) rounded stochastically to a value of ``dtype``, kept in float32.
+
+    The bits are drawn from ``key`` (uint32) and each element's index.
 
     Adding ``r``, uniform in ``[0, 2**k)``, to the float32 bit pattern and
     clearing its ``k`` low bits rounds the magnitude up with probability
     (cut-off bits) / 2**k: exactly the fraction cut off. Values already
-    representable come back unchanged; NaN stays NaN and infinities stay.
+    representable come back unchanged; infinities stay infinite, and so does
+    a value that rounds past the largest finite one, as with round-to-nearest.
+    A NaN stays a NaN: arithmetic produces only quiet NaNs, whose top
+    mantissa bit survives the addition. (Only a hand-made NaN payload with
+    all its top mantissa bits set could carry over into the sign.)
     """
     dropped = _DROPPED[jnp.dtype(dtype)]
-    bits = _hash(lax.bitwise_xor(_element_index(x.shape), key))
+    bits = _mix(lax.bitwise_xor(_element_index(x.shape), key))
     pattern = lax.bitcast_convert_type(x, jnp.uint32)
     pattern = lax.add(pattern, lax.shift_right_logical(bits, np.uint32(32 - dropped)))
     pattern = lax.bitwise_and(pattern, np.uint32((0xFFFFFFFF << dropped) & 0xFFFFFFFF))
-    rounded = lax.bitcast_convert_type(pattern, jnp.float32)
-    return lax.convert_element_type(jnp.where(jnp.isnan(x), x, rounded), dtype)
+    return lax.bitcast_convert_type(pattern, jnp.float32)
 
 
 def leaf_keys(seed: Any, stage: int, count: Any, num_leaves: int) -> list[jax.Array]:
@@ -135,15 +151,35 @@ class Rounding(NamedTuple):
         return jax.tree.map(_wide, buffers, is_leaf=_is_none)
 
     def store(self, wide: Any, like: Any, count: Any) -> Any:
-        """``wide`` buffers rounded into the dtypes of ``like``: stochastically where 16-bit."""
+        """``wide`` buffers rounded stochastically where ``like``'s are 16-bit, kept in float32.
+
+        The values are exactly those the 16-bit buffers will hold, so the
+        step's output, computed from them in float32, uses the stored
+        buffers; :meth:`narrow` then casts them, exactly, into ``like``'s dtypes.
+        The 16-bit values pass an optimisation barrier: the output then reads
+        the new buffer instead of recomputing it from the old one, which
+        would make XLA copy the donated buffer first.
+        """
         dtypes = iter(b.dtype for b in jax.tree.leaves(like))
         leaves, treedef = jax.tree.flatten(wide)  # None (no buffer) is no leaf: no position
         keys = leaf_keys(self.seed, BUFFERS, count, len(leaves))
-        out = []
+        out: list[jax.Array] = []
+        rounded: list[int] = []
         for x, key in zip(leaves, keys, strict=True):
             dtype = next(dtypes)
-            out.append(stochastic_cast(x, dtype, key) if narrow(dtype) else x)
+            if narrow(dtype):
+                rounded.append(len(out))
+                x = lax.convert_element_type(stochastic_round(x, dtype, key), dtype)
+            out.append(x)
+        barrier = lax.optimization_barrier([out[i] for i in rounded])  # type: ignore[no-untyped-call]
+        for i, x in zip(rounded, barrier, strict=True):
+            out[i] = lax.convert_element_type(x, jnp.float32)
         return jax.tree.unflatten(treedef, out)
+
+    @staticmethod
+    def narrow(buffers: Any, like: Any) -> Any:
+        """``buffers`` cast into the dtypes of ``like``."""
+        return jax.tree.map(lambda b, x: lax.convert_element_type(b, x.dtype), buffers, like)
 
 
 def rounding(fn_name: str, stochastic_rounding: Any, seed: Any) -> Rounding | None:
@@ -257,7 +293,7 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
                 return u
             p32 = lax.convert_element_type(p, jnp.float32)
             exact = lax.add(p32, lax.convert_element_type(u, jnp.float32))
-            rounded = lax.convert_element_type(stochastic_cast(exact, p.dtype, key), jnp.float32)
+            rounded = stochastic_round(exact, p.dtype, key)
             return lax.convert_element_type(lax.sub(rounded, p32), u.dtype)
 
         out = jax.tree.map(round_one, updates, params, is_leaf=_is_none)

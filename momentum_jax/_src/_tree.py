@@ -232,10 +232,14 @@ def map_buffers(fn: Any, *trees: Any) -> Any:
     )
 
 
+def _unchanged(tree: Any) -> Any:
+    return tree
+
+
 def buffer_block(
     fn_name: str,
     state_type: type[Any],
-    step: Callable[[Any, Any, Any], tuple[Any, Any]],
+    step: Callable[[Any, Any, Any, Callable[[Any], Any]], tuple[Any, Any]],
     *,
     dtype: jnp.dtype | None,
     layout: str,
@@ -248,23 +252,29 @@ def buffer_block(
     like the params (in ``dtype``, or each param's own), or a tuple of
     ``num_buffers`` of them. ``update`` refuses a foreign state, checks the
     gradients (and the params, when given) against the first buffer tree,
-    then ``step(updates, state, params)`` returns the output and the new
-    buffers, and the count is incremented.
+    then ``step(updates, state, params, store)`` returns the output and the new
+    buffers, and the count is incremented. ``step`` passes its new buffers
+    through ``store`` before it computes the output from them.
 
     With ``layout="packed"`` the state is a :class:`PackedState` and ``step``
     sees every tree (gradients, params, buffers) as ``(rest, packs)``; the
     checks run before packing, on the trees the caller passed.
 
-    With a ``rounding``, ``step`` sees the 16-bit buffers in float32 and the
-    new buffers it returns are rounded stochastically into their dtypes.
+    With a ``rounding``, ``step`` sees the 16-bit buffers in float32,
+    ``store`` rounds the new ones stochastically to values of their dtypes
+    (still in float32, so the output is computed in float32 too), and they
+    are then cast, exactly, into the state; without one, ``store`` returns
+    the buffers unchanged.
     """
 
     def run(updates: Any, inner: Any, params: Any) -> tuple[Any, Any]:
         if rounding is None:
-            return step(updates, inner, params)
+            return step(updates, inner, params, _unchanged)
         wide = state_type(inner.count, rounding.widen(inner[1]))
-        out, buffers = step(updates, wide, params)
-        return out, rounding.store(buffers, inner[1], inner.count)
+        out, buffers = step(
+            updates, wide, params, lambda new: rounding.store(new, inner[1], inner.count)
+        )
+        return out, rounding.narrow(buffers, inner[1])
 
     def init_fn(params: optax.Params) -> Any:
         check_accumulator_dtype(fn_name, params, dtype)

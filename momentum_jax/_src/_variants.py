@@ -119,15 +119,17 @@ def _qhm_block(
     dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
     layout = _layout.check_layout(name, layout)
 
-    def step(updates: Any, state: QHMState, params: Any) -> tuple[Any, Any]:
+    def step(updates: Any, state: QHMState, params: Any, store: Any) -> tuple[Any, Any]:
         del params
         beta = _check.evaluate(name, "momentum", momentum, state.count)
         weight = _check.evaluate(name, "nu", nu, state.count)
         # Each coefficient is converted once per dtype, not once per array.
         keep, blend = _kernels.Scalar(beta), _kernels.Scalar(1 - beta)
         mix, direct = _kernels.Scalar(weight), _kernels.Scalar(1 - weight)
-        buffer = _tree.map_buffers(
-            lambda g, b: _kernels.decay_add(g, b, keep, blend), updates, state.buffer
+        buffer = store(
+            _tree.map_buffers(
+                lambda g, b: _kernels.decay_add(g, b, keep, blend), updates, state.buffer
+            )
         )
         out = _tree.map_buffers(
             lambda g, b: _kernels.decay_add(g, b, mix, direct, dtype=g.dtype),
@@ -276,14 +278,16 @@ def _aggmo_block(
     dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
     layout = _layout.check_layout(name, layout)
 
-    def step(updates: Any, state: AggMoState, params: Any) -> tuple[Any, Any]:
+    def step(updates: Any, state: AggMoState, params: Any, store: Any) -> tuple[Any, Any]:
         del params
         betas = [_kernels.Scalar(momenta[i]) for i in range(num_buffers)]
-        buffers = tuple(
-            _tree.map_buffers(
-                lambda g, b, beta=beta: _kernels.decay_add(g, b, beta), updates, buffer
+        buffers = store(
+            tuple(
+                _tree.map_buffers(
+                    lambda g, b, beta=beta: _kernels.decay_add(g, b, beta), updates, buffer
+                )
+                for beta, buffer in zip(betas, state.buffers, strict=True)
             )
-            for beta, buffer in zip(betas, state.buffers, strict=True)
         )
         out = _tree.map_buffers(lambda g, *bs: _kernels.mean(g, bs), updates, *buffers)
         return out, buffers
