@@ -159,8 +159,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"a short smoke run ({QUICK['steps']} steps, "
         f"{QUICK['seeds']} seeds) instead of {FULL['steps']} steps and {FULL['seeds']} seeds",
     )
-    parser.add_argument("--steps", type=int, help="training steps (overrides --quick)")
-    parser.add_argument("--seeds", type=int, help="number of seeds (overrides --quick)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help=f"training steps (default: {FULL['steps']}, {QUICK['steps']} with --quick)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        help=f"number of seeds (default: {FULL['seeds']}, {QUICK['seeds']} with --quick)",
+    )
     parser.add_argument(
         "--eval-every", type=int, default=50, help="steps between training-loss evaluations"
     )

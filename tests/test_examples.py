@@ -31,6 +31,7 @@ if str(EXAMPLES) not in sys.path:
 import _common  # noqa: E402
 import convergence_rates  # noqa: E402
 import landscapes  # noqa: E402
+import low_precision  # noqa: E402
 import momentum_sweep  # noqa: E402
 
 pytestmark = pytest.mark.slow  # runs the examples
@@ -209,7 +210,34 @@ def test_convergence_rates(tmp_path: Path) -> None:
     assert jnp.ones(1).dtype == jnp.float32  # float64 was on for the script only
 
 
-@pytest.mark.parametrize("name", ["momentum_sweep", "landscapes", "convergence_rates"])
+def test_low_precision(tmp_path: Path) -> None:
+    result = low_precision.main(["--steps", "400", "--seeds", "2", "--out", str(tmp_path)])
+    loss = result["loss"]  # (setting, column, seed, eval)
+    assert loss.shape == (3, 5, 2, 400 // 50 + 1)
+    assert np.isfinite(loss).all()
+    rows = read_csv(tmp_path / "low_precision.csv")
+    assert list(rows[0]) == low_precision.CSV_HEADER
+    assert len(rows) == 15
+    assert_png(tmp_path / "low_precision_loss.png")
+    final = loss[..., -1]
+    column = low_precision.COLUMNS.index
+    # Every run trains, and the stored-in-bfloat16 params with round-to-nearest
+    # stall: above every stochastic-rounding run at every setting.
+    assert (final < loss[..., 0]).all()
+    for i in range(3):
+        stalled = final[i, column("bf16 params + velocity")].min()
+        assert stalled > final[i, column("SR params + velocity")].max()
+        assert stalled > final[i, column("float32")].max()
+    # Each printed verdict follows from the numbers.
+    for (mu, name), said in result["verdicts"].items():
+        i = [m for m, _ in low_precision.SETTINGS].index(mu)
+        if name != "float32":
+            assert said == low_precision.verdict(final[i, column(name)], final[i, 0])
+
+
+@pytest.mark.parametrize(
+    "name", ["momentum_sweep", "landscapes", "convergence_rates", "low_precision"]
+)
 def test_help_runs_as_a_script(name: str) -> None:
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / f"{name}.py"), "--help"],
@@ -227,6 +255,7 @@ def test_help_runs_as_a_script(name: str) -> None:
         "momentum_sweep",
         "landscapes",
         "convergence_rates",
+        "low_precision",
         "variants",
         "quickstart",
         "flax_nnx",

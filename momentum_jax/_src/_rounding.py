@@ -294,6 +294,12 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
             p32 = lax.convert_element_type(p, jnp.float32)
             exact = lax.add(p32, lax.convert_element_type(u, jnp.float32))
             rounded = stochastic_round(exact, p.dtype, key)
+            if p.dtype == jnp.float16:
+                # Below float16's normal range the rounded value is not yet
+                # representable; the update must lead to a value the param can hold.
+                rounded = lax.convert_element_type(
+                    lax.convert_element_type(rounded, p.dtype), jnp.float32
+                )
             return lax.convert_element_type(lax.sub(rounded, p32), u.dtype)
 
         out = jax.tree.map(round_one, updates, params, is_leaf=_is_none)
