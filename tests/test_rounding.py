@@ -15,6 +15,7 @@ tests/test_sharding.py checks that it adds no communication.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -357,3 +358,20 @@ def test_bf16_params_and_velocity_train_like_float32_on_a_quadratic() -> None:
     assert reference < 0.5
     assert nearest > 2 * reference
     assert abs(rounded - reference) < 0.05 * reference + 1e-3
+
+
+def test_the_donated_step_updates_the_velocity_in_place() -> None:
+    """The output reads the rounded buffer, so XLA need not copy the donated one first."""
+    for tx in (
+        momentum_jax.momentum(0.1, 0.9, accumulator_dtype=BF16, **SR),
+        momentum_jax.nesterov(0.1, 0.9, accumulator_dtype=BF16, **SR),
+    ):
+        params = jnp.zeros(1000)
+
+        def step(p: Any, s: Any, g: Any, tx: Any = tx) -> Any:
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), params)
+        hlo = compiled.compile().as_text()
+        assert not re.search(r"bf16\[1000\]\S* copy\(", hlo), hlo

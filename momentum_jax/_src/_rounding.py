@@ -156,24 +156,20 @@ class Rounding(NamedTuple):
         The values are exactly those the 16-bit buffers will hold, so the
         step's output, computed from them in float32, uses the stored
         buffers; :meth:`narrow` then casts them, exactly, into ``like``'s dtypes.
-        The 16-bit values pass an optimisation barrier: the output then reads
-        the new buffer instead of recomputing it from the old one, which
-        would make XLA copy the donated buffer first.
         """
         dtypes = iter(b.dtype for b in jax.tree.leaves(like))
         leaves, treedef = jax.tree.flatten(wide)  # None (no buffer) is no leaf: no position
         keys = leaf_keys(self.seed, BUFFERS, count, len(leaves))
-        out: list[jax.Array] = []
-        rounded: list[int] = []
+        out = []
         for x, key in zip(leaves, keys, strict=True):
             dtype = next(dtypes)
             if narrow(dtype):
-                rounded.append(len(out))
+                # Through the 16-bit dtype and back (exact): XLA then reads the
+                # output from the new buffer instead of recomputing it from the
+                # old one, which would make it copy the donated buffer first.
                 x = lax.convert_element_type(stochastic_round(x, dtype, key), dtype)
+                x = lax.convert_element_type(x, jnp.float32)
             out.append(x)
-        barrier = lax.optimization_barrier([out[i] for i in rounded])  # type: ignore[no-untyped-call]
-        for i, x in zip(rounded, barrier, strict=True):
-            out[i] = lax.convert_element_type(x, jnp.float32)
         return jax.tree.unflatten(treedef, out)
 
     @staticmethod
