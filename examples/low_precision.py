@@ -29,7 +29,7 @@ Outputs (``examples/out/low_precision/``, ``..._quick/`` with ``--quick``):
 ``low_precision.csv`` (one row per setting and column) and
 ``low_precision_loss.png`` (training loss over steps, mean over seeds).
 
-    python examples/low_precision.py            # digits from scikit-learn, ~3 min on 2 cores
+    python examples/low_precision.py            # digits from scikit-learn, ~4 min on 2 cores
     python examples/low_precision.py --quick
 """
 
