@@ -177,6 +177,25 @@ def test_a_field_that_cannot_be_carried_is_named() -> None:
         momentum_jax.restore_state(plain(packed), momentum_jax.momentum(0.1), {"w": jnp.ones(2)})
 
 
+def test_a_hyperparameter_injected_now_but_static_then_takes_the_built_value() -> None:
+    """0.3.0 had no ``seed``; inject_hyperparams injects it now, with the value it is built with."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 4)}
+    then = optax.inject_hyperparams(momentum_jax.momentum, static_args=("seed",))(0.1, 0.9)
+    now = optax.inject_hyperparams(momentum_jax.momentum)(0.1, 0.9, seed=4)
+    old = _trained(then, params)
+    moved = momentum_jax.restore_state(plain(old), now, params)
+    assert int(moved.hyperparams["seed"]) == 4
+    chex.assert_trees_all_equal(moved.inner_state, old.inner_state)
+    chex.assert_trees_all_equal(
+        moved.hyperparams["learning_rate"], old.hyperparams["learning_rate"]
+    )
+    # Any other missing field is still an error.
+    raw = plain(old)
+    del raw["inner_state"]["velocity"]
+    with pytest.raises(ValueError, match=r"state.inner_state.velocity is missing"):
+        momentum_jax.restore_state(raw, now, params)
+
+
 def test_optax_stages_keep_every_field_and_their_own_counts() -> None:
     params = {"w": jnp.linspace(-1.0, 1.0, 4)}
     tx = optax.chain(

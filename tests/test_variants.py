@@ -376,7 +376,8 @@ def test_inject_hyperparams_aggmo_keeps_momenta_static() -> None:
     direct = _problems.trajectory(aggmo(0.05, momenta), 20)
     injected_tx = optax.inject_hyperparams(aggmo)(learning_rate=0.05, momenta=momenta)
     state = injected_tx.init(_problems.initial_params())
-    assert set(state.hyperparams) == {"learning_rate"}
+    # The integer seed is numeric, so it is injected too (and changes nothing here).
+    assert set(state.hyperparams) == {"learning_rate", "seed"}
     assert len(state.inner_state[0].buffers) == 3
     _problems.assert_trajectories_close(
         _problems.trajectory(injected_tx, 20), direct, rtol=1e-6, atol=1e-7
@@ -385,7 +386,7 @@ def test_inject_hyperparams_aggmo_keeps_momenta_static() -> None:
     traced_tx = optax.inject_hyperparams(aggmo)(learning_rate=0.05, momenta=jnp.asarray(momenta))
     params = _problems.initial_params()
     state = traced_tx.init(params)
-    assert set(state.hyperparams) == {"learning_rate", "momenta"}
+    assert set(state.hyperparams) == {"learning_rate", "momenta", "seed"}
     step = jax.jit(lambda p, s: _step(traced_tx, p, s))
     traced = []
     for _ in range(20):

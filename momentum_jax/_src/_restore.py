@@ -33,7 +33,10 @@ def restore_state(
     own count. Values take the dtypes of ``transform.init(params)`` and its
     placement (each buffer sharded like its param). A field the new state has
     and the old one lacks, a field that would be dropped, or a shape that
-    differs raises a ``ValueError`` naming the field.
+    differs raises a ``ValueError`` naming the field; the one exception is an
+    ``inject_hyperparams`` hyperparameter that the old state did not inject
+    (it was static then, like ``seed`` before 0.4.0), which takes the value
+    ``transform`` is built with.
 
     Under ``jax.vmap`` (an ensemble's stacked states) map it over the members:
     ``jax.vmap(lambda s, p: restore_state(s, tx, p))(states, params)``.
@@ -165,7 +168,10 @@ def _carry(old: Any, new: Any, params: dict[tuple[str, ...], Any], path: str) ->
     carried = {}
     for name, child in new_children.items():
         if name not in old_children:
-            if jax.tree.leaves(child):
+            # optax.inject_hyperparams keeps its arguments in ``hyperparams``: one
+            # that was static when the old state was saved (as 0.3.0's absent
+            # ``seed``) takes the value the transform is built with, as init gives.
+            if jax.tree.leaves(child) and not path.endswith(".hyperparams"):
                 raise _error(_where(path, name), "is missing from the old state")
             carried[name] = child
             continue
