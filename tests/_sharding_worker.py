@@ -89,7 +89,7 @@ def transforms() -> dict[str, Callable[[], optax.GradientTransformation]]:
         "keras_sgd": lambda: compat.keras_sgd(_decay, 0.9, nesterov=True, weight_decay=1e-3),
         "tf1_momentum": lambda: compat.tf1_momentum(_decay, 0.9, use_nesterov=True),
         # Stochastic rounding draws its bits from iota and a hash: no communication.
-        "momentum_stochastic_rounding": lambda: momentum_jax.momentum(
+        "momentum_bf16_accumulator_stochastic_rounding": lambda: momentum_jax.momentum(
             0.05, 0.9, accumulator_dtype=jnp.bfloat16, stochastic_rounding=True, seed=1
         ),
         "stochastic_round_params": lambda: optax.chain(

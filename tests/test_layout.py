@@ -30,6 +30,10 @@ pytestmark = pytest.mark.slow  # the packed layout, with an 8-device subprocess
 
 BASE_ROWS = [row for row in ROWS if "layout" not in row.static]
 rows = pytest.mark.parametrize("row", BASE_ROWS, ids=[row.id for row in BASE_ROWS])
+# Stochastic rounding draws its bits by position in the pack, so the layouts agree in
+# distribution only (tests/test_rounding.py checks the packed layout on its own).
+EXACT_ROWS = [row for row in BASE_ROWS if "stochastic" not in row.id]
+exact_rows = pytest.mark.parametrize("row", EXACT_ROWS, ids=[row.id for row in EXACT_ROWS])
 # The structural properties need one row per public transform (the contract
 # table runs all of them on its packed rows); the numbers are checked on all rows.
 _FIRST = {row.factory: row for row in reversed(BASE_ROWS)}
@@ -119,7 +123,7 @@ def _packed_nodes(state: Any) -> list[Any]:
     return [node for node in nodes if isinstance(node, momentum_jax.PackedState)]
 
 
-@rows
+@exact_rows
 def test_packed_layout_matches_the_per_array_layout(row: Row) -> None:
     params = _params(row.complex_params)
     per_leaf, per_state = _run(row.build(layout="per_leaf"), params)

@@ -34,6 +34,8 @@ BF16, F16 = jnp.bfloat16, jnp.float16
 # Each format's ulp at 1.0.
 ULP = {BF16: 2.0**-7, F16: 2.0**-10}
 
+pytestmark = pytest.mark.slow  # the fast tier runs the contract table's stochastic_round_params row
+
 SR = {"stochastic_rounding": True}
 ROUNDED: dict[str, Callable[..., optax.GradientTransformation]] = {
     "momentum": lambda **kw: momentum_jax.momentum(0.05, 0.9, **kw),

@@ -79,9 +79,10 @@ def _uint32(x: Any) -> jax.Array:
 
 def _element_index(shape: tuple[int, ...]) -> jax.Array:
     """Each element's row-major index (mod 2**32), built per axis so that it shards like x."""
-    index = jnp.zeros(shape, jnp.uint32)
-    stride = 1
-    for axis in reversed(range(len(shape))):
+    if not shape:
+        return jnp.zeros((), jnp.uint32)
+    index, stride = lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1), shape[-1]
+    for axis in reversed(range(len(shape) - 1)):
         term = lax.broadcasted_iota(jnp.uint32, shape, axis)
         index = lax.add(index, lax.mul(term, np.uint32(stride % 2**32)))
         stride *= shape[axis]
