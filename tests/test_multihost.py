@@ -1,0 +1,328 @@
+"""Several processes, one mesh: jax.distributed on 127.0.0.1, checkpoints, preemption.
+
+Each launch starts fresh Python processes running ``tests/_multihost_worker.py``
+(two processes with 4 CPU devices each, joined by ``jax.distributed`` into one
+2x4 ``('data', 'model')`` mesh of 8 devices; or one process with all 8, the
+reference). Every launch is bounded: a process still running at its deadline
+is killed, with the other, and the test fails with their logs.
+
+The launches, few because each costs a JAX start-up:
+
+* ``run`` (two processes) and ``reference`` (one), side by side: sharding of
+  the eager and jitted init, a data-parallel training run, and a run of the
+  optimizers alone on a fixed gradient sequence; then the two processes run
+  the fixed sequence again with an ``ocp.CheckpointManager`` and stall in a
+  checkpoint that process 1 never joins, where the test kills both (SIGKILL).
+* ``resume`` (two fresh processes): restore the latest complete checkpoint
+  into an abstract target and finish the run.
+* ``die`` (two pairs): one process is killed while the other waits for it in
+  a collective; the survivor must fail, not hang.
+* ``examples/multihost.py --processes 2``.
+
+Under pytest-xdist the launches run once per session, not once per worker
+that collects a test of this module: the first worker to need a launch runs
+it and leaves its result in the session's shared temporary folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests import _multihost_worker as worker
+
+pytestmark = pytest.mark.slow  # multi-process launches
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "_multihost_worker.py"
+EXAMPLE = ROOT / "examples" / "multihost.py"
+CASES = worker.CASES
+# Deadlines (seconds) for whole launches on a loaded 2-core machine; a normal
+# run needs a fraction of each.
+RUN_TIMEOUT = 420
+RESUME_TIMEOUT = 240
+DIE_TIMEOUT = 120
+EXAMPLE_TIMEOUT = 300
+# After its peer is killed, the survivor of a collective must exit within this.
+SURVIVOR_DEADLINE = 30
+
+
+# --- launching processes ---------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the coordinator binds it a moment later)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def environment(devices: int) -> dict[str, str]:
+    flags = os.environ.get("XLA_FLAGS", "")
+    flags = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": flags,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+
+
+class Launch:
+    """The processes of one worker launch, their logs and reports, in ``out``."""
+
+    def __init__(self, task: str, out: Path, *, processes: int, **spec: Any) -> None:
+        self.name = spec.pop("name", task)
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        devices = 8 // processes
+        self.procs: list[subprocess.Popen[bytes]] = []
+        for index in range(processes):
+            full = {
+                "task": task,
+                "name": self.name,
+                "process_id": index,
+                "num_processes": processes,
+                "port": port,
+                "out": str(out),
+                **spec,
+            }
+            log = (out / f"{self.name}-p{index}.log").open("wb")
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(WORKER), json.dumps(full)],
+                    env=environment(devices),
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            log.close()
+
+    def log(self, index: int) -> str:
+        return (self.out / f"{self.name}-p{index}.log").read_text(errors="replace")
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {self.name} process {i} (exit {p.poll()}), last lines:\n{self.log(i)[-3000:]}"
+            for i, p in enumerate(self.procs)
+        )
+
+    def kill(self, index: int | None = None) -> None:
+        for i, proc in enumerate(self.procs):
+            if (index is None or i == index) and proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=30)
+
+    def wait(self, deadline: float) -> list[int]:
+        """Every process's exit status; past ``deadline`` (monotonic) all are killed."""
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(f"{self.name} ran past its deadline\n{self.logs()}") from None
+        return [proc.returncode for proc in self.procs]
+
+    def wait_for(self, files: list[str], deadline: float) -> None:
+        """Until every file exists in ``out``; a process that exits first fails the launch."""
+        while not all((self.out / f).exists() for f in files):
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"{self.name}: no {files} before the deadline\n{self.logs()}")
+            if any(proc.poll() is not None for proc in self.procs):
+                self.kill()
+                raise AssertionError(f"{self.name}: a process exited early\n{self.logs()}")
+            time.sleep(0.1)
+
+    def report(self, index: int = 0) -> dict[str, Any]:
+        path = self.out / f"{self.name}-p{index}.json"
+        if not path.exists():
+            raise AssertionError(f"{self.name}: process {index} wrote no report\n{self.logs()}")
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    def succeed(self, deadline: float) -> list[dict[str, Any]]:
+        codes = self.wait(deadline)
+        if any(codes):
+            raise AssertionError(f"{self.name} failed (exit {codes})\n{self.logs()}")
+        return [self.report(i) for i in range(len(self.procs))]
+
+
+@contextlib.contextmanager
+def launched(task: str, out: Path, *, processes: int, **spec: Any) -> Iterator[Launch]:
+    """A launch whose processes are all gone when the block ends, however it ends."""
+    launch = Launch(task, out, processes=processes, **spec)
+    try:
+        yield launch
+    finally:
+        launch.kill()
+
+
+# --- one result per session, shared by the xdist workers ----------------------------------
+
+
+def once(
+    factory: pytest.TempPathFactory, name: str, compute: Callable[[Path], dict[str, Any]]
+) -> dict[str, Any]:
+    """``compute(folder)``, run by the first process of this session that asks.
+
+    The result (or the error it raised) is kept as JSON in the session's
+    temporary folder, which pytest-xdist's workers share; a file lock makes
+    the others wait for it instead of launching the same processes again.
+    """
+    root = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    folder = root / f"multihost-{name}"
+    result_file = root / f"multihost-{name}.json"
+    with (root / f"multihost-{name}.lock").open("w") as lock:
+        _lock(lock)
+        if not result_file.exists():
+            folder.mkdir(exist_ok=True)
+            try:
+                result = {"ok": compute(folder)}
+            except Exception:
+                result = {"error": traceback.format_exc()}
+            result_file.write_text(json.dumps(result))
+    stored: dict[str, Any] = json.loads(result_file.read_text())
+    if "error" in stored:
+        pytest.fail(f"the {name} launch failed:\n{stored['error']}", pytrace=False)
+    ok: dict[str, Any] = stored["ok"]
+    return ok
+
+
+def _lock(file: Any) -> None:
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): each worker launches its own
+        return
+    fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+
+
+# --- the launches ------------------------------------------------------------------------
+
+
+def _runs(folder: Path) -> dict[str, Any]:
+    checkpoints = folder / "checkpoints"
+    deadline = time.monotonic() + RUN_TIMEOUT
+    with (
+        launched("run", folder / "run", processes=2, checkpoints=str(checkpoints)) as multi,
+        launched("run", folder / "reference", processes=1, name="reference") as single,
+    ):
+        # Process 1 stalls before saving step STALL_AT; process 0 starts that
+        # save, which cannot complete without it. Kill both there.
+        multi.wait_for(["stalled-p1", "saving-p0", "run-p0.json", "run-p1.json"], deadline)
+        partial = _wait_for_partial_checkpoint(checkpoints, worker.STALL_AT, deadline)
+        at_kill = sorted(p.name for p in checkpoints.iterdir())
+        multi.kill()
+        killed = [proc.returncode for proc in multi.procs]
+        reference = single.succeed(deadline)[0]
+        reports = [multi.report(0), multi.report(1)]
+    return {
+        "multi": reports,
+        "single": reference,
+        "killed": killed,
+        "partial": partial,
+        "at_kill": at_kill,
+        "folder": str(folder),
+        "logs": multi.logs(),
+    }
+
+
+def _wait_for_partial_checkpoint(directory: Path, step: int, deadline: float) -> str:
+    """The name of the unfinished checkpoint of ``step`` once it is on disk ('' if never)."""
+    give_up = min(deadline, time.monotonic() + 20)
+    while time.monotonic() < give_up:
+        for entry in directory.iterdir():
+            if entry.name.startswith(f"{step}.") or entry.name.startswith(f"{step}_"):
+                return entry.name
+        time.sleep(0.1)
+    return ""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return once(tmp_path_factory, "runs", _runs)
+
+
+def _resumed(folder: Path, runs: dict[str, Any]) -> dict[str, Any]:
+    checkpoints = Path(runs["folder"]) / "checkpoints"
+    deadline = time.monotonic() + RESUME_TIMEOUT
+    with launched("resume", folder, processes=2, checkpoints=str(checkpoints)) as resumed:
+        reports = resumed.succeed(deadline)
+    return {"reports": reports}
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory: pytest.TempPathFactory, runs: dict[str, Any]) -> dict[str, Any]:
+    return once(tmp_path_factory, "resume", lambda folder: _resumed(folder, runs))
+
+
+def _deaths(folder: Path) -> dict[str, Any]:
+    """For each victim: kill it while the other waits for it in a collective."""
+    deadline = time.monotonic() + DIE_TIMEOUT
+    outcome: dict[str, Any] = {}
+    with (
+        launched("die", folder / "victim0", processes=2, victim=0) as first,
+        launched("die", folder / "victim1", processes=2, victim=1) as second,
+    ):
+        for victim, launch in ((0, first), (1, second)):
+            launch.wait_for(["ready-p0", "ready-p1"], deadline)
+        time.sleep(1.0)  # the survivors are inside the collective by now
+        for victim, launch in ((0, first), (1, second)):
+            survivor = 1 - victim
+            launch.kill(victim)
+            killed_at = time.monotonic()
+            proc = launch.procs[survivor]
+            try:
+                proc.wait(timeout=SURVIVOR_DEADLINE)
+            except subprocess.TimeoutExpired:
+                launch.kill()
+                raise AssertionError(
+                    f"process {survivor} hung after process {victim} died\n{launch.logs()}"
+                ) from None
+            report_file = launch.out / f"die-p{survivor}.json"
+            outcome[str(victim)] = {
+                "survivor_exit": proc.returncode,
+                "seconds_to_exit": time.monotonic() - killed_at,
+                "report": json.loads(report_file.read_text()) if report_file.exists() else None,
+                "log": launch.log(survivor)[-6000:],
+            }
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def deaths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return once(tmp_path_factory, "die", _deaths)
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+
+def test_the_processes_form_one_mesh(runs: dict[str, Any]) -> None:
+    for index, report in enumerate(runs["multi"]):
+        assert report["process_index"] == index
+        assert report["process_count"] == 2
+        assert report["device_count"] == 8
+        assert report["local_device_count"] == 4
+        # 'data' spans the processes, 'model' stays within one.
+        assert report["mesh_processes"] == [[0, 0, 0, 0], [1, 1, 1, 1]]
+    single = runs["single"]
+    assert (single["process_count"], single["device_count"]) == (1, 8)
