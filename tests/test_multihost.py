@@ -26,9 +26,12 @@ it and leaves its result in the session's shared temporary folder.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import importlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -459,3 +462,96 @@ def test_a_dead_peer_fails_the_survivor(deaths: dict[str, Any], victim: int) -> 
     if report is not None:
         assert "second_sum" not in report
         assert "error" in report
+
+
+# --- examples/multihost.py ------------------------------------------------------------------
+
+
+def _example(out: Path, *args: str) -> str:
+    """``examples/multihost.py --processes 2 ARGS``: its output, once it succeeded."""
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    command = [sys.executable, str(EXAMPLE), "--processes", "2", "--out", str(out), *args]
+    # The launcher kills its processes at --timeout; this one kills the launcher.
+    result = subprocess.run(
+        [*command, "--timeout", str(EXAMPLE_TIMEOUT)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=EXAMPLE_TIMEOUT + 30,
+        check=False,
+    )
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+def _losses(output: str) -> dict[int, float]:
+    return {
+        int(step): float(loss)
+        for step, loss in re.findall(r"^step +(\d+) +minibatch loss ([\d.]+)$", output, re.M)
+    }
+
+
+def test_example_trains_checkpoints_and_resumes(tmp_path: Path) -> None:
+    args = ["--steps", "20", "--save-every", "10", "--log-every", "5"]
+    first = _example(tmp_path, *args)
+    losses = _losses(first)
+    assert sorted(losses) == [5, 10, 15, 20]
+    assert losses[20] < 0.7 * losses[5]
+    summary = re.search(
+        r"^2 process\(es\), 8 devices: test accuracy ([\d.]+) after 20 steps", first, re.M
+    )
+    assert summary, first
+    assert float(summary[1]) > 0.5  # ten classes: chance is 0.1
+    assert "resumed" not in first
+    assert "[Gloo]" not in first  # the launcher keeps gloo's messages in the logs
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(int(p.name) for p in checkpoints.iterdir()) == [10, 20]
+    # Run again with more steps: it picks up where the first run stopped.
+    second = _example(tmp_path, "--steps", "30", "--save-every", "10", "--log-every", "5")
+    assert f"resumed from the checkpoint of step 20 in {checkpoints}" in second
+    assert sorted(_losses(second)) == [25, 30]
+    assert sorted(int(p.name) for p in checkpoints.iterdir()) == [10, 20, 30]
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [
+        "process-0.log",
+        "process-1.log",
+    ]
+
+
+def test_example_help_explains_every_option(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if str(EXAMPLE.parent) not in sys.path:
+        monkeypatch.syspath_prepend(str(EXAMPLE.parent))
+    parsers = []
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def record(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
+        parsers.append(self)
+        return parse_args(self, *args, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", record)
+    module = importlib.import_module("multihost")
+    with pytest.raises(SystemExit) as exited:
+        module.main(["--help"])
+    assert exited.value.code == 0
+    shown = capsys.readouterr().out.split("options:", 1)[1]
+    entries = {  # "--steps": "--steps STEPS training steps in all (default: 200)"
+        entry.split()[0].rstrip(","): " ".join(entry.split())
+        for entry in re.split(r"\n  (?=-)", shown)
+        if entry.strip().startswith("-")
+    }
+    (parser,) = parsers
+    options = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+    assert {"--processes", "--cluster", "--coordinator", "--zero1", "--out"} <= {
+        a.option_strings[-1] for a in options
+    }
+    for action in options:
+        option = action.option_strings[-1]
+        assert action.help, f"{option} has no help text"
+        if not isinstance(action, argparse._StoreTrueAction):
+            assert "(default: " in entries[option], f"--help: {entries[option]}"
