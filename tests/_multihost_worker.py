@@ -66,6 +66,7 @@ from momentum_jax import compat
 STEPS = 20
 SAVE_EVERY = 5
 STALL_AT = 15
+HEARTBEAT_TIMEOUT = 10  # seconds; JAX's default is 100
 MESH_SHAPE = (2, 4)
 AXES = ("data", "model")
 BATCH = 16  # global batch, split over 'data': 8 rows per process
@@ -156,7 +157,7 @@ def initialize(spec: dict[str, Any]) -> dict[str, Any]:
     # A process that stops sending heartbeats fails the others after this
     # (the default is 100 s; the argument exists from JAX 0.7).
     if "heartbeat_timeout_seconds" in accepted:
-        kwargs["heartbeat_timeout_seconds"] = 10
+        kwargs["heartbeat_timeout_seconds"] = HEARTBEAT_TIMEOUT
     # How long the exit waits for the other processes (from JAX 0.9; 300 s).
     if "shutdown_timeout_seconds" in accepted:
         kwargs["shutdown_timeout_seconds"] = 30
@@ -478,8 +479,71 @@ def run(spec: dict[str, Any], mesh: jax.sharding.Mesh, report: dict[str, Any]) -
     report["fixed"] = _per_case(params, states)
     report["initial"] = digests(initial_params(mesh))
     clock = _clock(report, "fixed_run", clock)
+    zero1(mesh, report)
+    clock = _clock(report, "zero1", clock)
     if spec.get("checkpoints"):
         _preempted(spec, report, step, init, (a, b), mesh)
+
+
+def zero1(mesh: jax.sharding.Mesh, report: dict[str, Any]) -> None:
+    """ZeRO stage 1 across processes: replicated params, each buffer split over all 8 devices.
+
+    The same 20 steps with the velocity replicated and split: the numbers must
+    not change, only where they live (and an all-gather joins the updates).
+    """
+    tx = momentum_jax.nesterov(_decay, 0.9)
+    replicated = NamedSharding(mesh, P())
+    everywhere = NamedSharding(mesh, P(AXES))  # the first axis over both processes' devices
+    rng = np.random.default_rng(7)
+    shapes = {"w": (64, 32), "b": (32,), "odd": (5,)}
+    host = {k: rng.standard_normal(shape).astype(np.float32) for k, shape in shapes.items()}
+    a, b = (
+        {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in host.items()} for _ in "ab"
+    )
+
+    def put(tree: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {
+            k: jax.make_array_from_callback(v.shape, replicated, lambda i, v=v: v[i])
+            for k, v in tree.items()
+        }
+
+    def split(leaf: Any) -> NamedSharding:
+        # Along the first axis where it divides evenly; 'odd' and the counter stay whole.
+        return everywhere if leaf.ndim and leaf.shape[0] % mesh.size == 0 else replicated
+
+    shapes_of_state = jax.eval_shape(tx.init, put(host))
+    out: dict[str, Any] = {}
+    for label, layout in (("replicated", lambda _: replicated), ("zero1", split)):
+        state_sharding = jax.tree.map(layout, shapes_of_state)
+        params = put(host)
+        state = jax.jit(tx.init, out_shardings=state_sharding)(params)
+
+        def step(params: Any, state: Any, a: Any, b: Any, k: jax.Array) -> Any:
+            kf = k.astype(jnp.float32)
+            grads = jax.tree.map(lambda x, y: jnp.cos(0.7 * kf) * x + jnp.sin(0.3 * kf) * y, a, b)
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        jitted = jax.jit(
+            step,
+            in_shardings=(replicated, state_sharding, replicated, replicated, replicated),
+            out_shardings=(replicated, state_sharding),
+            donate_argnums=(0, 1),
+        )
+        compiled = jitted.lower(params, state, put(a), put(b), jnp.asarray(0, jnp.int32)).compile()
+        for k in range(STEPS):
+            params, state = compiled(params, state, put(a), put(b), jnp.asarray(k, jnp.int32))
+        velocity = state.velocity
+        out[label] = {
+            "digests": digests({"params": params, "velocity": velocity}),
+            "velocity_specs": {k: str(v.sharding.spec) for k, v in velocity.items()},
+            "velocity_w_bytes_per_device": int(velocity["w"].addressable_shards[0].data.nbytes),
+            "velocity_w_devices": sorted(
+                {int(d.process_index) for d in velocity["w"].sharding.device_set}
+            ),
+            "collectives": collectives_in(compiled.as_text()),
+        }
+    report["zero1"] = out
 
 
 def _manager(directory: str) -> Any:

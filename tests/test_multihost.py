@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import inspect
 import json
 import os
 import re
@@ -42,6 +43,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import pytest
 
@@ -59,8 +61,9 @@ RUN_TIMEOUT = 420
 RESUME_TIMEOUT = 240
 DIE_TIMEOUT = 120
 EXAMPLE_TIMEOUT = 300
-# After its peer is killed, the survivor of a collective must exit within this.
+# After its peer is lost, the survivor of a collective must exit within this.
 SURVIVOR_DEADLINE = 30
+HEARTBEAT_TIMEOUT = worker.HEARTBEAT_TIMEOUT
 # The training run against one process: the gradients are all-reduced in
 # another order, so they differ by a few ulps, and 20 steps carry that on.
 TRAIN_RTOL = 1e-5
@@ -282,35 +285,49 @@ def resumed(tmp_path_factory: pytest.TempPathFactory, runs: dict[str, Any]) -> d
     return once(tmp_path_factory, "resume", lambda folder: _resumed(folder, runs))
 
 
+# How a peer is lost: killed (its connections close), or frozen (SIGSTOP: the
+# connections stay open and only the missing heartbeats tell). The frozen case
+# needs heartbeat_timeout_seconds (JAX 0.7 and later; the default is 100 s).
+LOSSES = [("killed", 0), ("killed", 1)]
+if "heartbeat_timeout_seconds" in inspect.signature(jax.distributed.initialize).parameters:
+    LOSSES += [("frozen", 0), ("frozen", 1)]
+
+
 def _deaths(folder: Path) -> dict[str, Any]:
-    """For each victim: kill it while the other waits for it in a collective."""
+    """For each way of losing a process: lose it while the other waits for it in a collective."""
     deadline = time.monotonic() + DIE_TIMEOUT
     outcome: dict[str, Any] = {}
-    with (
-        launched("die", folder / "victim0", processes=2, victim=0) as first,
-        launched("die", folder / "victim1", processes=2, victim=1) as second,
-    ):
-        for launch in (first, second):
+    with contextlib.ExitStack() as stack:
+        pairs = {
+            f"{how}-{victim}": stack.enter_context(
+                launched("die", folder / f"{how}-{victim}", processes=2, victim=victim)
+            )
+            for how, victim in LOSSES
+        }
+        for launch in pairs.values():
             launch.wait_for(["ready-p0", "ready-p1"], deadline)
         time.sleep(1.0)  # the survivors are inside the collective by now
-        for victim, launch in ((0, first), (1, second)):
-            survivor = 1 - victim
-            launch.kill(victim)
-            killed_at = time.monotonic()
-            proc = launch.procs[survivor]
+        lost_at = {}
+        for (how, victim), launch in zip(LOSSES, pairs.values(), strict=True):
+            launch.procs[victim].send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+            lost_at[how, victim] = time.monotonic()
+        for (how, victim), launch in zip(LOSSES, pairs.values(), strict=True):
+            survivor = launch.procs[1 - victim]
             try:
-                proc.wait(timeout=SURVIVOR_DEADLINE)
+                survivor.wait(
+                    timeout=max(lost_at[how, victim] + SURVIVOR_DEADLINE - time.monotonic(), 0.1)
+                )
             except subprocess.TimeoutExpired:
                 launch.kill()
                 raise AssertionError(
-                    f"process {survivor} hung after process {victim} died\n{launch.logs()}"
+                    f"process {1 - victim} hung after process {victim} was {how}\n{launch.logs()}"
                 ) from None
-            report_file = launch.out / f"die-p{survivor}.json"
-            outcome[str(victim)] = {
-                "survivor_exit": proc.returncode,
-                "seconds_to_exit": time.monotonic() - killed_at,
+            report_file = launch.out / f"die-p{1 - victim}.json"
+            outcome[f"{how}-{victim}"] = {
+                "survivor_exit": survivor.returncode,
+                "seconds_to_exit": time.monotonic() - lost_at[how, victim],
                 "report": json.loads(report_file.read_text()) if report_file.exists() else None,
-                "log": launch.log(survivor)[-6000:],
+                "log": launch.log(1 - victim)[-6000:],
             }
     return outcome
 
@@ -403,6 +420,28 @@ def test_training_run_matches_one_process(
         )
 
 
+def test_zero1_across_processes(runs: dict[str, Any]) -> None:
+    """Replicated params, the velocity split over the devices of both processes."""
+    single = runs["single"]["zero1"]
+    for report in runs["multi"]:
+        zero1, replicated = report["zero1"]["zero1"], report["zero1"]["replicated"]
+        # Each of the 8 devices holds 1/8 of the 64x32 buffer; 'odd' (5 rows)
+        # and the counter stay whole.
+        assert zero1["velocity_specs"] == {
+            "w": "P(('data', 'model'),)",
+            "b": "P(('data', 'model'),)",
+            "odd": "P()",
+        }
+        assert zero1["velocity_w_devices"] == [0, 1]
+        assert zero1["velocity_w_bytes_per_device"] * 8 == replicated["velocity_w_bytes_per_device"]
+        assert replicated["velocity_w_bytes_per_device"] == 64 * 32 * 4
+        # The price: an all-gather of the update, now across processes.
+        assert zero1["collectives"] == ["all-gather"]
+        assert replicated["collectives"] == []
+        # The numbers do not change: split or not, two processes or one.
+        assert zero1["digests"] == replicated["digests"] == single["zero1"]["digests"]
+
+
 def test_a_partial_checkpoint_was_on_disk_at_the_kill(runs: dict[str, Any]) -> None:
     assert runs["killed"] == [-signal.SIGKILL, -signal.SIGKILL]
     # Steps 5 and 10 complete; 15 started by both processes, finished by neither.
@@ -452,16 +491,34 @@ def test_workers_emit_no_warnings(runs: dict[str, Any], resumed: dict[str, Any])
         assert report["warnings"] == []
 
 
-@pytest.mark.parametrize("victim", [0, 1], ids=["coordinator_dies", "other_dies"])
-def test_a_dead_peer_fails_the_survivor(deaths: dict[str, Any], victim: int) -> None:
-    """A process killed while the other waits for it in a collective: an error, not a hang."""
-    outcome = deaths[str(victim)]
+@pytest.mark.parametrize(
+    ("how", "victim"), LOSSES, ids=[f"{how}_process_{victim}" for how, victim in LOSSES]
+)
+def test_a_lost_peer_fails_the_survivor(deaths: dict[str, Any], how: str, victim: int) -> None:
+    """A process lost while the other waits for it in a collective: an error, not a hang.
+
+    Process 0 hosts the coordinator, so losing it or the other are different
+    paths through JAX.
+    """
+    outcome = deaths[f"{how}-{victim}"]
     assert outcome["survivor_exit"] != 0
     assert outcome["seconds_to_exit"] < SURVIVOR_DEADLINE
-    report = outcome["report"]
-    if report is not None:
+    report, log = outcome["report"], outcome["log"]
+    if how == "frozen":
+        # The coordination service notices the missing heartbeats and stops
+        # the survivor (SIGABRT) after heartbeat_timeout_seconds.
+        assert outcome["survivor_exit"] == -signal.SIGABRT
+        assert outcome["seconds_to_exit"] > 0.5 * HEARTBEAT_TIMEOUT
+        assert "heartbeat" in log.lower(), log
+    elif report is not None:
+        # The collective raised (gloo saw the connection close); the worker
+        # wrote the error down and exited with status 3.
+        assert outcome["survivor_exit"] == 3
         assert "second_sum" not in report
-        assert "error" in report
+        assert report["error"]
+    else:
+        # Or the coordination service stopped the process first.
+        assert outcome["survivor_exit"] == -signal.SIGABRT, log
 
 
 # --- examples/multihost.py ------------------------------------------------------------------
