@@ -313,55 +313,59 @@ def _update_all(
 ) -> tuple[Any, Any]:
     new_params, new_states = {}, {}
     for case, tx in txs.items():
-        case_grads = grads[case] if grads.keys() == txs.keys() else grads
-        updates, new_states[case] = tx.update(case_grads, states[case], params[case])
+        updates, new_states[case] = tx.update(grads[case], states[case], params[case])
         new_params[case] = optax.apply_updates(params[case], updates)
     return new_params, new_states
 
 
-def fixed_step(txs: dict[str, optax.GradientTransformation]) -> Callable[..., Any]:
-    """The optimizers alone: the step-k gradient is a fixed mix of two random trees."""
+def update_program(txs: dict[str, optax.GradientTransformation], *example: Any) -> Any:
+    """Every case's optimizer update in one compiled program: (params, states, grads).
 
-    def step(params: Any, states: Any, a: Any, b: Any, k: jax.Array) -> Any:
-        kf = k.astype(jnp.float32)
-        c1, c2 = jnp.cos(0.7 * kf), jnp.sin(0.3 * kf + 1.0)
-        grads = jax.tree.map(lambda x, y: c1.astype(x.dtype) * x + c2.astype(y.dtype) * y, a, b)
-        return _update_all(txs, grads, states, params)
-
-    return jax.jit(step, donate_argnums=(0, 1))
-
-
-def train_step(
-    txs: dict[str, optax.GradientTransformation],
-    param_shardings: Any,
-    state_shardings: Any,
-    mesh: jax.sharding.Mesh,
-) -> Callable[..., Any]:
-    """A data-parallel training step, its layouts pinned as in docs/production.md.
-
-    Without ``out_shardings`` XLA may give the outputs other layouts than the
-    inputs had. The cases' gradients come from one vmapped computation, laid
-    out like the params before the updates: a few dozen collectives per step
-    instead of hundreds (each costs milliseconds over gloo).
+    Both runs use it: the fixed run feeds it a fixed sequence of gradients,
+    the training run the gradients of a data-parallel batch. No layout is
+    pinned: the outputs are laid out as XLA propagates the inputs' layouts
+    through the update, and a compiled program refuses inputs laid out
+    otherwise, so a step whose state lost its layout fails the next one.
     """
 
-    def step(params: Any, states: Any, x: jax.Array, y: jax.Array) -> Any:
-        cases = list(txs)
-        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[params[c] for c in cases])
+    def step(params: Any, states: Any, grads: Any) -> Any:
+        return _update_all(txs, grads, states, params)
+
+    return jax.jit(step, donate_argnums=(0, 1)).lower(*example).compile()
+
+
+@jax.jit
+def fixed_gradients(a: Any, b: Any, k: jax.Array) -> Any:
+    """The step-k gradient of the fixed run: a mix of two random trees that changes each step."""
+    kf = k.astype(jnp.float32)
+    c1, c2 = jnp.cos(0.7 * kf), jnp.sin(0.3 * kf + 1.0)
+    return jax.tree.map(lambda x, y: c1.astype(x.dtype) * x + c2.astype(y.dtype) * y, a, b)
+
+
+def per_case(grads: Any) -> dict[str, Any]:
+    return dict.fromkeys(CASES, grads)
+
+
+def gradient_program(param_shardings: Any, mesh: jax.sharding.Mesh) -> Callable[..., Any]:
+    """The loss and gradient of every case on a data-parallel batch, in one program.
+
+    One vmapped computation for all cases, so a step has a few dozen
+    collectives instead of hundreds (each costs milliseconds over gloo). The
+    gradients come out laid out like their params, as the update expects.
+    """
+
+    def gradients(params: Any, x: jax.Array, y: jax.Array) -> Any:
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[params[c] for c in CASES])
         loss, grad = jax.vmap(jax.value_and_grad(loss_fn), in_axes=(0, None, None))(stacked, x, y)
-        losses = {case: loss[i] for i, case in enumerate(cases)}
-        grads = {case: jax.tree.map(lambda g, i=i: g[i], grad) for i, case in enumerate(cases)}
-        grads = jax.lax.with_sharding_constraint(grads, param_shardings)
-        params, states = _update_all(txs, grads, states, params)
-        return params, states, losses
+        grads = {case: jax.tree.map(lambda g, i=i: g[i], grad) for i, case in enumerate(CASES)}
+        return grads, {case: loss[i] for i, case in enumerate(CASES)}
 
     replicated = NamedSharding(mesh, P())
     rows = NamedSharding(mesh, P("data"))
     return jax.jit(
-        step,
-        in_shardings=(param_shardings, state_shardings, rows, rows),
-        out_shardings=(param_shardings, state_shardings, replicated),
-        donate_argnums=(0, 1),
+        gradients,
+        in_shardings=(param_shardings, rows, rows),
+        out_shardings=(param_shardings, replicated),
     )
 
 
@@ -382,13 +386,23 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(x.addressable_data(0))
 
 
-def digests(tree: Any) -> dict[str, str]:
-    """sha256 of each leaf's bytes, with its dtype and shape, by path."""
+def digests(tree: Any) -> dict[str, dict[str, str]]:
+    """sha256 of every shard this process holds, by leaf path and the device's mesh position.
+
+    No collective: each process reads its own devices. The union over the
+    processes covers the whole mesh, as one process with all 8 devices does.
+    (Device ids differ between the two: those of process 1 are offset.)
+    """
     out = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        value = to_host(leaf)
-        digest = hashlib.sha256(value.tobytes()).hexdigest()[:24]
-        out[jax.tree_util.keystr(path)] = f"{value.dtype}{list(value.shape)}:{digest}"
+        positions = {d.id: i for i, d in np.ndenumerate(leaf.sharding.mesh.devices)}
+        shards = {}
+        for shard in leaf.addressable_shards:
+            value = np.asarray(shard.data)
+            digest = hashlib.sha256(value.tobytes()).hexdigest()[:24]
+            where = ",".join(str(i) for i in positions[shard.device.id])
+            shards[where] = f"{value.dtype}{list(value.shape)}:{digest}"
+        out[jax.tree_util.keystr(path)] = shards
     return out
 
 
@@ -441,18 +455,31 @@ def run(spec: dict[str, Any], mesh: jax.sharding.Mesh, report: dict[str, Any]) -
     report["jit_init"] = _problems(states, params, mesh, eager=False)
     clock = _clock(report, "jit_init", clock)
 
-    # Training: a data-parallel batch, gradients all-reduced across the
-    # processes.
-    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    # The optimizers alone, on a fixed sequence of gradients.
+    a, b = _gradient_trees(mesh)
+    update = update_program(txs, params, states, per_case(fixed_gradients(a, b, jnp.int32(0))))
+    report["collectives"] = collectives_in(update.as_text())
+    for k in range(STEPS):
+        params, states = update(params, states, per_case(fixed_gradients(a, b, jnp.int32(k))))
+        if k + 1 == STALL_AT - SAVE_EVERY:  # the last checkpoint before the kill
+            report["fixed_at_checkpoint"] = _per_case(params, states)
+    report["after_fixed"] = _problems(states, params, mesh, eager=False)
+    report["fixed"] = _per_case(params, states)
+    report["initial"] = digests(initial_params(mesh))
+    clock = _clock(report, "fixed_run", clock)
+
+    # Training: a data-parallel batch, the gradients all-reduced across the
+    # processes, the same update program.
+    params = all_params(mesh)
     state_shardings = jax.tree.map(lambda x: x.sharding, states)
-    # An eager init, placed on the mesh as the step expects it (its counters
-    # are uncommitted single-device scalars; as they come back replicated
-    # after the first step, they would cost a second compilation).
+    # An eager init, placed as the compiled update expects it: its step
+    # counters are uncommitted single-device scalars.
     states = jax.device_put(init_all(txs, params), state_shardings)
-    step = train_step(txs, param_shardings, state_shardings, mesh)
+    gradients = gradient_program(jax.tree.map(lambda x: x.sharding, params), mesh)
     losses = []
     for k in range(STEPS):
-        params, states, loss = step(params, states, *batch(k, mesh))
+        grads, loss = gradients(params, *batch(k, mesh))
+        params, states = update(params, states, grads)
         losses.append(loss)  # read at the end: reading each step would stall the pipeline
     report["losses"] = {case: [float(to_host(loss[case])) for loss in losses] for case in CASES}
     report["after_training"] = _problems(states, params, mesh, eager=False)
@@ -464,25 +491,10 @@ def run(spec: dict[str, Any], mesh: jax.sharding.Mesh, report: dict[str, Any]) -
     if jax.process_index() == 0:
         np.savez(Path(spec["out"]) / f"{spec['name']}.npz", **finals)
     clock = _clock(report, "training_run", clock)
-
-    # The optimizers alone, on a fixed sequence of gradients.
-    a, b = _gradient_trees(mesh)
-    params = all_params(mesh)
-    states = init(params)
-    step = fixed_step(txs).lower(params, states, a, b, jnp.asarray(0, jnp.int32)).compile()
-    report["collectives"] = collectives_in(step.as_text())
-    for k in range(STEPS):
-        params, states = step(params, states, a, b, jnp.asarray(k, jnp.int32))
-        if k + 1 == STALL_AT - SAVE_EVERY:  # the last checkpoint before the kill
-            report["fixed_at_checkpoint"] = _per_case(params, states)
-    report["after_fixed"] = _problems(states, params, mesh, eager=False)
-    report["fixed"] = _per_case(params, states)
-    report["initial"] = digests(initial_params(mesh))
-    clock = _clock(report, "fixed_run", clock)
     zero1(mesh, report)
     clock = _clock(report, "zero1", clock)
     if spec.get("checkpoints"):
-        _preempted(spec, report, step, init, (a, b), mesh)
+        _preempted(spec, report, update, init, (a, b), mesh)
 
 
 def zero1(mesh: jax.sharding.Mesh, report: dict[str, Any]) -> None:
@@ -534,11 +546,16 @@ def zero1(mesh: jax.sharding.Mesh, report: dict[str, Any]) -> None:
         for k in range(STEPS):
             params, state = compiled(params, state, put(a), put(b), jnp.asarray(k, jnp.int32))
         velocity = state.velocity
+        final = {"params": params, "velocity": velocity}
         out[label] = {
-            "digests": digests({"params": params, "velocity": velocity}),
+            "digests": digests(final),
+            "whole": {  # the whole arrays (gathered), to compare split with replicated
+                jax.tree_util.keystr(path): hashlib.sha256(to_host(leaf).tobytes()).hexdigest()
+                for path, leaf in jax.tree_util.tree_leaves_with_path(final)
+            },
             "velocity_specs": {k: str(v.sharding.spec) for k, v in velocity.items()},
             "velocity_w_bytes_per_device": int(velocity["w"].addressable_shards[0].data.nbytes),
-            "velocity_w_devices": sorted(
+            "velocity_w_processes": sorted(
                 {int(d.process_index) for d in velocity["w"].sharding.device_set}
             ),
             "collectives": collectives_in(compiled.as_text()),
@@ -578,7 +595,7 @@ def _from_checkpoint_tree(tree: dict[str, Any]) -> tuple[Any, Any]:
 def _preempted(
     spec: dict[str, Any],
     report: dict[str, Any],
-    step: Any,
+    update: Any,
     init: Any,
     gradients: tuple[Any, Any],
     mesh: jax.sharding.Mesh,
@@ -590,7 +607,7 @@ def _preempted(
     states = init(params)
     manager = _manager(spec["checkpoints"])
     for k in range(STEPS):
-        params, states = step(params, states, *gradients, jnp.asarray(k, jnp.int32))
+        params, states = update(params, states, per_case(fixed_gradients(*gradients, jnp.int32(k))))
         done = k + 1
         if done % SAVE_EVERY:
             continue
@@ -605,7 +622,8 @@ def _preempted(
                 _marker(spec, "frozen")
                 os.kill(os.getpid(), signal.SIGSTOP)
             # Process 0 goes on into the next step, and is killed there.
-            params, states = step(params, states, *gradients, jnp.asarray(done, jnp.int32))
+            grads = per_case(fixed_gradients(*gradients, jnp.int32(done)))
+            params, states = update(params, states, grads)
             _marker(spec, "in-next-step")
             time.sleep(3600)
         manager.save(done, args=ocp.args.StandardSave(tree))
@@ -669,9 +687,9 @@ def resume(spec: dict[str, Any], mesh: jax.sharding.Mesh, report: dict[str, Any]
     }
     clock = _clock(report, "restore", clock)
     a, b = _gradient_trees(mesh)
-    step = fixed_step(txs)
+    update = update_program(txs, params, states, per_case(fixed_gradients(a, b, jnp.int32(0))))
     for k in range(first, STEPS):
-        params, states = step(params, states, a, b, jnp.asarray(k, jnp.int32))
+        params, states = update(params, states, per_case(fixed_gradients(a, b, jnp.int32(k))))
     report["fixed"] = _per_case(params, states)
     manager.close()
     _clock(report, "fixed_run", clock)
