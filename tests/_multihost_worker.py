@@ -158,7 +158,7 @@ def initialize(spec: dict[str, Any]) -> dict[str, Any]:
     # (the default is 100 s; the argument exists from JAX 0.7).
     if "heartbeat_timeout_seconds" in accepted:
         kwargs["heartbeat_timeout_seconds"] = HEARTBEAT_TIMEOUT
-    # How long the exit waits for the other processes (from JAX 0.9; 300 s).
+    # How long the exit waits for the other processes (from JAX 0.8.1; 300 s).
     if "shutdown_timeout_seconds" in accepted:
         kwargs["shutdown_timeout_seconds"] = 30
     jax.distributed.initialize(**kwargs)
