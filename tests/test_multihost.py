@@ -470,7 +470,8 @@ def test_a_partial_checkpoint_was_on_disk_at_the_kill(runs: dict[str, Any]) -> N
     # Steps 5 and 10 complete; 15 started by both processes, finished by neither.
     partial = runs["partial"]
     assert partial.startswith(f"{worker.STALL_AT}.")
-    assert runs["at_kill"] == sorted([str(worker.SAVE_EVERY), str(2 * worker.SAVE_EVERY), partial])
+    steps = [name for name in runs["at_kill"] if name[:1].isdigit()]
+    assert sorted(steps) == sorted([str(worker.SAVE_EVERY), str(2 * worker.SAVE_EVERY), partial])
 
 
 def test_resume_takes_the_latest_complete_checkpoint(
