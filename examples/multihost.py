@@ -198,9 +198,10 @@ def join(args: argparse.Namespace) -> None:
     """``jax.distributed.initialize``, with what each supported JAX version needs."""
     import jax
 
-    # Cross-process collectives on CPU: gloo is the default from JAX 0.5.1;
-    # earlier releases default to none.
-    if getattr(jax.config, "jax_cpu_collectives_implementation", None) in (None, "none"):
+    # Collectives across processes on CPU: up to JAX 0.5.0 the default is
+    # 'none' (there are none); from 0.5.1 it is gloo (read as None in some
+    # releases, which then picks gloo). GPUs use NCCL and need nothing.
+    if jax.config.values.get("jax_cpu_collectives_implementation") in (None, "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if args.cluster:
         jax.distributed.initialize()
@@ -279,7 +280,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     first = 0
     latest = manager.latest_step()
     if latest is not None:
-        # The target gives structure, dtypes and shardings; nothing is allocated.
+        # The target: the structure, dtypes and shardings of the state built above.
         target = jax.tree.map(
             lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
             {"params": params, "opt_state": opt_state},

@@ -3,38 +3,40 @@
 ``python tests/_multihost_worker.py SPEC`` runs one process; ``SPEC`` is a JSON
 object (inline, or ``@path`` to a file holding it)::
 
-    {"task": "train" | "preempt" | "resume" | "die",
+    {"task": "run" | "resume" | "die", "name": "run",
      "process_id": 0, "num_processes": 2, "port": 12345,
-     "out": "DIR",           # reports and marker files
-     "checkpoints": "DIR"}   # preempt and resume only
+     "out": "DIR",           # reports (<name>-p<id>.json) and marker files
+     "checkpoints": "DIR",   # run (then preempted) and resume
+     "victim": 1}            # die
 
 With ``num_processes`` 1 it runs alone (the single-process reference, on 8
 devices); otherwise it joins the others through ``jax.distributed.initialize``
 on 127.0.0.1. Every process sees the same 2x4 ``('data', 'model')`` mesh of 8
 devices, each process holding 4: ``'data'`` spans the processes, ``'model'``
-stays within one. The params are laid out across processes (``w1``), within
-one (``w2``), both ways (``w3``) and replicated (the small ones).
+stays within one. The params are split across the processes (``w1``), within
+each (``w2``), both ways (``w3``), and replicated (the small ones).
 
-Tasks, for each public transform and preset in both layouts (``CASES``):
+Every public transform and preset runs in both layouts (``CASES``), all of
+them in each compiled program (one compilation instead of twenty).
 
-* ``train``: init eagerly and under ``jax.jit`` and record every state leaf
-  whose sharding is not its param's; then two runs of ``STEPS`` jitted,
-  donated steps. The *fixed* run feeds a fixed sequence of gradients (the
-  optimizer alone, so any difference between topologies is the optimizer's);
-  the *training* run trains a small model on a data-parallel batch. Writes
-  ``train-p<id>.json`` (digests of every final leaf, problems found) and, from
-  process 0, ``train.npz`` (the training run's final params).
-* ``preempt``: the fixed run with an ``ocp.CheckpointManager`` saving every
-  ``SAVE_EVERY`` steps. At ``STALL_AT`` process 1 writes ``stalled-p1`` and
-  sleeps instead of saving, so process 0 starts a checkpoint that cannot be
-  completed; it writes ``saving-p0`` and waits. The test kills both.
-* ``resume``: a fresh process restores the latest complete checkpoint into an
-  abstract target (``jax.eval_shape`` plus the shardings of the jitted
-  ``init``), finishes the fixed run and writes ``resume-p<id>.json``.
-* ``die``: a psum across the processes; then process ``victim`` writes
-  ``ready-p<id>`` and sleeps (the test kills it) while the other writes
-  ``ready-p<id>`` and waits in the next psum. The survivor writes
-  ``die-p<id>.json`` with the error JAX raised, and exits with status 3.
+* ``run``: init eagerly and under ``jax.jit``, recording every state leaf not
+  laid out as documented; ``STEPS`` donated steps of one compiled update on a
+  fixed gradient sequence (the optimizer alone: any difference between
+  topologies would be the optimizer's), digests of every shard; a training
+  run of ``STEPS`` steps on a data-parallel batch through the same update
+  (final params in ``<name>.npz``); ZeRO-1 with a replicated and a split
+  velocity. With ``checkpoints``, the fixed run again with an
+  ``ocp.CheckpointManager`` saving every ``SAVE_EVERY`` steps: both processes
+  start the checkpoint of ``STALL_AT``, process 1 freezes itself (SIGSTOP) and
+  process 0 goes on into the next step, writing the markers ``frozen-p1`` and
+  ``in-next-step-p0``; the test kills both there. The report is written before.
+* ``resume``: new processes restore the latest complete checkpoint into an
+  abstract target (``jax.eval_shape`` plus the shardings of the compiled
+  ``jax.jit(init)``) and finish the fixed run.
+* ``die``: a sum across the processes; then both write ``ready-p<id>``,
+  process ``victim`` sleeps (the test kills or freezes it) and the other waits
+  for it in the next sum. If that raises, the survivor writes the error in its
+  report and exits with status 3.
 
 A report lists problems as strings; the assertions live in the test module.
 """
@@ -47,6 +49,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -140,9 +143,10 @@ def initialize(spec: dict[str, Any]) -> dict[str, Any]:
 
     Returns the keyword arguments used (for the report).
     """
-    # CPU collectives across processes: gloo is the default from JAX 0.5.1;
-    # from 0.4.27 to 0.5.0 the default was 'none' (no cross-process collectives).
-    if getattr(jax.config, "jax_cpu_collectives_implementation", None) in (None, "none"):
+    # CPU collectives across processes: up to JAX 0.5.0 the default is 'none'
+    # (no collectives across processes); from 0.5.1 it is gloo (read as None
+    # in some releases, which then picks gloo).
+    if jax.config.values.get("jax_cpu_collectives_implementation") in (None, "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     address = f"127.0.0.1:{spec['port']}"
     kwargs: dict[str, Any] = {
@@ -164,7 +168,7 @@ def initialize(spec: dict[str, Any]) -> dict[str, Any]:
     jax.distributed.initialize(**kwargs)
     return {key: value for key, value in kwargs.items() if key.endswith("seconds")} | {
         "initialization_timeout": 60,
-        "cpu_collectives": str(jax.config.jax_cpu_collectives_implementation),
+        "cpu_collectives": jax.config.values.get("jax_cpu_collectives_implementation"),
     }
 
 
@@ -730,7 +734,20 @@ def _write(spec: dict[str, Any], report: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def _exit_with_the_parent() -> None:
+    """Leave when the process that started this one is gone (a test run killed outright)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main() -> None:
+    _exit_with_the_parent()
     argument = sys.argv[1]
     spec = json.loads(Path(argument[1:]).read_text() if argument.startswith("@") else argument)
     spec.setdefault("name", spec["task"])

@@ -350,6 +350,7 @@ def test_the_processes_form_one_mesh(runs: dict[str, Any]) -> None:
         assert report["local_device_count"] == 4
         # 'data' spans the processes, 'model' stays within one.
         assert report["mesh_processes"] == [[0, 0, 0, 0], [1, 1, 1, 1]]
+        assert report["setup"]["cpu_collectives"] == "gloo"
     single = runs["single"]
     assert (single["process_count"], single["device_count"]) == (1, 8)
 
