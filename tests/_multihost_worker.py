@@ -457,6 +457,9 @@ def run(spec: dict[str, Any], mesh: jax.sharding.Mesh, report: dict[str, Any]) -
     init = jax.jit(lambda p: init_all(txs, p))
     states = init(params)
     report["jit_init"] = _problems(states, params, mesh, eager=False)
+    # The check can fail: a replicated velocity is wrong for the three split params.
+    wrong = jax.device_put(states["momentum/per_leaf"], NamedSharding(mesh, P()))
+    report["detector"] = sharding_problems(wrong, params["momentum/per_leaf"], mesh, eager=False)
     clock = _clock(report, "jit_init", clock)
 
     # The optimizers alone, on a fixed sequence of gradients.

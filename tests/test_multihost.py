@@ -371,6 +371,13 @@ def test_jitted_init_mirrors_param_sharding(runs: dict[str, Any], case: str) -> 
         assert report["jit_init"][case] == []
 
 
+def test_the_layout_check_can_fail(runs: dict[str, Any]) -> None:
+    for report in runs["multi"]:
+        problems = report["detector"]
+        assert len(problems) == 3
+        assert all(any(f"['{name}']" in p for p in problems) for name in ("w1", "w2", "w3"))
+
+
 def test_the_update_needs_no_communication(runs: dict[str, Any]) -> None:
     # One compiled program steps every case; elementwise, so each device
     # updates its own shards and no process waits for the other.
