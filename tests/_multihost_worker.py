@@ -326,16 +326,22 @@ def update_program(txs: dict[str, optax.GradientTransformation], *example: Any) 
     """Every case's optimizer update in one compiled program: (params, states, grads).
 
     Both runs use it: the fixed run feeds it a fixed sequence of gradients,
-    the training run the gradients of a data-parallel batch. No layout is
-    pinned: the outputs are laid out as XLA propagates the inputs' layouts
-    through the update, and a compiled program refuses inputs laid out
-    otherwise, so a step whose state lost its layout fails the next one.
+    the training run the gradients of a data-parallel batch. From JAX 0.10 on
+    no layout is pinned: the outputs are laid out as XLA propagates the
+    inputs' layouts through the update, and a compiled program refuses inputs
+    laid out otherwise, so a step whose state lost its layout fails the next
+    one. The partitioner of JAX 0.4.35 lays out some updated params split on
+    both mesh axes across processes (a valid layout, but not their own); there
+    the outputs are pinned to the inputs' layouts.
     """
 
     def step(params: Any, states: Any, grads: Any) -> Any:
         return _update_all(txs, grads, states, params)
 
-    return jax.jit(step, donate_argnums=(0, 1)).lower(*example).compile()
+    options: dict[str, Any] = {}
+    if tuple(int(part) for part in jax.__version__.split(".")[:2]) < (0, 10):
+        options["out_shardings"] = jax.tree.map(lambda x: x.sharding, tuple(example[:2]))
+    return jax.jit(step, donate_argnums=(0, 1), **options).lower(*example).compile()
 
 
 @jax.jit

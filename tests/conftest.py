@@ -6,7 +6,8 @@ Keras runs on the JAX backend (no TensorFlow needed).
 run, so every test must really execute. A CI leg that cannot install a
 reference framework names it in ``MOMENTUM_JAX_ALLOWED_SKIPS``: ``torch`` on
 Pythons with no CPU build of it here, ``flax<0.11`` where pip can only
-install Flax 0.10 (Python 3.10 and jax below 0.6). Skips are then accepted
+install Flax 0.10 (Python 3.10 and jax below 0.6), ``multihost`` where the
+orbax beside the floor JAX cannot checkpoint from several processes. Skips are then accepted
 only when their reason is exactly that.
 """
 
@@ -22,6 +23,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 _ALLOWED_REASONS = {
     "torch": "could not import 'torch'",
     "flax<0.11": "needs flax>=0.11 for nnx.Optimizer.update(model, grads)",
+    "multihost": "orbax's multi-process checkpoints need jax's DistributedRuntimeClient",
 }
 
 
