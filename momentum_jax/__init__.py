@@ -25,6 +25,8 @@ dtype (:class:`PackedState`), an option for GPUs and models with many small
 arrays. Both layouts give the same numbers.
 """
 
+from optax import ScalarOrSchedule as ScalarOrSchedule
+
 from momentum_jax import compat as compat
 from momentum_jax import schedules as schedules
 from momentum_jax._src._core import MomentumState as MomentumState
@@ -37,7 +39,6 @@ from momentum_jax._src._layout import Slot as Slot
 from momentum_jax._src._restore import restore_state as restore_state
 from momentum_jax._src._rounding import StochasticRoundParamsState as StochasticRoundParamsState
 from momentum_jax._src._rounding import stochastic_round_params as stochastic_round_params
-from momentum_jax._src._validation import ScalarOrSchedule as ScalarOrSchedule
 from momentum_jax._src._variants import AggMoState as AggMoState
 from momentum_jax._src._variants import QHMState as QHMState
 from momentum_jax._src._variants import aggmo as aggmo

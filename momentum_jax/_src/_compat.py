@@ -8,22 +8,18 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
-from momentum_jax._src import _core, _kernels, _layout, _rounding, _tree
-from momentum_jax._src import _validation as _check
-from momentum_jax._src._validation import ScalarOrSchedule
+from momentum_jax._src import _core, _tree
+from momentum_jax._src._skeleton import hyper, scale_by_learning_rate
+from momentum_jax._src._validation import caller, is_python_zero, public
 
 
 def _checked(
-    fn_name: str, inner: optax.GradientTransformation, needs_params: tuple[str, Any] | None = None
+    inner: optax.GradientTransformation, needs_params: bool = False
 ) -> optax.GradientTransformationExtraArgs:
-    """``inner`` (an optax stage), with our checks of the gradients and params.
-
-    ``needs_params`` names the argument, and its value, that makes ``inner``
-    read the params; ``update`` then refuses ``params=None``.
-    """
+    """``inner``, a stage before any buffer, after a check of the gradients against the params."""
+    name = caller()
 
     def update_fn(
         updates: optax.Updates,
@@ -32,42 +28,62 @@ def _checked(
         **extra_args: Any,
     ) -> tuple[optax.Updates, optax.OptState]:
         del extra_args
-        if params is None and needs_params is not None:
-            raise _check.needs_params_error(fn_name, *needs_params)
-        # This stage comes before any buffer: the gradients are checked against
-        # the params, with no gradient expected where a param does not train.
-        reference = updates if params is None else _tree.trainable_only(params)
-        _tree.check_tree(fn_name, updates, reference, against="the params have")
+        if params is not None:
+            _tree.check_tree(
+                updates, jax.tree.map(lambda p: p if _tree.trains(p) else None, params)
+            )
+        elif needs_params:
+            raise ValueError(
+                f"{name}: weight_decay needs the params: call update(g, state, params)."
+            )
         return inner.update(updates, state, params)
 
     return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
 
+def _per_array(fn: Any, updates: Any, params: Any) -> Any:
+    return jax.tree.map(
+        lambda u, p: None if u is None else fn(u, p).astype(u.dtype),
+        updates,
+        params,
+        is_leaf=_tree.is_none,
+    )
+
+
+def _coupled_weight_decay(weight_decay: Any) -> optax.GradientTransformationExtraArgs:
+    """``g + weight_decay * theta`` in the gradient's dtype, as PyTorch adds it in place."""
+
+    def update(updates: Any, state: Any, params: Any) -> Any:
+        decay = hyper(weight_decay, None)
+        return _per_array(lambda g, p: g + decay * p, updates, params), state
+
+    return _checked(optax.GradientTransformation(lambda _: optax.EmptyState(), update), True)
+
+
 def _decoupled_weight_decay(
-    fn_name: str, learning_rate: ScalarOrSchedule, weight_decay: Any
+    learning_rate: Any, weight_decay: Any
 ) -> optax.GradientTransformationExtraArgs:
-    # Keras 3 shrinks the variable by lr*wd*theta before its momentum step. That
-    # step depends only on the gradient, so the shrink can be added to the
-    # update it produces (this transform goes last in the chain).
-    def init_fn(params: optax.Params) -> optax.ScaleByScheduleState:
-        del params
-        return optax.ScaleByScheduleState(count=_tree.zero_count())
+    """Keras 3's ``theta -= lr * wd * theta`` before its momentum step, added to the update.
 
-    def shrink(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
-        state = _tree.check_state(fn_name, state, optax.ScaleByScheduleState, updates)
-        lr = _check.evaluate(fn_name, "learning_rate", learning_rate, state.count)
-        updates = _tree.map_buffers(
-            lambda u, p: _kernels.cast(u - lr * weight_decay * p, u.dtype), updates, params
-        )
-        return updates, optax.ScaleByScheduleState(_tree.safe_increment(state.count))
+    The momentum step depends only on the gradient, so the shrink can be added to the
+    update it produces (this stage goes last in the chain).
+    """
 
-    decay = optax.GradientTransformation(init_fn, shrink)
-    return _checked(fn_name, decay, needs_params=("weight_decay", weight_decay))
+    def init(params: Any) -> optax.ScaleByScheduleState:
+        return optax.ScaleByScheduleState(jax.numpy.zeros([], "int32"))
+
+    def update(updates: Any, state: Any, params: Any) -> Any:
+        lr, decay = hyper(learning_rate, state.count), hyper(weight_decay, None)
+        new = optax.ScaleByScheduleState(optax.safe_increment(state.count))
+        return _per_array(lambda u, p: u - lr * decay * p, updates, params), new
+
+    return _checked(optax.GradientTransformation(init, update), True)
 
 
+@public("momentum_jax.compat.torch_sgd")
 def torch_sgd(
-    lr: ScalarOrSchedule,
-    momentum: ScalarOrSchedule = 0.0,
+    lr: optax.ScalarOrSchedule,
+    momentum: optax.ScalarOrSchedule = 0.0,
     dampening: float | jax.Array = 0.0,
     weight_decay: float | jax.Array = 0.0,
     nesterov: bool = False,
@@ -94,7 +110,10 @@ def torch_sgd(
     ``optimizer.step()`` counted from 0 (a ``LambdaLR(opt, f)`` stepped after
     each ``optimizer.step()`` is ``lambda k: base_lr * f(k)``).
 
-    With a Python ``momentum=0`` no buffer is kept, as in PyTorch, and with a
+    At a step whose momentum is 0 (a schedule's value, or one injected with
+    ``optax.inject_hyperparams``) the buffer is left as it is and the step is
+    plain SGD; the buffer starts, undamped, at the first step whose momentum
+    is not 0, as in PyTorch. With a Python ``momentum=0`` no buffer is kept, and with a
     Python ``weight_decay=0`` no decay stage. The chain's stages depend only on
     such Python values and flags, never on array values: under
     ``optax.inject_hyperparams`` (which passes arrays) every stage is kept,
@@ -137,37 +156,14 @@ def torch_sgd(
     References:
       `torch.optim.SGD <https://pytorch.org/docs/stable/generated/torch.optim.SGD.html>`_.
     """
-    name = "momentum_jax.compat.torch_sgd"
-    _check.check_learning_rate(name, lr, arg="lr")
-    mu = _check.check_momentum(name, momentum)
-    tau = _check.check_dampening(name, dampening)
-    _check.check_weight_decay(name, weight_decay)
-    nesterov = _check.check_bool(name, "nesterov", nesterov)
-    maximize = _check.check_bool(name, "maximize", maximize)
-    _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
-    _rounding.rounding(name, stochastic_rounding, seed)
-    layout = _layout.check_layout(name, layout)
-    if nesterov and ((mu is not None and mu <= 0.0) or (tau is not None and tau != 0.0)):
-        raise ValueError(
-            f"{name}: nesterov=True requires momentum > 0 and dampening = 0, as in "
-            f"torch.optim.SGD; got momentum={momentum!r}, dampening={dampening!r}."
-        )
-    # Stages depend on Python types and flags only, never on array values, so
-    # optax.inject_hyperparams builds the same chain at init and under jit.
-    parts: list[optax.GradientTransformation] = []
-    if maximize:
-        parts.append(optax.scale(-1.0))
-    if not _check.is_python_zero(weight_decay):
-        decay = optax.add_decayed_weights(weight_decay)
-        parts.append(_checked(name, decay, needs_params=("weight_decay", weight_decay)))
-    if not _check.is_python_zero(momentum):
-        if not isinstance(momentum, int | float) and not callable(momentum):
-            # PyTorch ignores dampening when momentum is 0; an array momentum
-            # (inject_hyperparams) keeps the buffer, so drop the dampening there.
-            dampening = jnp.where(jnp.asarray(momentum) == 0, 0.0, dampening)
+    if nesterov and (_concrete(momentum, lambda mu: mu <= 0) or not is_python_zero(dampening)):
+        raise ValueError(f"{caller()}: nesterov=True needs momentum > 0 and dampening=0.")
+    parts: list[Any] = [optax.scale(-1.0)] if maximize else []
+    if not is_python_zero(weight_decay):
+        parts.append(_coupled_weight_decay(weight_decay))
+    if not is_python_zero(momentum):
         parts.append(
             _core.gradient_buffer(
-                name,
                 momentum,
                 nesterov=nesterov,
                 dampening=dampening,
@@ -175,16 +171,18 @@ def torch_sgd(
                 stochastic_rounding=stochastic_rounding,
                 seed=seed,
                 layout=layout,
+                torch_zero_momentum=type(momentum) not in (int, float),
             )
         )
-    scale = optax.scale_by_learning_rate(_check.checked_schedule(name, "lr", lr))
-    parts.append(scale if len(parts) > int(maximize) else _checked(name, scale))
+    scale = scale_by_learning_rate(lr)
+    parts.append(scale if len(parts) > int(maximize) else _checked(scale))
     return optax.chain(*parts)
 
 
+@public("momentum_jax.compat.keras_sgd")
 def keras_sgd(
-    learning_rate: ScalarOrSchedule = 0.01,
-    momentum: ScalarOrSchedule = 0.0,
+    learning_rate: optax.ScalarOrSchedule = 0.01,
+    momentum: optax.ScalarOrSchedule = 0.0,
     nesterov: bool = False,
     *,
     weight_decay: float | jax.Array | None = None,
@@ -245,47 +243,31 @@ def keras_sgd(
     References:
       `keras.optimizers.SGD <https://keras.io/api/optimizers/sgd/>`_.
     """
-    name = "momentum_jax.compat.keras_sgd"
-    _check.check_learning_rate(name, learning_rate)
-    _check.check_momentum(name, momentum)
-    nesterov = _check.check_bool(name, "nesterov", nesterov)
-    if weight_decay is not None:
-        _check.check_weight_decay(name, weight_decay)
-    _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
-    _rounding.rounding(name, stochastic_rounding, seed)
-    layout = _layout.check_layout(name, layout)
-    step: optax.GradientTransformation
-    if _check.is_python_zero(momentum):
+    if is_python_zero(momentum):
         # Keras keeps no momentum variable then; neither do we. (An array zero,
         # as inject_hyperparams passes, keeps the velocity: same numbers.)
-        step = _checked(
-            name,
-            optax.scale_by_learning_rate(
-                _check.checked_schedule(name, "learning_rate", learning_rate)
-            ),
-        )
+        parts = [_checked(scale_by_learning_rate(learning_rate))]
     else:
-        step = _core.heavy_ball(
-            name,
-            learning_rate,
-            momentum,
-            nesterov=nesterov,
-            weight_decay=0.0,
-            accumulator_dtype=accumulator_dtype,
-            stochastic_rounding=stochastic_rounding,
-            seed=seed,
-            layout=layout,
-        )
-    if weight_decay is None or _check.is_python_zero(weight_decay):
-        return optax.chain(step)
-    # The decay term is added to the finished momentum update: it must not
-    # enter the velocity, and the momentum step depends on the gradient alone.
-    return optax.chain(step, _decoupled_weight_decay(name, learning_rate, weight_decay))
+        parts = [
+            _core.momentum(
+                learning_rate,
+                momentum,
+                nesterov=nesterov,
+                accumulator_dtype=accumulator_dtype,
+                stochastic_rounding=stochastic_rounding,
+                seed=seed,
+                layout=layout,
+            )
+        ]
+    if not (weight_decay is None or is_python_zero(weight_decay)):
+        parts.append(_decoupled_weight_decay(learning_rate, weight_decay))
+    return optax.chain(*parts)
 
 
+@public("momentum_jax.compat.tf1_momentum")
 def tf1_momentum(
-    learning_rate: ScalarOrSchedule,
-    momentum: ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: optax.ScalarOrSchedule,
     *,
     use_nesterov: bool = False,
     accumulator_dtype: Any | None = None,
@@ -339,13 +321,8 @@ def tf1_momentum(
       `tf.compat.v1.train.MomentumOptimizer
       <https://www.tensorflow.org/api_docs/python/tf/compat/v1/train/MomentumOptimizer>`_.
     """
-    name = "momentum_jax.compat.tf1_momentum"
-    _check.check_learning_rate(name, learning_rate)
-    _check.check_momentum(name, momentum)
-    use_nesterov = _check.check_bool(name, "use_nesterov", use_nesterov)
     return optax.chain(
         _core.gradient_buffer(
-            name,
             momentum,
             nesterov=use_nesterov,
             dampening=0.0,
@@ -354,5 +331,9 @@ def tf1_momentum(
             seed=seed,
             layout=layout,
         ),
-        optax.scale_by_learning_rate(_check.checked_schedule(name, "learning_rate", learning_rate)),
+        scale_by_learning_rate(learning_rate),
     )
+
+
+def _concrete(value: Any, test: Any) -> bool:
+    return isinstance(value, int | float) and bool(test(value))

@@ -1,4 +1,4 @@
-"""Heavy-ball and Nesterov momentum as optax gradient transformations."""
+"""Heavy-ball and Nesterov momentum: the update rules, in the equations of their docstrings."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax._src import _kernels, _layout, _rounding, _tree
-from momentum_jax._src import _validation as _check
-from momentum_jax._src._validation import ScalarOrSchedule
+from momentum_jax._src._layout import with_layout
+from momentum_jax._src._skeleton import buffer_transform, hyper
+from momentum_jax._src._validation import is_python_zero, public
 
 
 class MomentumState(NamedTuple):
@@ -29,9 +29,27 @@ class MomentumState(NamedTuple):
     velocity: Any  # pytree shaped like params
 
 
+class TorchMomentumState(NamedTuple):
+    """State of the buffer of :func:`momentum_jax.compat.torch_sgd` when its momentum
+    may be 0 at some steps (a schedule, or an injected value) and its dampening is not
+    a Python 0: PyTorch starts its buffer, undamped, at the first step whose momentum
+    is not 0, which ``started`` records.
+
+    Attributes:
+      count: number of updates done so far. ``shape=(), dtype=int32``.
+      velocity: the momentum buffer, as in :class:`momentum_jax.MomentumState`.
+      started: whether any update so far had a momentum other than 0. ``shape=(), dtype=bool``.
+    """
+
+    count: jax.Array  # type: ignore[assignment]  # shape=(), dtype=int32
+    velocity: Any  # pytree shaped like params
+    started: jax.Array  # shape=(), dtype=bool
+
+
+@public("momentum_jax.momentum")
 def momentum(
-    learning_rate: ScalarOrSchedule,
-    momentum: ScalarOrSchedule = 0.9,
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: optax.ScalarOrSchedule = 0.9,
     *,
     nesterov: bool = False,
     weight_decay: float | jax.Array = 0.0,
@@ -77,7 +95,10 @@ def momentum(
     inject only the learning rate, e.g. with
     ``optax.inject_hyperparams(momentum_jax.nesterov, static_args=("momentum",))``).
 
-    Integer and boolean leaves do not train (see :mod:`momentum_jax`).
+    Integer and boolean leaves do not train (see :mod:`momentum_jax`). A
+    hyperparameter that cannot be checked when the transform is built (a
+    traced array, a schedule's value) and lies outside its range makes the
+    update NaN, which ``optax.apply_if_finite`` skips.
 
     Args:
       learning_rate: the step size :math:`\alpha_t` (``>= 0``), or a schedule.
@@ -131,97 +152,43 @@ def momentum(
       and momentum in deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_,
       ICML 2013.
     """
-    return heavy_ball(
-        "momentum_jax.momentum",
-        learning_rate,
-        momentum,
-        nesterov=nesterov,
+
+    def coefficients(state: MomentumState) -> tuple[Any, Any, Any]:
+        mu = hyper(momentum, state.count, 1.0)
+        # Nesterov looks one step ahead: mu_{t+1} is the schedule at the next count.
+        ahead = (
+            hyper(momentum, optax.safe_increment(state.count), 1.0) if callable(momentum) else mu
+        )
+        return hyper(learning_rate, state.count), mu, ahead
+
+    def velocity(c: Any, g: jax.Array, v: jax.Array) -> jax.Array:
+        lr, mu, _ = c
+        return mu * v + lr * g
+
+    def update(c: Any, g: jax.Array, v: jax.Array) -> jax.Array:
+        lr, _, mu_next = c
+        return -(mu_next * v + lr * g) if nesterov else -v
+
+    block = buffer_transform(
+        MomentumState,
+        coefficients,
+        velocity,
+        update,
         weight_decay=weight_decay,
         accumulator_dtype=accumulator_dtype,
         stochastic_rounding=stochastic_rounding,
         seed=seed,
-        layout=layout,
     )
+    return with_layout(block, layout)
 
 
-def heavy_ball(
-    name: str,
-    learning_rate: ScalarOrSchedule,
-    momentum: ScalarOrSchedule,
-    *,
-    nesterov: bool,
-    weight_decay: float | jax.Array,
-    accumulator_dtype: Any | None,
-    stochastic_rounding: bool = False,
-    seed: int | jax.Array = 0,
-    layout: str,
-) -> optax.GradientTransformationExtraArgs:
-    """:func:`momentum`, with ``name`` (the function the user called) in its errors."""
-    _check.check_learning_rate(name, learning_rate)
-    _check.check_momentum(name, momentum)
-    nesterov = _check.check_bool(name, "nesterov", nesterov)
-    _check.check_weight_decay(name, weight_decay)
-    dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
-    rounding = _rounding.rounding(name, stochastic_rounding, seed)
-    layout = _layout.check_layout(name, layout)
-    # Only a Python zero removes the decay term: an array (which is what
-    # optax.inject_hyperparams passes, concrete at init and traced under jit)
-    # keeps it, so the computation never depends on a hyperparameter's value.
-    use_decay = not (isinstance(weight_decay, int | float) and weight_decay == 0)
-
-    def step(updates: Any, state: MomentumState, params: Any, store: Any) -> tuple[Any, Any]:
-        if use_decay:
-            if params is None:
-                raise _check.needs_params_error(name, "weight_decay", weight_decay)
-            updates = _kernels.coupled_weight_decay(updates, params, weight_decay)
-        lr = _kernels.Scalar(_check.evaluate(name, "learning_rate", learning_rate, state.count))
-        mu = _kernels.Scalar(_check.evaluate(name, "momentum", momentum, state.count))
-        # The learning rate multiplies only the new gradient, so a schedule never
-        # rescales the history already in the velocity (Sutskever et al., 2013).
-        if nesterov:
-            mu_next = (
-                _check.evaluate(name, "momentum", momentum, _tree.safe_increment(state.count))
-                if callable(momentum)
-                else mu.value
-            )
-            # lr * g is computed once per array and shared by the velocity and the
-            # look-ahead; -mu_next once per step. Fewer operations per array is
-            # less for XLA to compile in models with thousands of arrays.
-            terms = _tree.map_buffers(
-                lambda g, v: _kernels.scaled(g, v, lr), updates, state.velocity
-            )
-            velocity = store(
-                _tree.map_buffers(
-                    lambda t, v: _kernels.decay_add_term(t, v, mu), terms, state.velocity
-                )
-            )
-            neg_mu_next = _kernels.Scalar(-mu_next)
-            out = _tree.map_buffers(
-                lambda g, t, v: _kernels.negated_look_ahead(t, v, neg_mu_next, g.dtype),
-                updates,
-                terms,
-                velocity,
-            )
-        else:
-            velocity = store(
-                _tree.map_buffers(
-                    lambda g, v: _kernels.decay_add(g, v, mu, lr), updates, state.velocity
-                )
-            )
-            minus_one = _kernels.Scalar(-1.0)
-            out = _tree.map_buffers(
-                lambda g, v: _kernels.negate(v, g.dtype, minus_one), updates, velocity
-            )
-        return out, velocity
-
-    return _tree.buffer_block(
-        name, MomentumState, step, dtype=dtype, layout=layout, rounding=rounding
-    )
+_momentum = momentum
 
 
+@public("momentum_jax.nesterov")
 def nesterov(
-    learning_rate: ScalarOrSchedule,
-    momentum: ScalarOrSchedule = 0.9,
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: optax.ScalarOrSchedule = 0.9,
     *,
     weight_decay: float | jax.Array = 0.0,
     accumulator_dtype: Any | None = None,
@@ -275,10 +242,7 @@ def nesterov(
       and momentum in deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_,
       ICML 2013.
     """
-    # Keyword arguments are spelled out (not **kwargs) so that
-    # optax.inject_hyperparams can bind and inject them.
-    return heavy_ball(
-        "momentum_jax.nesterov",
+    return _momentum(
         learning_rate,
         momentum,
         nesterov=True,
@@ -290,8 +254,9 @@ def nesterov(
     )
 
 
+@public("momentum_jax.scale_by_momentum")
 def scale_by_momentum(
-    momentum: ScalarOrSchedule = 0.9,
+    momentum: optax.ScalarOrSchedule = 0.9,
     *,
     nesterov: bool = False,
     dampening: float | jax.Array = 0.0,
@@ -350,8 +315,11 @@ def scale_by_momentum(
       learning library <https://arxiv.org/abs/1912.01703>`_, 2019
       (``torch.optim.SGD``).
     """
+    if nesterov and not is_python_zero(dampening):
+        raise ValueError(
+            f"momentum_jax.scale_by_momentum: nesterov=True needs dampening=0, got {dampening!r}."
+        )
     return gradient_buffer(
-        "momentum_jax.scale_by_momentum",
         momentum,
         nesterov=nesterov,
         dampening=dampening,
@@ -363,50 +331,60 @@ def scale_by_momentum(
 
 
 def gradient_buffer(
-    name: str,
-    momentum: ScalarOrSchedule,
+    momentum: Any,
     *,
     nesterov: bool,
-    dampening: float | jax.Array,
-    accumulator_dtype: Any | None,
-    stochastic_rounding: bool = False,
-    seed: int | jax.Array = 0,
+    dampening: Any,
+    accumulator_dtype: Any,
+    stochastic_rounding: bool,
+    seed: Any,
     layout: str,
+    torch_zero_momentum: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """:func:`scale_by_momentum`, with ``name`` (the function the user called) in its errors."""
-    _check.check_momentum(name, momentum)
-    nesterov = _check.check_bool(name, "nesterov", nesterov)
-    tau = _check.check_dampening(name, dampening)
-    _check.check_nesterov_dampening(name, nesterov, tau, dampening)
-    dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
-    rounding = _rounding.rounding(name, stochastic_rounding, seed)
-    layout = _layout.check_layout(name, layout)
-    # With no dampening, b_1 = mu*0 + g_1 = g_1 already; only a possibly
-    # non-zero dampening (any array, even a zero one) needs the first-step rule.
-    needs_first_step_rule = not (isinstance(dampening, int | float) and dampening == 0)
+    """:func:`scale_by_momentum`'s rule; with ``torch_zero_momentum``, PyTorch's at momentum 0.
 
-    def step(updates: Any, state: MomentumState, params: Any, store: Any) -> tuple[Any, Any]:
-        del params
-        mu = _kernels.Scalar(_check.evaluate(name, "momentum", momentum, state.count))
-        damping: Any = None
-        if needs_first_step_rule:
-            # On the first step mu*b is mu*0, so a damping of 1 gives b_1 = g_1.
-            damping = _kernels.Scalar(
-                jnp.where(state.count == 0, 1.0, 1.0 - jnp.asarray(dampening))
-            )
-        buffer = store(
-            _tree.map_buffers(
-                lambda g, b: _kernels.decay_add(g, b, mu, damping), updates, state.velocity
-            )
-        )
-        if nesterov:
-            out = _tree.map_buffers(
-                lambda g, b: _kernels.decay_add(g, b, mu, dtype=g.dtype), updates, buffer
-            )
-        else:
-            out = _tree.map_buffers(lambda g, b: _kernels.cast(b, g.dtype), updates, buffer)
-        return out, buffer
+    ``torch.optim.SGD`` leaves its buffer alone at a step whose momentum is 0
+    (the output is then the gradient) and starts it, undamped, at the first
+    step whose momentum is not 0.
+    """
+    # b_1 = g_1: the first step (with torch's rule, the first with momentum) is undamped.
+    damped = not is_python_zero(dampening)
+    started = torch_zero_momentum and damped
 
-    return _tree.buffer_block(
-        name, MomentumState, step, dtype=dtype, layout=layout, rounding=rounding
+    def coefficients(state: Any) -> tuple[Any, ...]:
+        mu = hyper(momentum, state.count, 1.0)
+        scale = None
+        if damped:
+            fresh = (state.count == 0) | (~state.started if started else False)
+            scale = jnp.where(fresh, 1.0, 1.0 - jnp.asarray(hyper(dampening, state.count, 1.0)))
+        if not torch_zero_momentum:
+            return mu, mu, scale, None, None
+        # At momentum 0 the buffer is kept (b = 1 * b + 0 * g) and the output is g.
+        idle = jnp.asarray(mu) == 0
+        scale = jnp.where(idle, 0.0, 1.0 if scale is None else scale)
+        begun = state.started | ~idle if started else None
+        return jnp.where(idle, 1.0, mu), mu, scale, idle, begun
+
+    def buffer(c: Any, g: jax.Array, b: jax.Array) -> jax.Array:
+        keep, _, scale, _, _ = c
+        return keep * b + (g if scale is None else scale * g)
+
+    def output(c: Any, g: jax.Array, b: jax.Array) -> jax.Array:
+        _, mu, _, idle, _ = c
+        out = mu * b + g if nesterov else b
+        return out if idle is None else jnp.where(idle, g, out)
+
+    def extra(c: Any) -> tuple[Any, ...]:
+        return (jnp.zeros([], bool) if c is None else c[4],)
+
+    block = buffer_transform(
+        TorchMomentumState if started else MomentumState,
+        coefficients,
+        buffer,
+        output,
+        accumulator_dtype=accumulator_dtype,
+        stochastic_rounding=stochastic_rounding,
+        seed=seed,
+        extra=extra if started else None,
     )
+    return with_layout(block, layout)

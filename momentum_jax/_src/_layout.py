@@ -1,18 +1,16 @@
 """The packed state layout, opt-in: the buffers of all small arrays in one flat array per dtype.
 
 On a GPU every array of a per-array update is its own kernel launch, so a
-model with hundreds of small arrays (biases, norms, small kernels) spends much
-of its optimizer step launching kernels. With ``layout="packed"`` a buffer
-block (:func:`momentum_jax.momentum`, :func:`momentum_jax.scale_by_momentum`,
-:func:`momentum_jax.scale_by_qhm`, :func:`momentum_jax.scale_by_aggmo`, and
-so every optimizer built from them) keeps the buffers of its small arrays in
-one flat array per dtype, concatenates their gradients, runs its arithmetic
-once, and slices the outputs back. Every update of these blocks is
-elementwise, so both layouts compute the same numbers.
+model with many small arrays (biases, norms, small kernels) spends much of
+its optimizer step launching kernels. :func:`packed` wraps an elementwise
+buffer transform: its state keeps the buffers of small arrays in one flat
+array per dtype, each update concatenates their gradients, runs the wrapped
+transform once on the flat arrays, and slices the outputs back. Elementwise
+arithmetic gives the same numbers in both layouts.
 
-The layout is a pure function of the params (their shapes, dtypes and, for
-explicitly sharded arrays, sharding types), never of the backend or the
-environment. It is static: :class:`Layout` is a pytree node with no leaves.
+The layout is a pure function of the params (shapes, dtypes and, for arrays
+split over explicit mesh axes, their sharding types), never of the backend:
+:class:`Layout` is a pytree node with no leaves, static under ``jit``.
 """
 
 from __future__ import annotations
@@ -23,16 +21,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax import lax
+
+from momentum_jax._src import _tree
+from momentum_jax._src._validation import caller
 
 #: Arrays with at most this many elements are packed.
 MAX_PACKED_SIZE = 2**16
 
-LAYOUTS = ("per_leaf", "packed")
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
+#: The fields of momentum_jax's states that hold params-shaped buffers.
+BUFFER_FIELDS = ("velocity", "buffer", "buffers")
 
 
 class Slot(NamedTuple):
@@ -50,33 +49,25 @@ class Layout(NamedTuple):
     in ``jax.tree.flatten(params, is_leaf=lambda x: x is None)`` order):
     ``None`` for an array that keeps its own buffer, else a :class:`Slot`.
     ``groups`` gives each packed dtype's total size, in name order.
-
-    It holds only Python values: JAX sees a node without leaves (part of the
-    tree structure, static under ``jit``); pickle and Flax serialization see
-    a named tuple.
     """
 
     slots: tuple[Slot | None, ...]
     groups: tuple[tuple[str, int], ...]
 
     @classmethod
-    def of(cls, fn_name: str, params: Any) -> Layout:
-        """The layout packing each floating-point array of ``params`` with few elements."""
+    def of(cls, params: Any) -> Layout:
+        """The layout packing each small floating-point array of ``params``."""
         if type(params).__name__ == "_ParamsPlaceholder":
             raise TypeError(
-                f"{fn_name}: optax.tree_utils.tree_map_params cannot map a state in the "
-                "packed layout: its small buffers are one flat array, not shaped like the "
-                "params. Read params-shaped buffers with state.velocity (buffer, buffers), "
-                "or build the transform with layout='per_leaf'."
+                f"{caller()}: tree_map_params cannot map a packed state; use layout='per_leaf'."
             )
         sizes: dict[str, int] = {}
         slots: list[Slot | None] = []
-        for leaf in jax.tree.leaves(params, is_leaf=_is_none):
-            if leaf is None or not _packs(leaf):
+        for leaf in jax.tree.leaves(params, is_leaf=_tree.is_none):
+            if not _packs(leaf):
                 slots.append(None)
                 continue
-            group = _group(leaf)
-            shape = tuple(int(d) for d in jnp.shape(leaf))
+            group, shape = _group(leaf), tuple(int(d) for d in jnp.shape(leaf))
             slots.append(Slot(group, sizes.get(group, 0), shape))
             sizes[group] = sizes.get(group, 0) + math.prod(shape)
         return cls(tuple(slots), tuple(sorted(sizes.items())))
@@ -86,111 +77,83 @@ class Layout(NamedTuple):
         sizes = ", ".join(f"{name}: {size}" for name, size in self.groups)
         return f"Layout({packed} of {len(self.slots)} arrays packed into {{{sizes}}})"
 
-    def pack(
-        self, fn_name: str, tree: Any, what: str, *, check_dtype: bool = True
-    ) -> tuple[Any, dict[str, jax.Array]]:
-        """``tree`` as ``(rest, packs)``: ``None`` in ``rest`` where an array is packed.
+    def pack(self, tree: Any, what: str = "buffer") -> tuple[Any, dict[str, Any]]:
+        """``tree`` as ``(rest, packs)``, with ``None`` in ``rest`` where an array is packed.
 
-        Leaves pair with slots by position, as ``jax.tree.map`` would pair them
-        (Flax NNX inits with ``Param`` variables and updates with plain arrays).
-        Unless ``check_dtype`` is false (buffers, which may have another
-        dtype), each packed leaf must have its param's dtype.
+        A gradient or param must have its param's dtype (``what`` names it in
+        the error); buffers may have any. Shape-only leaves pack into a
+        ``jax.ShapeDtypeStruct``.
         """
-        leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_none)
-        pieces: dict[str, list[jax.Array]] = {name: [] for name, _ in self.groups}
+        leaves, treedef = jax.tree.flatten(tree, is_leaf=_tree.is_none)
+        pieces: dict[str, list[Any]] = {name: [] for name, _ in self.groups}
         rest: list[Any] = []
         for index, (leaf, slot) in enumerate(zip(leaves, self.slots, strict=True)):
+            rest.append(leaf if slot is None else None)
             if slot is None:
-                rest.append(leaf)
                 continue
-            rest.append(None)
-            leaf = jnp.asarray(leaf)
-            if check_dtype and _group(leaf) != slot.group:
-                paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
-                path = jax.tree_util.keystr(paths[index][0]) or "<root>"
+            if what != "buffer" and _group(leaf) != slot.group:
+                path = jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(tree)[0][index][0])
                 raise TypeError(
-                    f"{fn_name}: the {what} at {path} has dtype {leaf.dtype}, but its param "
-                    f"is {slot.group}. In the packed layout each {what} must have its "
-                    "param's dtype; cast it, or build the transform with layout='per_leaf'."
+                    f"{caller()}: the {what} at {path} is {_group(leaf)}, its param "
+                    f"{slot.group}; cast it, or use layout='per_leaf'."
                 )
-            pieces[slot.group].append(lax.reshape(leaf, (math.prod(slot.shape),)))
-        packs = {
-            name: parts[0] if len(parts) == 1 else lax.concatenate(parts, 0)
-            for name, parts in pieces.items()
-        }
+            pieces[slot.group].append(leaf)
+        packs = {name: _concatenate(parts) for name, parts in pieces.items()}
         return jax.tree.unflatten(treedef, rest), packs
 
-    def unpack(self, rest: Any, packs: Any) -> Any:
-        """The inverse of :meth:`pack`: ``rest`` with each packed array sliced back in.
+    def unpack(self, rest: Any, packs: Any, shapes_only: bool = False) -> Any:
+        """The inverse of :meth:`pack` (leading axes of the packs, as under ``vmap``, are kept)."""
 
-        Leading axes of the flat arrays (those of ``jax.vmap(init)``) are kept.
-        """
-
-        def piece(slot: Slot) -> jax.Array:
+        def piece(slot: Slot) -> Any:
             flat = packs[slot.group]
+            if shapes_only:
+                return jax.ShapeDtypeStruct(slot.shape, flat.dtype)
             size = math.prod(slot.shape)
             if size != flat.shape[-1]:
                 flat = lax.slice_in_dim(flat, slot.offset, slot.offset + size, axis=flat.ndim - 1)
             return flat.reshape((*flat.shape[:-1], *slot.shape))
 
-        return self._fill(rest, piece)
-
-    def abstract(self, rest: Any, packs: Any) -> Any:
-        """``rest`` with a ``ShapeDtypeStruct`` for each packed array (for the checks)."""
-        return self._fill(
-            rest,
-            lambda slot: jax.ShapeDtypeStruct(slot.shape, packs[slot.group].dtype),  # type: ignore[no-untyped-call]
+        leaves, treedef = jax.tree.flatten(rest, is_leaf=_tree.is_none)
+        return jax.tree.unflatten(
+            treedef,
+            [x if s is None else piece(s) for x, s in zip(leaves, self.slots, strict=True)],
         )
-
-    def _fill(self, rest: Any, piece: Any) -> Any:
-        leaves, treedef = jax.tree.flatten(rest, is_leaf=_is_none)
-        filled = [
-            leaf if slot is None else piece(slot)
-            for leaf, slot in zip(leaves, self.slots, strict=True)
-        ]
-        return jax.tree.unflatten(treedef, filled)
 
 
 jax.tree_util.register_pytree_node(Layout, lambda layout: ((), layout), lambda layout, _: layout)
 
 
+def _concatenate(parts: list[Any]) -> Any:
+    if any(isinstance(p, jax.ShapeDtypeStruct) for p in parts):
+        size = sum(math.prod(p.shape) for p in parts)
+        return jax.ShapeDtypeStruct((size,), parts[0].dtype)
+    flat = [lax.reshape(jnp.asarray(p), (math.prod(jnp.shape(p)),)) for p in parts]
+    return flat[0] if len(flat) == 1 else lax.concatenate(flat, 0)
+
+
 def _group(leaf: Any) -> str:
-    """The name of the dtype the arithmetic sees ``leaf`` in (float64 is float32 without x64)."""
-    return np.dtype(jnp.result_type(leaf)).name
+    """The dtype the arithmetic sees ``leaf`` in (float64 is float32 without x64)."""
+    return np.dtype(jax.dtypes.canonicalize_dtype(jnp.result_type(leaf))).name
 
 
 def _packs(leaf: Any) -> bool:
+    # An array split over explicit mesh axes keeps its own buffer: packing it would
+    # gather it every step. (Auto axes are invisible in the type, eagerly and under jit,
+    # so the layout is the same for init and jax.jit(init).)
+    typeof = getattr(jax, "typeof", None)  # JAX 0.4 has no explicit axes
+    spec = getattr(getattr(typeof(leaf), "sharding", None), "spec", None) if typeof else None
     return (
-        bool(jnp.issubdtype(jnp.result_type(leaf), jnp.inexact))
+        _tree.trains(leaf)
         and math.prod(jnp.shape(leaf)) <= MAX_PACKED_SIZE
-        and not _explicitly_sharded(leaf)
+        and not any(axis is not None for axis in spec or ())
     )
 
 
-def _explicitly_sharded(leaf: Any) -> bool:
-    """True for an array split over explicit mesh axes (its type says so, traced or not).
-
-    Such an array keeps its own buffer: flattening it into a pack would need
-    a resharding (a gather) at every step. Over auto axes the type carries
-    no sharding, eagerly or under jit, so that the layout (part of the
-    state's structure) is the same for ``init`` and ``jax.jit(init)``.
-    """
-    typeof = getattr(jax, "typeof", None)  # JAX 0.4 has no explicit axes either
-    if typeof is None:
-        return False
-    spec = getattr(getattr(typeof(leaf), "sharding", None), "spec", None) or ()
-    return any(axis is not None for axis in spec)
-
-
-#: The fields of momentum_jax's states that hold buffers (params-shaped trees).
-BUFFER_FIELDS = ("velocity", "buffer", "buffers")
-
-
 class PackedState(NamedTuple):
-    """State of a buffer block built with ``layout="packed"``.
+    """State of a buffer transform built with ``layout="packed"``.
 
     Attributes:
-      inner: the block's own state (:class:`momentum_jax.MomentumState`,
+      inner: the transform's own state (:class:`momentum_jax.MomentumState`,
         :class:`momentum_jax.QHMState` or :class:`momentum_jax.AggMoState`)
         with each buffer tree stored as ``(rest, packs)``: ``rest`` is shaped
         like the params with ``None`` where an array is packed, ``packs`` a
@@ -212,20 +175,58 @@ class PackedState(NamedTuple):
         value = getattr(self.inner, name)
         if name == "buffers":
             return tuple(self.layout.unpack(*b) for b in value)
-        if name in BUFFER_FIELDS:
-            return self.layout.unpack(*value)
-        return value
+        return self.layout.unpack(*value) if name in BUFFER_FIELDS else value
 
     @property
     def count(self) -> Any:
         """The inner state's update count (``tuple.count`` would shadow it)."""
         return self.inner.count
 
+    def unpacked(self) -> Any:
+        """The inner state with params-shaped buffers."""
+        fields = self.inner._fields
+        return self.inner._replace(**{f: getattr(self, f) for f in BUFFER_FIELDS if f in fields})
 
-def check_layout(fn_name: str, layout: Any) -> str:
-    if not isinstance(layout, str) or layout not in LAYOUTS:
-        raise ValueError(
-            f"{fn_name}: layout must be 'per_leaf' (the default, one buffer per param) or "
-            f"'packed' (the buffers of small arrays in one flat array), got {layout!r}."
+
+def repack(inner: Any, layout: Layout) -> PackedState:
+    """A :class:`PackedState` of ``inner``, a state with params-shaped buffers."""
+    changes = {}
+    for field in set(BUFFER_FIELDS) & set(inner._fields):
+        value = getattr(inner, field)
+        changes[field] = (
+            tuple(map(layout.pack, value)) if field == "buffers" else layout.pack(value)
         )
-    return layout
+    return PackedState(inner._replace(**changes), layout)
+
+
+def packed(block: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``block``, an elementwise buffer transform, with the buffers of small arrays packed."""
+
+    def init_fn(params: optax.Params) -> PackedState:
+        layout = Layout.of(params)
+        return PackedState(block.init(layout.pack(params, "param")), layout)
+
+    def update_fn(
+        updates: optax.Updates,
+        state: optax.OptState,
+        params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, PackedState]:
+        del extra_args
+        _tree.check_state(state, PackedState, updates)
+        layout, buffers = state.layout, state.inner[1]
+        reference = layout.unpack(
+            *(buffers[0] if state.inner._fields[1] == "buffers" else buffers), shapes_only=True
+        )
+        _tree.check_tree(updates, reference)
+        if params is not None:
+            _tree.check_tree(params, reference, "param")
+            params = layout.pack(params, "param")
+        out, inner = block.update(layout.pack(updates, "gradient"), state.inner, params)
+        return layout.unpack(*out), PackedState(inner, layout)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def with_layout(block: optax.GradientTransformationExtraArgs, layout: str) -> Any:
+    return packed(block) if layout == "packed" else block

@@ -26,12 +26,11 @@ import optax
 from jax import lax
 
 from momentum_jax._src import _tree
-from momentum_jax._src import _validation as _check
-
-SEED_MAX = _check.INT32_MAX
+from momentum_jax._src._validation import caller, public
 
 # Bits dropped from a float32 pattern to reach each 16-bit format's precision.
 _DROPPED = {jnp.dtype(jnp.bfloat16): 16, jnp.dtype(jnp.float16): 13}
+_FLOAT16_TINY = 2.0**-14  # float16's smallest normal: below it the grid is 2**-24
 
 # Stage constants, so that the velocity and the params of one step, rounded
 # with the same seed, draw unrelated bits.
@@ -41,27 +40,6 @@ BUFFERS, PARAMS = 0x5BD1E995, 0x27D4EB2F
 def narrow(dtype: Any) -> bool:
     """True for the dtypes rounded stochastically (bfloat16 and float16)."""
     return jnp.dtype(dtype) in _DROPPED
-
-
-def check_seed(fn_name: str, seed: Any) -> Any:
-    """``seed``: an int in ``[0, 2**31 - 1]`` or an integer scalar array (may be traced)."""
-    if isinstance(seed, bool | np.bool_) or not isinstance(
-        seed, int | np.integer | np.ndarray | jax.Array
-    ):
-        raise TypeError(
-            f"{fn_name}: seed must be an integer in [0, {SEED_MAX}], got {_check.describe(seed)}."
-        )
-    if isinstance(seed, np.ndarray | jax.Array):
-        if not jnp.issubdtype(seed.dtype, jnp.integer) or seed.shape != ():
-            raise TypeError(
-                f"{fn_name}: seed must be an integer scalar, got an array of dtype "
-                f"{seed.dtype} and shape {seed.shape}."
-            )
-        if _check.is_traced(seed):
-            return seed
-    if not 0 <= int(seed) <= SEED_MAX:
-        raise ValueError(f"{fn_name}: seed must be in [0, {SEED_MAX}], got seed={seed!r}.")
-    return seed
 
 
 def _hash(x: jax.Array) -> jax.Array:
@@ -103,23 +81,28 @@ def _mix(x: jax.Array) -> jax.Array:
 def stochastic_round(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
     """``x`` (float32) rounded stochastically to a value of ``dtype``, kept in float32.
 
-    The bits are drawn from ``key`` (uint32) and each element's index.
-
     Adding ``r``, uniform in ``[0, 2**k)``, to the float32 bit pattern and
     clearing its ``k`` low bits rounds the magnitude up with probability
-    (cut-off bits) / 2**k: exactly the fraction cut off. Values already
-    representable come back unchanged; infinities stay infinite, and so does
-    a value that rounds past the largest finite one, as with round-to-nearest.
-    A NaN stays a NaN: arithmetic produces only quiet NaNs, whose top
-    mantissa bit survives the addition. (Only a hand-made NaN payload with
-    all its top mantissa bits set could carry over into the sign.)
+    (cut-off bits) / 2**k: exactly the fraction cut off. Representable values
+    come back unchanged, infinities stay infinite and every NaN stays a NaN.
+    float16 below its smallest normal is spaced 2**-24, not 13 bits below the
+    value: there ``x`` is first shifted by 2**-14 (same sign) into the binade
+    whose float32 grid is 13 bits finer than 2**-24, and shifted back after.
     """
     dropped = _DROPPED[jnp.dtype(dtype)]
     bits = _mix(lax.bitwise_xor(_element_index(x.shape), key))
-    pattern = lax.bitcast_convert_type(x, jnp.uint32)
+    shifted = x
+    if jnp.dtype(dtype) == jnp.float16:
+        offset = jnp.where(jnp.abs(x) < _FLOAT16_TINY, jnp.copysign(_FLOAT16_TINY, x), 0.0)
+        shifted = x + offset
+    pattern = lax.bitcast_convert_type(shifted, jnp.uint32)
     pattern = lax.add(pattern, lax.shift_right_logical(bits, np.uint32(32 - dropped)))
     pattern = lax.bitwise_and(pattern, np.uint32((0xFFFFFFFF << dropped) & 0xFFFFFFFF))
-    return lax.bitcast_convert_type(pattern, jnp.float32)
+    rounded = lax.bitcast_convert_type(pattern, jnp.float32)
+    if shifted is not x:
+        rounded = rounded - offset
+    # A NaN's added bits could carry into the sign bit (0x7FFFFFFF, the NaN of NVIDIA GPUs).
+    return jnp.where(jnp.isnan(x), x, rounded)
 
 
 def leaf_keys(seed: Any, stage: int, count: Any, num_leaves: int) -> list[jax.Array]:
@@ -134,56 +117,31 @@ def leaf_keys(seed: Any, stage: int, count: Any, num_leaves: int) -> list[jax.Ar
     return [lax.index_in_dim(keys, i, keepdims=False) for i in range(num_leaves)]
 
 
-def _is_none(x: Any) -> bool:
-    return x is None
+def _position(x: Any) -> bool:
+    # optax.masked and optax.partition hide other groups' params behind MaskedNode: counting
+    # those keeps each array's position global, so groups with one seed draw unrelated bits.
+    return isinstance(x, optax.MaskedNode)
 
 
-def _wide(b: Any) -> Any:
-    return b if b is None or not narrow(b.dtype) else lax.convert_element_type(b, jnp.float32)
+def round_tree(new: Any, like: Any, seed: Any, stage: int, count: Any) -> Any:
+    """``new`` (float32) rounded stochastically where ``like`` is 16-bit, still in float32.
 
-
-class Rounding(NamedTuple):
-    """Stochastic rounding of a buffer block's 16-bit buffers (used by ``_tree.buffer_block``)."""
-
-    seed: Any
-
-    def widen(self, buffers: Any) -> Any:
-        """``buffers`` with each 16-bit leaf in float32 (exact): the step computes in float32."""
-        return jax.tree.map(_wide, buffers, is_leaf=_is_none)
-
-    def store(self, wide: Any, like: Any, count: Any) -> Any:
-        """``wide`` buffers rounded stochastically where ``like``'s are 16-bit, kept in float32.
-
-        The values are exactly those the 16-bit buffers will hold, so the
-        step's output, computed from them in float32, uses the stored
-        buffers; :meth:`narrow` then casts them, exactly, into ``like``'s dtypes.
-        """
-        dtypes = iter(b.dtype for b in jax.tree.leaves(like))
-        leaves, treedef = jax.tree.flatten(wide)  # None (no buffer) is no leaf: no position
-        keys = leaf_keys(self.seed, BUFFERS, count, len(leaves))
-        out = []
-        for x, key in zip(leaves, keys, strict=True):
-            dtype = next(dtypes)
-            if narrow(dtype):
-                # Through the 16-bit dtype and back (exact): XLA then reads the
-                # output from the new buffer instead of recomputing it from the
-                # old one, which would make it copy the donated buffer first.
-                x = lax.convert_element_type(stochastic_round(x, dtype, key), dtype)
-                x = lax.convert_element_type(x, jnp.float32)
-            out.append(x)
-        return jax.tree.unflatten(treedef, out)
-
-    @staticmethod
-    def narrow(buffers: Any, like: Any) -> Any:
-        """``buffers`` cast into the dtypes of ``like``."""
-        return jax.tree.map(lambda b, x: lax.convert_element_type(b, x.dtype), buffers, like)
-
-
-def rounding(fn_name: str, stochastic_rounding: Any, seed: Any) -> Rounding | None:
-    """The checked build arguments: a :class:`Rounding`, or ``None`` when it is off."""
-    enabled = _check.check_bool(fn_name, "stochastic_rounding", stochastic_rounding)
-    seed = check_seed(fn_name, seed)
-    return Rounding(seed) if enabled else None
+    The values are exactly those the 16-bit buffers will hold. Each goes through its
+    16-bit dtype and back (exact), so that XLA reads the step's output from the stored
+    buffer instead of recomputing it, which would copy the donated buffer first.
+    """
+    leaves, treedef = jax.tree.flatten(new, is_leaf=_position)
+    dtypes = [getattr(b, "dtype", None) for b in jax.tree.leaves(like, is_leaf=_position)]
+    keys = leaf_keys(seed, stage, count, len(leaves))
+    out = [
+        lax.convert_element_type(
+            lax.convert_element_type(stochastic_round(x, dtype, key), dtype), jnp.float32
+        )
+        if dtype is not None and narrow(dtype)
+        else x
+        for x, dtype, key in zip(leaves, dtypes, keys, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, out)
 
 
 class StochasticRoundParamsState(NamedTuple):
@@ -197,6 +155,7 @@ class StochasticRoundParamsState(NamedTuple):
     count: jax.Array  # type: ignore[assignment]  # shape=(), dtype=int32
 
 
+@public("momentum_jax.stochastic_round_params")
 def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransformationExtraArgs:
     r"""The last stage of a chain for bfloat16 (or float16) params: stochastic rounding.
 
@@ -256,12 +215,11 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
       Zamirai, Zhang, Aberger and De Sa, `Revisiting BFloat16 training
       <https://arxiv.org/abs/2010.06192>`_, 2020.
     """
-    name = "momentum_jax.stochastic_round_params"
-    seed = check_seed(name, seed)
+    name = caller()
 
     def init_fn(params: optax.Params) -> StochasticRoundParamsState:
         del params
-        return StochasticRoundParamsState(_tree.zero_count())
+        return StochasticRoundParamsState(jnp.zeros([], jnp.int32))
 
     def update_fn(
         updates: optax.Updates,
@@ -270,37 +228,25 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
         **extra_args: Any,
     ) -> tuple[optax.Updates, StochasticRoundParamsState]:
         del extra_args
-        state = _tree.check_state(name, state, StochasticRoundParamsState, updates)
+        _tree.check_state(state, StochasticRoundParamsState, updates)
         if params is None:
             raise ValueError(
-                f"{name}: update() needs the params (it rounds the new params "
-                "themselves): call update(updates, state, params)."
+                f"{name}: update() needs the params: call update(updates, state, params)."
             )
-        _tree.check_tree(name, updates, _tree.trainable_only(params), against="the params have")
-        updates, params = _tree.as_arrays(updates), _tree.as_arrays(params)
-        # Positions count the updates that are not None, as the buffers' do.
-        positions = iter(range(len(jax.tree.leaves(updates))))
-        keys = leaf_keys(seed, PARAMS, state.count, len(jax.tree.leaves(updates)))
+        trainable = jax.tree.map(lambda p: _tree.as_array(p) if _tree.trains(p) else None, params)
+        _tree.check_tree(updates, trainable, what="update")
+        like = jax.tree.map(
+            lambda u, p: p if u is not None else None, updates, trainable, is_leaf=_tree.is_none
+        )
+        exact = jax.tree.map(lambda u, p: p.astype(jnp.float32) + u, updates, like)
+        rounded = round_tree(exact, like, seed, PARAMS, state.count)
 
-        def round_one(u: Any, p: Any) -> Any:
-            if u is None:
-                return None
-            key = keys[next(positions)]
-            if not narrow(p.dtype):
+        def step(u: Any, p: Any, r: Any) -> Any:
+            if u is None or not narrow(p.dtype):
                 return u
-            p32 = lax.convert_element_type(p, jnp.float32)
-            exact = lax.add(p32, lax.convert_element_type(u, jnp.float32))
-            rounded = stochastic_round(exact, p.dtype, key)
-            if p.dtype == jnp.float16:
-                # Below float16's normal range the rounded value is not yet
-                # representable; the update must lead to a value the param can hold.
-                rounded = lax.convert_element_type(
-                    lax.convert_element_type(rounded, p.dtype), jnp.float32
-                )
-            return lax.convert_element_type(lax.sub(rounded, p32), u.dtype)
+            return lax.convert_element_type(r - p.astype(jnp.float32), u.dtype)
 
-        out = jax.tree.map(round_one, updates, params, is_leaf=_is_none)
-        new_state = StochasticRoundParamsState(_tree.safe_increment(state.count))
-        return out, new_state
+        out = jax.tree.map(step, updates, like, rounded, is_leaf=_tree.is_none)
+        return out, StochasticRoundParamsState(optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

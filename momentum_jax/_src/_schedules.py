@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax._src import _validation as _check
+from momentum_jax._src._validation import public
 
 
+@public("momentum_jax.schedules.sutskever")
 def sutskever(max_momentum: float | jax.Array, steps_per_stage: int = 250) -> optax.Schedule:
     r"""The staged momentum schedule of Sutskever et al. (2013).
 
@@ -48,9 +49,7 @@ def sutskever(max_momentum: float | jax.Array, steps_per_stage: int = 250) -> op
       and momentum in deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_,
       ICML 2013.
     """
-    name = "momentum_jax.schedules.sutskever"
-    _check.check_momentum(name, max_momentum, arg="max_momentum", schedule_ok=False)
-    stage_length = _check.check_positive_int(name, "steps_per_stage", steps_per_stage)
+    stage_length = int(steps_per_stage)
 
     def schedule(count: Any) -> jax.Array:
         stage = jnp.maximum(jnp.floor_divide(jnp.asarray(count), stage_length), 0)
@@ -62,6 +61,7 @@ def sutskever(max_momentum: float | jax.Array, steps_per_stage: int = 250) -> op
     return schedule
 
 
+@public("momentum_jax.schedules.demon")
 def demon(init_momentum: float | jax.Array, total_steps: int) -> optax.Schedule:
     r"""Decaying momentum (Demon): momentum that decays to zero over training.
 
@@ -96,9 +96,7 @@ def demon(init_momentum: float | jax.Array, total_steps: int) -> optax.Schedule:
       Chen, Wolfe, Li and Kyrillidis, `Demon: improved neural network training with
       momentum decay <https://arxiv.org/abs/1910.04952>`_, ICASSP 2022.
     """
-    name = "momentum_jax.schedules.demon"
-    _check.check_momentum(name, init_momentum, arg="init_momentum", schedule_ok=False)
-    horizon = _check.check_positive_int(name, "total_steps", total_steps)
+    horizon = int(total_steps)
 
     def schedule(count: Any) -> jax.Array:
         # Multiplying through by T gives beta0 (T - t) / (T - beta0 t): one

@@ -6,15 +6,17 @@ Each variant is a learning-rate-free block (:func:`scale_by_qhm`,
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
 import optax
 
-from momentum_jax._src import _kernels, _layout, _rounding, _tree
-from momentum_jax._src import _validation as _check
-from momentum_jax._src._validation import ScalarOrSchedule
+from momentum_jax._src._layout import with_layout
+from momentum_jax._src._skeleton import buffer_transform, hyper, scale_by_learning_rate
+from momentum_jax._src._validation import public
 
 
 class QHMState(NamedTuple):
@@ -31,7 +33,7 @@ class QHMState(NamedTuple):
     """
 
     count: jax.Array  # type: ignore[assignment]  # shape=(), dtype=int32
-    buffer: Any  # pytree shaped like params
+    buffer: Any
 
 
 class AggMoState(NamedTuple):
@@ -53,12 +55,13 @@ class AggMoState(NamedTuple):
     """
 
     count: jax.Array  # type: ignore[assignment]  # shape=(), dtype=int32
-    buffers: tuple[Any, ...]  # K pytrees shaped like params
+    buffers: tuple[Any, ...]
 
 
+@public("momentum_jax.scale_by_qhm")
 def scale_by_qhm(
-    momentum: ScalarOrSchedule = 0.999,
-    nu: ScalarOrSchedule = 0.7,
+    momentum: optax.ScalarOrSchedule = 0.999,
+    nu: optax.ScalarOrSchedule = 0.7,
     *,
     accumulator_dtype: Any | None = None,
     stochastic_rounding: bool = False,
@@ -101,50 +104,37 @@ def scale_by_qhm(
     References:
       Ma and Yarats, 2019: see :func:`momentum_jax.qhm`.
     """
-    name = "momentum_jax.scale_by_qhm"
-    rounding = _rounding.rounding(name, stochastic_rounding, seed)
-    return _qhm_block(name, momentum, nu, accumulator_dtype, rounding, layout)
+
+    def coefficients(state: QHMState) -> tuple[Any, Any, Any, Any]:
+        beta = hyper(momentum, state.count, 1.0)
+        weight = hyper(nu, state.count, 1.0, closed=True)
+        return beta, 1 - beta, weight, 1 - weight
+
+    def buffer(c: Any, g: jax.Array, b: jax.Array) -> jax.Array:
+        beta, one_minus_beta, _, _ = c
+        return beta * b + one_minus_beta * g
+
+    def output(c: Any, g: jax.Array, b: jax.Array) -> jax.Array:
+        _, _, nu, one_minus_nu = c
+        return nu * b + one_minus_nu * g
+
+    block = buffer_transform(
+        QHMState,
+        coefficients,
+        buffer,
+        output,
+        accumulator_dtype=accumulator_dtype,
+        stochastic_rounding=stochastic_rounding,
+        seed=seed,
+    )
+    return with_layout(block, layout)
 
 
-def _qhm_block(
-    name: str,
-    momentum: ScalarOrSchedule,
-    nu: ScalarOrSchedule,
-    accumulator_dtype: Any,
-    rounding: _rounding.Rounding | None,
-    layout: str,
-) -> optax.GradientTransformationExtraArgs:
-    _check.check_momentum(name, momentum)
-    _check.check_nu(name, nu)
-    dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
-    layout = _layout.check_layout(name, layout)
-
-    def step(updates: Any, state: QHMState, params: Any, store: Any) -> tuple[Any, Any]:
-        del params
-        beta = _check.evaluate(name, "momentum", momentum, state.count)
-        weight = _check.evaluate(name, "nu", nu, state.count)
-        # Each coefficient is converted once per dtype, not once per array.
-        keep, blend = _kernels.Scalar(beta), _kernels.Scalar(1 - beta)
-        mix, direct = _kernels.Scalar(weight), _kernels.Scalar(1 - weight)
-        buffer = store(
-            _tree.map_buffers(
-                lambda g, b: _kernels.decay_add(g, b, keep, blend), updates, state.buffer
-            )
-        )
-        out = _tree.map_buffers(
-            lambda g, b: _kernels.decay_add(g, b, mix, direct, dtype=g.dtype),
-            updates,
-            buffer,
-        )
-        return out, buffer
-
-    return _tree.buffer_block(name, QHMState, step, dtype=dtype, layout=layout, rounding=rounding)
-
-
+@public("momentum_jax.qhm")
 def qhm(
-    learning_rate: ScalarOrSchedule,
-    momentum: ScalarOrSchedule = 0.999,
-    nu: ScalarOrSchedule = 0.7,
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: optax.ScalarOrSchedule = 0.999,
+    nu: optax.ScalarOrSchedule = 0.7,
     *,
     accumulator_dtype: Any | None = None,
     stochastic_rounding: bool = False,
@@ -209,15 +199,20 @@ def qhm(
       Ma and Yarats, `Quasi-hyperbolic momentum and Adam for deep learning
       <https://arxiv.org/abs/1810.06801>`_, ICLR 2019.
     """
-    name = "momentum_jax.qhm"
-    _check.check_learning_rate(name, learning_rate)
-    rounding = _rounding.rounding(name, stochastic_rounding, seed)
     return optax.chain(
-        _qhm_block(name, momentum, nu, accumulator_dtype, rounding, layout),
-        optax.scale_by_learning_rate(_check.checked_schedule(name, "learning_rate", learning_rate)),
+        scale_by_qhm(
+            momentum,
+            nu,
+            accumulator_dtype=accumulator_dtype,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
+            layout=layout,
+        ),
+        scale_by_learning_rate(learning_rate),
     )
 
 
+@public("momentum_jax.scale_by_aggmo")
 def scale_by_aggmo(
     momenta: Sequence[float | jax.Array] | jax.Array = (0.0, 0.9, 0.99),
     *,
@@ -262,49 +257,33 @@ def scale_by_aggmo(
     References:
       Lucas et al., 2019: see :func:`momentum_jax.aggmo`.
     """
-    name = "momentum_jax.scale_by_aggmo"
-    rounding = _rounding.rounding(name, stochastic_rounding, seed)
-    return _aggmo_block(name, momenta, accumulator_dtype, rounding, layout)
+    count = len(momenta)
 
+    def coefficients(state: AggMoState) -> list[Any]:
+        return [hyper(momenta[i], state.count, 1.0) for i in range(count)]
 
-def _aggmo_block(
-    name: str,
-    momenta: Any,
-    accumulator_dtype: Any,
-    rounding: _rounding.Rounding | None,
-    layout: str,
-) -> optax.GradientTransformationExtraArgs:
-    num_buffers = _check.check_momenta(name, momenta)
-    dtype = _check.check_dtype(name, "accumulator_dtype", accumulator_dtype)
-    layout = _layout.check_layout(name, layout)
+    def buffers(betas: Any, g: jax.Array, *bs: jax.Array) -> tuple[jax.Array, ...]:
+        return tuple(beta * b + g for beta, b in zip(betas, bs, strict=True))
 
-    def step(updates: Any, state: AggMoState, params: Any, store: Any) -> tuple[Any, Any]:
-        del params
-        betas = [_kernels.Scalar(momenta[i]) for i in range(num_buffers)]
-        buffers = store(
-            tuple(
-                _tree.map_buffers(
-                    lambda g, b, beta=beta: _kernels.decay_add(g, b, beta), updates, buffer
-                )
-                for beta, buffer in zip(betas, state.buffers, strict=True)
-            )
-        )
-        out = _tree.map_buffers(lambda g, *bs: _kernels.mean(g, bs), updates, *buffers)
-        return out, buffers
+    def output(betas: Any, g: jax.Array, *bs: jax.Array) -> jax.Array:
+        return functools.reduce(operator.add, [b.astype(g.dtype) for b in bs]) / count
 
-    return _tree.buffer_block(
-        name,
+    block = buffer_transform(
         AggMoState,
-        step,
-        dtype=dtype,
-        layout=layout,
-        num_buffers=num_buffers,
-        rounding=rounding,
+        coefficients,
+        buffers,
+        output,
+        accumulator_dtype=accumulator_dtype,
+        stochastic_rounding=stochastic_rounding,
+        seed=seed,
+        num_buffers=count,
     )
+    return with_layout(block, layout)
 
 
+@public("momentum_jax.aggmo")
 def aggmo(
-    learning_rate: ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule,
     momenta: Sequence[float | jax.Array] | jax.Array = (0.0, 0.9, 0.99),
     *,
     accumulator_dtype: Any | None = None,
@@ -368,10 +347,13 @@ def aggmo(
       Lucas, Sun, Zemel and Grosse, `Aggregated momentum: stability through
       passive damping <https://arxiv.org/abs/1804.00325>`_, ICLR 2019.
     """
-    name = "momentum_jax.aggmo"
-    _check.check_learning_rate(name, learning_rate)
-    rounding = _rounding.rounding(name, stochastic_rounding, seed)
     return optax.chain(
-        _aggmo_block(name, momenta, accumulator_dtype, rounding, layout),
-        optax.scale_by_learning_rate(_check.checked_schedule(name, "learning_rate", learning_rate)),
+        scale_by_aggmo(
+            momenta,
+            accumulator_dtype=accumulator_dtype,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
+            layout=layout,
+        ),
+        scale_by_learning_rate(learning_rate),
     )

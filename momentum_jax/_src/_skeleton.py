@@ -1,0 +1,143 @@
+"""The one skeleton that turns an update rule into an optax transform.
+
+A rule is three pure functions: the coefficients of an update from the
+state's count, the new buffer(s) of one array, and the output of one array.
+:func:`buffer_transform` adds what every transform shares: zero buffers
+placed like the params, the checks of ``update``, arithmetic in the wider of
+the gradient's and the buffers' dtypes, stochastic rounding of 16-bit buffers
+(one explicit step, when asked), casts back to the stored dtypes, and the
+saturating count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from momentum_jax._src import _rounding, _tree
+from momentum_jax._src._validation import caller, is_python_zero
+
+
+def hyper(value: Any, count: Any, high: float = math.inf, closed: bool = False) -> Any:
+    """A hyperparameter's value for the update at ``count``: itself, or its schedule's value.
+
+    A value not checked when the transform was built (an array, a schedule's
+    output) that lies outside ``[0, high)`` (``[0, high]`` if closed) becomes NaN (a scalar select),
+    so that the update is non-finite and ``optax.apply_if_finite`` sees it.
+    """
+    value = value(count) if callable(value) else value
+    if type(value) in (int, float):
+        return value
+    dtype = jnp.result_type(value)
+    if isinstance(value, bool) or jnp.ndim(value) != 0 or not jnp.issubdtype(dtype, jnp.number):
+        raise TypeError(f"{caller()}: a hyperparameter must be a real scalar, got {value!r}.")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return value
+    inside = (value >= 0) & ((value <= high) if closed else (value < high))
+    return jnp.where(inside, value, jnp.nan)
+
+
+def buffer_transform(
+    state_type: Any,
+    coefficients: Callable[[Any], Any],
+    buffers: Callable[..., Any],
+    output: Callable[..., Any],
+    *,
+    accumulator_dtype: Any = None,
+    stochastic_rounding: bool = False,
+    seed: Any = 0,
+    num_buffers: int | None = None,
+    weight_decay: Any = 0.0,
+    extra: Callable[[Any], tuple[Any, ...]] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """An optax transform from an update rule.
+
+    The state is ``state_type(count, buffers, *fields)``: one params-shaped
+    buffer tree (a tuple of ``num_buffers`` of them when that is given).
+    ``coefficients(state)`` gives the update's hyperparameters; for each array,
+    ``buffers(c, g, *b)`` the new buffer (a tuple when ``num_buffers``) and
+    ``output(c, g, *new_b)`` its output. ``g`` arrives as ``g + weight_decay *
+    theta`` (unless that is a Python 0), in the widest dtype of the gradient and
+    the buffers. ``extra(c)``, if given, gives the state's fields after the
+    buffers, and ``extra(None)`` their initial values.
+    """
+    name = caller()
+    dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
+    decay = not is_python_zero(weight_decay)
+    rounding = stochastic_rounding
+
+    def init_fn(params: optax.Params) -> Any:
+        _tree.complex_check(params, dtype)
+        make = lambda: jax.tree.map(lambda p: _tree.zeros(p, dtype), params)  # noqa: E731
+        trees = make() if num_buffers is None else tuple(make() for _ in range(num_buffers))
+        fields = () if extra is None else extra(None)
+        return state_type(jnp.zeros([], jnp.int32), trees, *fields)
+
+    def update_fn(
+        updates: optax.Updates,
+        state: optax.OptState,
+        params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, Any]:
+        del extra_args
+        _tree.check_state(state, state_type, updates)
+        trees = (state[1],) if num_buffers is None else tuple(state[1])
+        if len(trees) != (num_buffers or 1):
+            raise ValueError(
+                f"{name}: the state holds {len(trees)} buffers, expected {num_buffers}."
+            )
+        reference = trees[0]
+        grads = _tree.check_tree(updates, reference)
+        if decay:
+            if params is None:
+                raise ValueError(
+                    f"{name}: weight_decay needs the params: call update(g, state, params)."
+                )
+            thetas = _tree.check_tree(params, reference, "param")
+            wd = hyper(weight_decay, None)
+        c = coefficients(state)
+        leaves = [jax.tree.leaves(t, is_leaf=_tree.is_none) for t in trees]
+        treedef = jax.tree.structure(reference, is_leaf=_tree.is_none)
+        wides: list[Any] = []
+        new: list[list[Any]] = [[None] * len(grads) for _ in trees]
+        for i, g in enumerate(grads):
+            wides.append(None)
+            if leaves[0][i] is None:
+                continue
+            g = _tree.as_array(g)
+            if decay:
+                g = (g + wd * thetas[i]).astype(g.dtype)
+            bs = [b[i] for b in leaves]
+            if rounding:
+                bs = [b.astype(jnp.float32) if _rounding.narrow(b.dtype) else b for b in bs]
+            wides[i] = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in bs)))
+            values = buffers(c, wides[i], *bs)
+            for k, value in enumerate(values if num_buffers else (values,)):
+                new[k][i] = value if rounding else value.astype(leaves[k][i].dtype)
+        new_trees = tuple(jax.tree.unflatten(treedef, n) for n in new)
+        if rounding:
+            new_trees = _rounding.round_tree(new_trees, trees, seed, _rounding.BUFFERS, state[0])
+            new = [jax.tree.leaves(t, is_leaf=_tree.is_none) for t in new_trees]
+        outs = [
+            None if w is None else output(c, w, *(n[i] for n in new)).astype(jnp.result_type(g))
+            for i, (g, w) in enumerate(zip(grads, wides, strict=True))
+        ]
+        stored = jax.tree.map(lambda n, b: n.astype(b.dtype), new_trees, trees)
+        new_trees = stored[0] if num_buffers is None else stored
+        fields = () if extra is None else extra(c)
+        count = optax.safe_increment(state[0])
+        return jax.tree.unflatten(treedef, outs), state_type(count, new_trees, *fields)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_learning_rate(learning_rate: Any) -> optax.GradientTransformation:
+    """``optax.scale_by_learning_rate``, with an out-of-range array or schedule value made NaN."""
+    if callable(learning_rate):
+        return optax.scale_by_learning_rate(lambda count: hyper(learning_rate, count))
+    return optax.scale_by_learning_rate(hyper(learning_rate, None))

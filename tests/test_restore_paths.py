@@ -1,0 +1,140 @@
+"""``restore_state`` finds packed blocks by their place in the state, keeps placements.
+
+* A packed checkpoint read without a target (nested dicts) restores into either
+  layout, also when the params have a module named ``inner`` (Flax wrappers do).
+* On a mesh, restored counters are uncommitted, as a fresh init leaves them, so a
+  ``jax.jit`` step without ``in_shardings`` runs; buffers keep their params' shardings.
+* Shape-only params (``jax.ShapeDtypeStruct``) work in the packed layout.
+* A stacked (vmapped) state is refused with the fix: vmap ``restore_state``.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import momentum_jax
+from tests import _subprocess
+
+
+def _params() -> dict[str, Any]:
+    return {
+        "inner": {"w": jnp.linspace(-1, 1, 12).reshape(3, 4), "b": jnp.arange(4.0)},
+        "head": {"inner": jnp.ones(2)},
+    }
+
+
+def _train(tx: optax.GradientTransformation, state: Any, steps: int) -> tuple[Any, Any]:
+    params = _params()
+    for t in range(steps):
+        grads = jax.tree.map(lambda x, t=t: x * (t + 1) + 0.5, params)
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params, state
+
+
+def _raw(state: Any, path: Path) -> Any:
+    """``state`` saved with orbax and read back without a target (nested dicts)."""
+    ocp = pytest.importorskip("orbax.checkpoint", reason="orbax is not installed")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(path, state)
+    checkpointer.wait_until_finished()
+    return checkpointer.restore(path)
+
+
+def _same(a: Any, b: Any) -> None:
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("target", ["packed", "per_leaf"])
+def test_a_packed_checkpoint_read_without_target_restores_with_inner_modules(
+    tmp_path: Path, target: str
+) -> None:
+    packed = momentum_jax.qhm(0.1, 0.9, layout="packed")
+    _, state = _train(packed, packed.init(_params()), 3)
+    tx = momentum_jax.qhm(0.1, 0.9, layout=target)
+    restored = momentum_jax.restore_state(_raw(state, tmp_path / "ckpt"), tx, _params())
+    assert restored[0].buffer["head"]["inner"].shape == (2,)
+    _same(restored[0].buffer, state[0].buffer)
+    _same(_train(tx, restored, 2)[0], _train(packed, state, 2)[0])
+
+
+def test_a_per_leaf_checkpoint_read_without_target_restores_packed(tmp_path: Path) -> None:
+    per_leaf = momentum_jax.momentum(0.1, 0.9)
+    _, state = _train(per_leaf, per_leaf.init(_params()), 3)
+    packed = momentum_jax.momentum(0.1, 0.9, layout="packed")
+    restored = momentum_jax.restore_state(_raw(state, tmp_path / "ckpt"), packed, _params())
+    _same(restored.velocity, state.velocity)
+    _same(_train(packed, restored, 2)[0], _train(per_leaf, state, 2)[0])
+
+
+MESH_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    import momentum_jax
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    params = {"w": jax.device_put(jnp.ones((16, 4)), NamedSharding(mesh, P("data"))),
+              "b": jax.device_put(jnp.ones(4), NamedSharding(mesh, P()))}
+    report = {}
+    for name, tx in {
+        "momentum": momentum_jax.momentum(0.1, 0.9),
+        "injected": optax.inject_hyperparams(momentum_jax.nesterov)(learning_rate=0.1),
+        "finite": optax.apply_if_finite(momentum_jax.qhm(0.1, 0.9), 3),
+        "packed": momentum_jax.momentum(0.1, 0.9, layout="packed"),
+    }.items():
+        saved = jax.tree.map(np.asarray, tx.init(params))  # a checkpoint on the host
+        state = momentum_jax.restore_state(saved, tx, params)
+        step = jax.jit(lambda p, s, g: tx.update(g, s, p))
+        try:
+            _, state = step(params, state, params)
+            report[name] = "ok"
+        except Exception as error:  # reported, asserted in the test
+            report[name] = str(error)[:300]
+        fresh = tx.init(params)
+        placed = [a.sharding == b.sharding for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(fresh))
+                  if a.ndim > 0]
+        report[name + "/buffers placed like init"] = all(placed)
+    print(json.dumps(report))
+    """
+)
+
+
+def test_restored_counters_are_uncommitted_on_a_mesh() -> None:
+    report = _subprocess.run_json(["-c", MESH_SCRIPT], devices=8, timeout=240)
+    assert report == {
+        **{name: "ok" for name in ("momentum", "injected", "finite", "packed")},
+        **{f"{name}/buffers placed like init": True for name in ("momentum", "injected", "finite", "packed")},
+    }
+
+
+def test_shape_only_params_in_the_packed_layout() -> None:
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _params())
+    tx = momentum_jax.momentum(0.1, 0.9, layout="packed")
+    state = tx.init(shapes)
+    expected = jax.eval_shape(tx.init, _params())
+    assert jax.tree.structure(state) == jax.tree.structure(expected)
+    assert [x.shape for x in jax.tree.leaves(state)] == [x.shape for x in jax.tree.leaves(expected)]
+    _, trained = _train(tx, tx.init(_params()), 2)
+    restored = momentum_jax.restore_state(trained, tx, shapes)
+    _same(restored, trained)
+
+
+def test_a_stacked_state_is_refused_with_the_vmap_fix() -> None:
+    tx = momentum_jax.momentum(0.1, 0.9)
+    members = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), _params())
+    states = jax.vmap(tx.init)(members)
+    with pytest.raises(ValueError, match="vmap"):
+        momentum_jax.restore_state(states, tx, _params())
+    restored = jax.vmap(lambda s, p: momentum_jax.restore_state(s, tx, p))(states, members)
+    _same(restored, states)

@@ -1,0 +1,112 @@
+"""Stochastic rounding at its edges: independent bits across groups, float16's real grid, NaNs.
+
+* Two param groups under ``optax.partition`` (or two ``optax.masked`` blocks) with
+  the same seed draw unrelated bits: round-up decisions of two arrays agree about
+  half the time, not always.
+* float16 below its smallest normal (2**-14) is spaced 2**-24: values there are
+  rounded onto that grid, unbiased, and a velocity of 1e-8-sized contributions
+  does not stay 0 for ever.
+* Every NaN stays a NaN, the all-ones pattern 0x7FFFFFFF of NVIDIA GPUs included,
+  in the velocity and in ``stochastic_round_params``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import momentum_jax
+
+N = 4096
+SR = {"accumulator_dtype": jnp.bfloat16, "stochastic_rounding": True, "seed": 0}
+
+
+def _round_ups(tx: optax.GradientTransformation, params: dict, grads: dict) -> dict:
+    """Per array, whether each element's stored velocity rounded up (away from zero)."""
+    state = tx.init(params)
+    _, state = tx.update(grads, state, params)
+    velocity = optax.tree_utils.tree_get_all_with_path(state, "velocity")
+    found = {}
+    for _, tree in velocity:
+        for key, value in tree.items():
+            if not isinstance(value, optax.MaskedNode):
+                exact = grads[key]  # lr * g with lr = 1: the first velocity
+                found[key] = np.abs(np.asarray(value, np.float32)) > np.abs(np.asarray(exact))
+    return found
+
+
+def test_partition_groups_with_one_seed_draw_unrelated_bits() -> None:
+    # Halfway between two bfloat16 values, in every element of both arrays.
+    params = {"a": jnp.zeros(N), "b": jnp.zeros(N)}
+    grads = {"a": jnp.full(N, 1.0 + 2**-8), "b": jnp.full(N, 1.0 + 2**-8)}
+    block = momentum_jax.momentum(1.0, 0.9, **SR)
+    tx = optax.partition({"a": block, "b": block}, {"a": "a", "b": "b"})
+    ups = _round_ups(tx, params, grads)
+    assert 0.45 < float(np.mean(ups["a"])) < 0.55  # each array's bits are fair
+    agree = float(np.mean(ups["a"] == ups["b"]))
+    # Independent fair bits agree 50% +- 0.8% (one standard deviation at N = 4096).
+    assert 0.45 < agree < 0.55, agree
+    masked = optax.chain(
+        optax.masked(block, {"a": True, "b": False}), optax.masked(block, {"a": False, "b": True})
+    )
+    ups = _round_ups(masked, params, grads)
+    assert 0.45 < float(np.mean(ups["a"] == ups["b"])) < 0.55
+
+
+def _round_float16(values: np.ndarray, steps: int) -> np.ndarray:
+    """``values`` stored into a float16 velocity with stochastic rounding, ``steps`` seeds."""
+    params = jnp.zeros(values.shape, jnp.float32)
+    out = []
+    for seed in range(steps):
+        tx = momentum_jax.momentum(
+            1.0, 0.5, accumulator_dtype=jnp.float16, stochastic_rounding=True, seed=seed
+        )
+        _, state = tx.update(jnp.asarray(values, jnp.float32), tx.init(params), params)
+        out.append(np.asarray(state.velocity, np.float64))
+    return np.stack(out)
+
+
+def test_float16_subnormals_round_onto_their_grid_unbiased() -> None:
+    spacing = 2.0**-24
+    values = np.array([0.3, 2.5, 100.7, -7.25, 1000.1]) * spacing  # between subnormals
+    stored = _round_float16(np.repeat(values, 2000), 1).reshape(len(values), 2000)
+    grid = stored / spacing
+    np.testing.assert_array_equal(grid, np.round(grid))  # values of float16's subnormal grid
+    low, high = np.floor(values / spacing) * spacing, np.ceil(values / spacing) * spacing
+    assert np.all((stored == low[:, None]) | (stored == high[:, None]))
+    # Unbiased: the mean is within 4 standard errors of the exact value.
+    p = (values - low) / spacing
+    error = 4 * spacing * np.sqrt(p * (1 - p) / 2000)
+    np.testing.assert_array_less(np.abs(stored.mean(axis=1) - values), error + 1e-30)
+
+
+def test_float16_velocity_keeps_contributions_below_its_normal_range() -> None:
+    # lr * g = 1e-8, below float16's smallest normal (6.1e-5) and its subnormal
+    # spacing (6e-8): round-to-nearest, or rounding at the value's own exponent,
+    # keeps 0 for ever; stochastic rounding onto the subnormal grid keeps the mean.
+    tx = momentum_jax.momentum(
+        1e-3, 0.9, accumulator_dtype=jnp.float16, stochastic_rounding=True
+    )
+    params = jnp.zeros(N)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for _ in range(30):
+        _, state = update(jnp.full(N, 1e-5), state, params)
+    exact = 1e-8 * (1 - 0.9**30) / (1 - 0.9)
+    mean = float(np.mean(np.asarray(state.velocity, np.float64)))
+    assert mean == pytest.approx(exact, rel=0.1)
+
+
+@pytest.mark.parametrize("pattern", [0x7FFFFFFF, 0x7FC00000, 0xFFFFFFFF, 0x7F800001])
+def test_every_nan_pattern_stays_nan(pattern: int) -> None:
+    nan = jax.lax.bitcast_convert_type(jnp.full(N, pattern, jnp.uint32), jnp.float32)
+    params = jnp.ones(N, jnp.bfloat16)
+    tx = momentum_jax.momentum(1.0, 0.9, **SR)
+    _, state = tx.update(nan, tx.init(params), params)
+    assert bool(jnp.all(jnp.isnan(state.velocity)))
+    rounder = momentum_jax.stochastic_round_params()
+    updates, _ = rounder.update(nan, rounder.init(params), params)
+    assert bool(jnp.all(jnp.isnan(optax.apply_updates(params, updates))))

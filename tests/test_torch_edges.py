@@ -1,0 +1,106 @@
+"""``compat.torch_sgd`` where PyTorch's semantics have edges.
+
+* A momentum that is 0 at some steps (a schedule, or a value injected with
+  ``optax.inject_hyperparams``): PyTorch leaves its buffer alone at such a step and
+  starts it, undamped (``buf = clone(grad)``), at the first step whose momentum is
+  not 0. Checked against the closed form and against ``torch.optim.SGD`` itself.
+* Weight decay keeps the gradient's dtype (PyTorch adds it in place), so mixed
+  precision params and a strongly typed decay work in the packed layout too.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from momentum_jax import compat
+
+MOMENTA = [0.0, 0.0, 0.9, 0.9, 0.0, 0.8, 0.7]
+
+
+def _schedule(count: jax.Array) -> jax.Array:
+    return jnp.asarray(MOMENTA, jnp.float32)[count]
+
+
+def _grads(step: int) -> np.ndarray:
+    return np.array([1.0, -2.0, 0.5], np.float32) * (1.0 + 0.3 * step) + np.float32(step % 3)
+
+
+def _ours(dampening: float, injected: bool, layout: str = "per_leaf") -> np.ndarray:
+    if injected:
+        tx = optax.inject_hyperparams(compat.torch_sgd, static_args=("layout",))(
+            lr=0.1, momentum=0.0, dampening=dampening, layout=layout
+        )
+    else:
+        tx = compat.torch_sgd(0.1, _schedule, dampening=dampening, layout=layout)
+    params = jnp.zeros(3)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    for t, mu in enumerate(MOMENTA):
+        if injected:
+            state.hyperparams["momentum"] = jnp.asarray(mu)
+        updates, state = step(jnp.asarray(_grads(t)), state, params)
+        params = optax.apply_updates(params, updates)
+    return np.asarray(params)
+
+
+def test_momentum_zero_then_not_matches_the_closed_form() -> None:
+    # momentum 0, 0, 0.9, 0.9 on g = 1, lr 0.1: -0.1, -0.2, then buf = g: -0.3, then -0.49.
+    tx = compat.torch_sgd(0.1, _schedule)
+    params, state = jnp.zeros(1), tx.init(jnp.zeros(1))
+    for _ in range(4):
+        updates, state = tx.update(jnp.ones(1), state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(params, [-0.49], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dampening", [0.0, 0.3])
+@pytest.mark.parametrize("injected", [False, True], ids=["schedule", "injected"])
+def test_momentum_zero_at_some_steps_matches_torch(dampening: float, injected: bool) -> None:
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    theta = torch.zeros(3, dtype=torch.float32, requires_grad=True)
+    optimizer = torch.optim.SGD([theta], lr=0.1, momentum=0.0, dampening=dampening)
+    for t, mu in enumerate(MOMENTA):
+        optimizer.param_groups[0]["momentum"] = mu
+        theta.grad = torch.from_numpy(_grads(t))
+        optimizer.step()
+    expected = theta.detach().numpy()
+    np.testing.assert_allclose(_ours(dampening, injected), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(_ours(dampening, injected, "packed"), _ours(dampening, injected))
+
+
+def _mixed() -> dict[str, jax.Array]:
+    return {"half": jnp.linspace(-1, 1, 6, dtype=jnp.bfloat16), "full": jnp.linspace(1, 2, 4)}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda layout: compat.torch_sgd(0.1, 0.9, weight_decay=jnp.float32(1e-2), layout=layout),
+        lambda layout: optax.inject_hyperparams(compat.torch_sgd, static_args=("layout",))(
+            lr=0.1, momentum=0.9, layout=layout
+        ),
+    ],
+    ids=["strongly_typed_decay", "injected"],
+)
+# The decay stage keeps the gradient's dtype; the learning-rate stage, optax's own, may
+# promote under inject_hyperparams. Both layouts give the same dtypes and numbers.
+def test_weight_decay_keeps_the_gradient_dtype_in_both_layouts(make: object) -> None:
+    params = _mixed()
+    results = {}
+    for layout in ("per_leaf", "packed"):
+        tx = make(layout)  # type: ignore[operator]
+        p, state = params, tx.init(params)
+        for t in range(4):
+            grads = jax.tree.map(lambda x, t=t: (x * (t + 1) + 0.25).astype(x.dtype), p)
+            updates, state = tx.update(grads, state, p)
+            if layout == "per_leaf" and t == 0:
+                dtypes = jax.tree.map(lambda u: u.dtype, updates)
+            assert jax.tree.map(lambda u: u.dtype, updates) == dtypes
+            p = optax.apply_updates(p, updates)
+        results[layout] = p
+    for a, b in zip(jax.tree.leaves(results["per_leaf"]), jax.tree.leaves(results["packed"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))

@@ -1,0 +1,76 @@
+"""Hyperparameters that cannot be checked in Python: out of range is loud, never silent.
+
+A value checked when the transform is built raises a ``ValueError`` there. One that
+is traced (a jitted init under ``optax.inject_hyperparams``) or produced by a
+schedule is checked by a scalar select in the update: out of its range, the update
+is NaN, which ``optax.apply_if_finite`` skips and counts.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import momentum_jax
+from momentum_jax import compat
+
+PARAMS = {"w": jnp.linspace(-1, 1, 8, dtype=jnp.bfloat16)}
+
+
+def _grads(t: int) -> dict[str, jax.Array]:
+    return {"w": (jnp.linspace(1, 2, 8) * (1 + t)).astype(jnp.bfloat16)}
+
+
+def test_a_momentum_rounded_to_one_by_bfloat16_is_refused_eagerly_with_the_fix() -> None:
+    tx = optax.inject_hyperparams(momentum_jax.momentum)(learning_rate=1e-3, momentum=0.999)
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\).*hyperparam_dtype=jnp.float32"):
+        tx.init(PARAMS)
+
+
+def _run(tx: optax.GradientTransformation, steps: int = 3) -> tuple[list[bool], object]:
+    state = jax.jit(tx.init)(PARAMS)
+    update = jax.jit(tx.update)
+    finite = []
+    for t in range(steps):
+        updates, state = update(_grads(t), state, PARAMS)
+        finite.append(bool(jnp.all(jnp.isfinite(updates["w"].astype(jnp.float32)))))
+    return finite, state
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        # 0.999 in bfloat16 is 1.0: the velocity would never decay.
+        lambda: optax.inject_hyperparams(momentum_jax.momentum)(learning_rate=1e-3, momentum=0.999),
+        lambda: optax.inject_hyperparams(momentum_jax.nesterov)(learning_rate=-1e-3, momentum=0.9),
+        lambda: optax.inject_hyperparams(momentum_jax.qhm)(learning_rate=0.1, momentum=0.9, nu=1.5),
+        lambda: optax.inject_hyperparams(compat.torch_sgd)(lr=0.1, momentum=0.9, dampening=1.0),
+        lambda: optax.inject_hyperparams(momentum_jax.momentum)(
+            learning_rate=1e-3, momentum=0.9, weight_decay=-0.1
+        ),
+        lambda: momentum_jax.momentum(0.1, lambda count: jnp.where(count < 1, 0.9, 1.0)),
+        lambda: momentum_jax.scale_by_momentum(lambda count: 0.5 + count * 0.5),
+    ],
+    ids=["bf16_momentum_one", "negative_lr", "nu", "dampening", "weight_decay", "momentum_schedule", "block_schedule"],
+)
+def test_out_of_range_traced_values_make_the_update_non_finite(make: object) -> None:
+    finite, _ = _run(make())  # type: ignore[operator]
+    assert not all(finite)
+
+
+def test_apply_if_finite_sees_such_updates_and_a_float32_hyperparam_dtype_trains() -> None:
+    inject = optax.inject_hyperparams(momentum_jax.momentum)
+    # apply_if_finite checks what it receives: put it after the transform.
+    guarded = optax.chain(
+        inject(learning_rate=1e-3, momentum=0.999), optax.apply_if_finite(optax.identity(), 10)
+    )
+    finite, state = _run(guarded)
+    assert finite == [True, True, True]  # apply_if_finite returned zeros
+    assert int(state[1].total_notfinite) == 3
+    fixed = optax.inject_hyperparams(momentum_jax.momentum, hyperparam_dtype=jnp.float32)
+    finite, state = _run(fixed(learning_rate=1e-3, momentum=0.999))
+    assert finite == [True, True, True]
+    np.testing.assert_allclose(float(state.hyperparams["momentum"]), 0.999, rtol=1e-7)
