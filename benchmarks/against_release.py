@@ -8,6 +8,11 @@ repetition, with ``optax.sgd`` as the common yardstick. 0.1.0 imports
 
     python benchmarks/against_release.py                  # 10M params in 1 and 1000 arrays
     python benchmarks/against_release.py --arrays 1 --reps 15
+    python benchmarks/against_release.py --rev 87c1380 --arrays 1 100 1000 --resnet50
+
+``--resnet50`` adds the shapes of ResNet-50's 161 arrays. Each row gives the median
+over repetitions of the per-repetition ratio to ``optax.sgd`` and, for the current
+code, to the same transform of the old release.
 """
 
 from __future__ import annotations
@@ -54,11 +59,11 @@ def import_release(rev: str) -> Any:
 
 
 def contender(
-    tx: optax.GradientTransformation, sizes: list[int]
+    tx: optax.GradientTransformation, shapes: list[tuple[int, ...]]
 ) -> tuple[Callable[[int], None], float]:
     rng = np.random.default_rng(0)
-    params = [jnp.asarray(rng.standard_normal(n, dtype=np.float32)) for n in sizes]
-    grads = [jnp.asarray(rng.standard_normal(n, dtype=np.float32) * 1e-3) for n in sizes]
+    params = [jnp.asarray(rng.standard_normal(s, dtype=np.float32)) for s in shapes]
+    grads = [jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 1e-3) for s in shapes]
 
     def step(params: Any, state: Any, grads: Any) -> Any:
         updates, state = tx.update(grads, state, params)
@@ -86,11 +91,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=int, default=10_000_000)
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--steps", type=int, default=20, help="steps per timing")
+    parser.add_argument("--resnet50", action="store_true", help="also ResNet-50's shapes")
     args = parser.parse_args(argv)
     old = import_release(args.rev)
     print(f"jax {jax.__version__}, optax {optax.__version__}; current {momentum_jax.__version__}")
-    for arrays in args.arrays:
-        sizes = [args.params // arrays] * arrays
+    sets = {
+        f"{args.params / 1e6:g}M params in {arrays} array(s)": [(args.params // arrays,)] * arrays
+        for arrays in args.arrays
+    }
+    if args.resnet50:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        sets["ResNet-50 shapes (161 arrays)"] = importlib.import_module("bench_step").resnet50_shapes()
+    for title, sizes in sets.items():
         factories = {
             "current momentum": momentum_jax.momentum(1e-3, 0.9),
             f"{args.rev} momentum": old.momentum(1e-3, 0.9),
@@ -106,14 +118,19 @@ def main(argv: list[str] | None = None) -> None:
                 start = time.perf_counter()
                 built[name][0](args.steps)
                 times[name].append((time.perf_counter() - start) / args.steps)
-        print(f"\n{args.params / 1e6:g}M params in {arrays} array(s), {args.reps} repetitions")
-        print(f"{'contender':22s} {'median ms':>10s} {'/ optax.sgd':>12s} {'compile s':>10s}")
+        print(f"\n{title}, {args.reps} repetitions")
+        print(f"{'contender':22s} {'median ms':>10s} {'/ optax.sgd':>12s} {'/ old':>7s} {'compile s':>10s}")
         for name, values in times.items():
             ratio = statistics.median(
                 t / b for t, b in zip(values, times["optax.sgd"], strict=True)
             )
+            old_name = name.replace("current", args.rev)
+            to_old = ""
+            if name.startswith("current"):
+                pairs = zip(values, times[old_name], strict=True)
+                to_old = f"{statistics.median(t / b for t, b in pairs):7.3f}"
             print(
-                f"{name:22s} {1e3 * statistics.median(values):10.3f} {ratio:12.3f} "
+                f"{name:22s} {1e3 * statistics.median(values):10.3f} {ratio:12.3f} {to_old:>7s} "
                 f"{built[name][1]:10.2f}"
             )
 

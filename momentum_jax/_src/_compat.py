@@ -12,14 +12,20 @@ import optax
 
 from momentum_jax._src import _core, _tree
 from momentum_jax._src._skeleton import hyper, scale_by_learning_rate
-from momentum_jax._src._validation import caller, is_python_zero, public
+from momentum_jax._src._validation import (
+    caller,
+    concrete,
+    is_python_zero,
+    named,
+    needs_params,
+    public,
+)
 
 
 def _checked(
-    inner: optax.GradientTransformation, needs_params: bool = False
+    inner: optax.GradientTransformation, decay: bool = False
 ) -> optax.GradientTransformationExtraArgs:
     """``inner``, a stage before any buffer, after a check of the gradients against the params."""
-    name = caller()
 
     def update_fn(
         updates: optax.Updates,
@@ -32,13 +38,11 @@ def _checked(
             _tree.check_tree(
                 updates, jax.tree.map(lambda p: p if _tree.trains(p) else None, params)
             )
-        elif needs_params:
-            raise ValueError(
-                f"{name}: weight_decay needs the params: call update(g, state, params)."
-            )
+        elif decay:
+            raise needs_params()
         return inner.update(updates, state, params)
 
-    return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+    return optax.GradientTransformationExtraArgs(named(inner.init), named(update_fn))
 
 
 def _per_array(fn: Any, updates: Any, params: Any) -> Any:
@@ -156,22 +160,17 @@ def torch_sgd(
     References:
       `torch.optim.SGD <https://pytorch.org/docs/stable/generated/torch.optim.SGD.html>`_.
     """
-    if nesterov and (_concrete(momentum, lambda mu: mu <= 0) or not is_python_zero(dampening)):
+    mu, tau = concrete(momentum), concrete(dampening)
+    if nesterov and ((mu is not None and mu <= 0) or tau not in (None, 0.0)):
         raise ValueError(f"{caller()}: nesterov=True needs momentum > 0 and dampening=0.")
+    options = (accumulator_dtype, stochastic_rounding, seed, layout)
     parts: list[Any] = [optax.scale(-1.0)] if maximize else []
     if not is_python_zero(weight_decay):
         parts.append(_coupled_weight_decay(weight_decay))
     if not is_python_zero(momentum):
         parts.append(
             _core.gradient_buffer(
-                momentum,
-                nesterov=nesterov,
-                dampening=dampening,
-                accumulator_dtype=accumulator_dtype,
-                stochastic_rounding=stochastic_rounding,
-                seed=seed,
-                layout=layout,
-                torch_zero_momentum=type(momentum) not in (int, float),
+                momentum, nesterov, dampening, *options, type(momentum) not in (int, float)
             )
         )
     scale = scale_by_learning_rate(lr)
@@ -323,17 +322,7 @@ def tf1_momentum(
     """
     return optax.chain(
         _core.gradient_buffer(
-            momentum,
-            nesterov=use_nesterov,
-            dampening=0.0,
-            accumulator_dtype=accumulator_dtype,
-            stochastic_rounding=stochastic_rounding,
-            seed=seed,
-            layout=layout,
+            momentum, use_nesterov, 0.0, accumulator_dtype, stochastic_rounding, seed, layout
         ),
         scale_by_learning_rate(learning_rate),
     )
-
-
-def _concrete(value: Any, test: Any) -> bool:
-    return isinstance(value, int | float) and bool(test(value))

@@ -10,7 +10,7 @@ import optax
 
 from momentum_jax._src._layout import with_layout
 from momentum_jax._src._skeleton import buffer_transform, hyper
-from momentum_jax._src._validation import is_python_zero, public
+from momentum_jax._src._validation import concrete, is_python_zero, public
 
 
 class MomentumState(NamedTuple):
@@ -169,15 +169,9 @@ def momentum(
         lr, _, mu_next = c
         return -(mu_next * v + lr * g) if nesterov else -v
 
+    options = (accumulator_dtype, stochastic_rounding, seed)
     block = buffer_transform(
-        MomentumState,
-        coefficients,
-        velocity,
-        update,
-        weight_decay=weight_decay,
-        accumulator_dtype=accumulator_dtype,
-        stochastic_rounding=stochastic_rounding,
-        seed=seed,
+        MomentumState, coefficients, velocity, update, *options, weight_decay=weight_decay
     )
     return with_layout(block, layout)
 
@@ -315,24 +309,16 @@ def scale_by_momentum(
       learning library <https://arxiv.org/abs/1912.01703>`_, 2019
       (``torch.optim.SGD``).
     """
-    if nesterov and not is_python_zero(dampening):
+    if nesterov and concrete(dampening) not in (None, 0.0):
         raise ValueError(
             f"momentum_jax.scale_by_momentum: nesterov=True needs dampening=0, got {dampening!r}."
         )
-    return gradient_buffer(
-        momentum,
-        nesterov=nesterov,
-        dampening=dampening,
-        accumulator_dtype=accumulator_dtype,
-        stochastic_rounding=stochastic_rounding,
-        seed=seed,
-        layout=layout,
-    )
+    options = (accumulator_dtype, stochastic_rounding, seed, layout)
+    return gradient_buffer(momentum, nesterov, dampening, *options)
 
 
 def gradient_buffer(
     momentum: Any,
-    *,
     nesterov: bool,
     dampening: Any,
     accumulator_dtype: Any,
@@ -377,14 +363,9 @@ def gradient_buffer(
     def extra(c: Any) -> tuple[Any, ...]:
         return (jnp.zeros([], bool) if c is None else c[4],)
 
+    state_type = TorchMomentumState if started else MomentumState
+    options = (accumulator_dtype, stochastic_rounding, seed)
     block = buffer_transform(
-        TorchMomentumState if started else MomentumState,
-        coefficients,
-        buffer,
-        output,
-        accumulator_dtype=accumulator_dtype,
-        stochastic_rounding=stochastic_rounding,
-        seed=seed,
-        extra=extra if started else None,
+        state_type, coefficients, buffer, output, *options, extra=extra if started else None
     )
     return with_layout(block, layout)

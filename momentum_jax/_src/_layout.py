@@ -25,7 +25,7 @@ import optax
 from jax import lax
 
 from momentum_jax._src import _tree
-from momentum_jax._src._validation import caller
+from momentum_jax._src._validation import caller, named
 
 #: Arrays with at most this many elements are packed.
 MAX_PACKED_SIZE = 2**16
@@ -140,13 +140,11 @@ def _packs(leaf: Any) -> bool:
     # An array split over explicit mesh axes keeps its own buffer: packing it would
     # gather it every step. (Auto axes are invisible in the type, eagerly and under jit,
     # so the layout is the same for init and jax.jit(init).)
+    if not _tree.trains(leaf) or math.prod(jnp.shape(leaf)) > MAX_PACKED_SIZE:
+        return False
     typeof = getattr(jax, "typeof", None)  # JAX 0.4 has no explicit axes
     spec = getattr(getattr(typeof(leaf), "sharding", None), "spec", None) if typeof else None
-    return (
-        _tree.trains(leaf)
-        and math.prod(jnp.shape(leaf)) <= MAX_PACKED_SIZE
-        and not any(axis is not None for axis in spec or ())
-    )
+    return not any(axis is not None for axis in spec or ())
 
 
 class PackedState(NamedTuple):
@@ -225,7 +223,7 @@ def packed(block: optax.GradientTransformation) -> optax.GradientTransformationE
         out, inner = block.update(layout.pack(updates, "gradient"), state.inner, params)
         return layout.unpack(*out), PackedState(inner, layout)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(named(init_fn), named(update_fn))
 
 
 def with_layout(block: optax.GradientTransformationExtraArgs, layout: str) -> Any:

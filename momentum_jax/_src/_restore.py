@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from momentum_jax._src._layout import BUFFER_FIELDS, Layout, PackedState, repack
+from momentum_jax._src._tree import is_none
 from momentum_jax._src._validation import caller, is_traced, public
 
 
@@ -63,7 +64,7 @@ def restore_state(
       [0.271 0.271] 3
     """
     fresh = transform.init(params)
-    return jax.tree.map(_place_like, _carry(old_state, fresh, "state"), fresh)
+    return jax.tree.map(_place_like, _carry(old_state, fresh, "state", params), fresh)
 
 
 def _place_like(value: Any, fresh: Any) -> Any:
@@ -101,18 +102,26 @@ def _packed_raw(old: Any) -> Any:
     return None
 
 
-def _carry(old: Any, new: Any, path: str) -> Any:
+def _carry(old: Any, new: Any, path: str, params: Any) -> Any:
     """``old``'s values in ``new``'s structure, matched by name, cast to ``new``'s dtypes."""
+    if isinstance(old, PackedState):
+        old = old.unpacked()
     if isinstance(new, PackedState):
-        inner = old.inner if isinstance(old, PackedState) else _packed_raw(old)
-        if inner is not None:
-            return PackedState(_carry(inner, new.inner, f"{path}.inner"), new.layout)
-        return repack(_carry(old, new.unpacked(), path), new.layout)
-    if _is_block(new):
-        if isinstance(old, PackedState):
-            old = old.unpacked()
-        elif _packed_raw(old) is not None:
-            old = _unpack_raw(_packed_raw(old), new, path)
+        if _packed_raw(old) is not None:  # written in this layout, read without a target
+            return PackedState(
+                _carry(_packed_raw(old), new.inner, f"{path}.inner", params), new.layout
+            )
+        return repack(_carry(old, new.unpacked(), path, params), new.layout)
+    if _is_block(new) and _packed_raw(old) is not None:
+        # Packed, read without a target, into the per-leaf layout: as the params pack.
+        buffers = getattr(new, new._fields[1])
+        first = buffers[0] if new._fields[1] == "buffers" else buffers
+        same = jax.tree.structure(first, is_leaf=is_none) == jax.tree.structure(
+            params, is_leaf=is_none
+        )
+        return _carry(
+            old, repack(new, Layout.of(params if same else first)), path, params
+        ).unpacked()
     new_children = _children(new)
     if new_children is None:
         return _carry_leaf(old, new, path)
@@ -126,7 +135,7 @@ def _carry(old: Any, new: Any, path: str) -> Any:
     for key, child in new_children.items():
         where = _where(path, key)
         if key in old_children:
-            carried.append(_carry(old_children[key], child, where))
+            carried.append(_carry(old_children[key], child, where, params))
         elif not jax.tree.leaves(child) or path.endswith(".hyperparams"):
             carried.append(child)  # a hyperparameter injected now but static then: as built
         else:
@@ -143,42 +152,6 @@ def _carry_leaf(old: Any, new: Any, path: str) -> Any:
         hint = " (a stacked state: jax.vmap restore_state over it)" if stacked else ""
         raise _error(path, f"has shape {jnp.shape(old)}, expected {jnp.shape(new)}{hint}")
     return jnp.asarray(old, jnp.result_type(new))
-
-
-def _unpack_raw(inner: Any, new: Any, path: str) -> Any:
-    """A raw packed block state, with its buffers sliced back into ``new``'s params-shaped trees."""
-    old = dict(_children(inner) or {})
-    for field in set(BUFFER_FIELDS) & set(new._fields) & set(old):
-        template = getattr(new, field)
-        pairs = list((_children(old[field]) or {}).values()) if field == "buffers" else [old[field]]
-        trees = template if field == "buffers" else (template,)
-        unpacked = [
-            _unpack_pair(pair, tree, _where(path, field)) for pair, tree in zip(pairs, trees)
-        ]
-        old[field] = unpacked if field == "buffers" else unpacked[0]
-    return old
-
-
-def _unpack_pair(pair: Any, template: Any, path: str) -> Any:
-    parts = list((_children(pair) or {}).values())
-    if len(parts) != 2:
-        raise _error(path, "is not a packed buffer (rest, packs) in the old state")
-    packs = {k: jnp.asarray(v) for k, v in (_children(parts[1]) or {}).items()}
-    # Group by the dtype each buffer was packed under: its own, unless only one group exists.
-    shapes = jax.tree.map(
-        lambda b: jax.ShapeDtypeStruct(
-            b.shape, next(iter(packs.values())).dtype if len(packs) == 1 else b.dtype
-        ),
-        template,
-    )
-    layout = Layout.of(shapes)
-    if dict(layout.groups) != {k: v.shape[-1] for k, v in packs.items()}:
-        raise _error(
-            path,
-            f"packs {dict((k, v.shape[-1]) for k, v in packs.items())} elements per dtype, which the params do not fill",
-        )
-    rest = _carry(parts[0], layout.pack(template)[0], _where(path, "0"))
-    return layout.unpack(rest, packs)
 
 
 def _where(path: str, name: str) -> str:

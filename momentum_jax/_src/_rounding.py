@@ -26,7 +26,7 @@ import optax
 from jax import lax
 
 from momentum_jax._src import _tree
-from momentum_jax._src._validation import caller, public
+from momentum_jax._src._validation import caller, named, public
 
 # Bits dropped from a float32 pattern to reach each 16-bit format's precision.
 _DROPPED = {jnp.dtype(jnp.bfloat16): 16, jnp.dtype(jnp.float16): 13}
@@ -44,27 +44,9 @@ def narrow(dtype: Any) -> bool:
 
 def _hash(x: jax.Array) -> jax.Array:
     """A bijective mix of uint32 values (the lowbias32 constants of C. Wellons' hash prospector)."""
-    x = lax.bitwise_xor(x, lax.shift_right_logical(x, np.uint32(16)))
-    x = lax.mul(x, np.uint32(0x7FEB352D))
-    x = lax.bitwise_xor(x, lax.shift_right_logical(x, np.uint32(15)))
-    x = lax.mul(x, np.uint32(0x846CA68B))
-    return lax.bitwise_xor(x, lax.shift_right_logical(x, np.uint32(16)))
-
-
-def _uint32(x: Any) -> jax.Array:
-    return lax.convert_element_type(x, jnp.uint32)
-
-
-def _element_index(shape: tuple[int, ...]) -> jax.Array:
-    """Each element's row-major index (mod 2**32), built per axis so that it shards like x."""
-    if not shape:
-        return jnp.zeros((), jnp.uint32)
-    index, stride = lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1), shape[-1]
-    for axis in reversed(range(len(shape) - 1)):
-        term = lax.broadcasted_iota(jnp.uint32, shape, axis)
-        index = lax.add(index, lax.mul(term, np.uint32(stride % 2**32)))
-        stride *= shape[axis]
-    return index
+    x = (x ^ (x >> 16)) * np.uint32(0x7FEB352D)
+    x = (x ^ (x >> 15)) * np.uint32(0x846CA68B)
+    return x ^ (x >> 16)
 
 
 def _mix(x: jax.Array) -> jax.Array:
@@ -73,9 +55,17 @@ def _mix(x: jax.Array) -> jax.Array:
     Its input already differs per step, buffer and seed (through the key), so
     one round suffices: the high bits, the ones used, depend on every input bit.
     """
-    x = lax.mul(x, np.uint32(0x7FEB352D))
-    x = lax.bitwise_xor(x, lax.shift_right_logical(x, np.uint32(15)))
-    return lax.mul(x, np.uint32(0x846CA68B))
+    x = x * np.uint32(0x7FEB352D)
+    return (x ^ (x >> 15)) * np.uint32(0x846CA68B)
+
+
+def _element_index(shape: tuple[int, ...]) -> jax.Array:
+    """Each element's row-major index (mod 2**32), built per axis so that it shards like x."""
+    index, stride = jnp.zeros(shape, jnp.uint32), 1
+    for axis in reversed(range(len(shape))):
+        index = index + lax.broadcasted_iota(jnp.uint32, shape, axis) * np.uint32(stride % 2**32)
+        stride *= shape[axis]
+    return index
 
 
 def stochastic_round(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
@@ -90,15 +80,14 @@ def stochastic_round(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
     whose float32 grid is 13 bits finer than 2**-24, and shifted back after.
     """
     dropped = _DROPPED[jnp.dtype(dtype)]
-    bits = _mix(lax.bitwise_xor(_element_index(x.shape), key))
+    bits = _mix(_element_index(x.shape) ^ key)
     shifted = x
     if jnp.dtype(dtype) == jnp.float16:
         offset = jnp.where(jnp.abs(x) < _FLOAT16_TINY, jnp.copysign(_FLOAT16_TINY, x), 0.0)
         shifted = x + offset
-    pattern = lax.bitcast_convert_type(shifted, jnp.uint32)
-    pattern = lax.add(pattern, lax.shift_right_logical(bits, np.uint32(32 - dropped)))
-    pattern = lax.bitwise_and(pattern, np.uint32((0xFFFFFFFF << dropped) & 0xFFFFFFFF))
-    rounded = lax.bitcast_convert_type(pattern, jnp.float32)
+    pattern = lax.bitcast_convert_type(shifted, jnp.uint32) + (bits >> (32 - dropped))
+    mask = np.uint32((0xFFFFFFFF << dropped) & 0xFFFFFFFF)
+    rounded = lax.bitcast_convert_type(pattern & mask, jnp.float32)
     if shifted is not x:
         rounded = rounded - offset
     # A NaN's added bits could carry into the sign bit (0x7FFFFFFF, the NaN of NVIDIA GPUs).
@@ -111,9 +100,9 @@ def leaf_keys(seed: Any, stage: int, count: Any, num_leaves: int) -> list[jax.Ar
     Computed as one array (then sliced), which keeps tracing cheap for models
     with thousands of arrays.
     """
-    step = _hash(lax.add(_hash(lax.bitwise_xor(_uint32(seed), np.uint32(stage))), _uint32(count)))
-    positions = lax.mul(lax.iota(jnp.uint32, max(num_leaves, 1)), np.uint32(0x9E3779B9))
-    keys = _hash(lax.add(positions, step))
+    uint32 = jnp.uint32
+    step = _hash(_hash(jnp.asarray(seed).astype(uint32) ^ np.uint32(stage)) + count.astype(uint32))
+    keys = _hash(lax.iota(uint32, max(num_leaves, 1)) * np.uint32(0x9E3779B9) + step)
     return [lax.index_in_dim(keys, i, keepdims=False) for i in range(num_leaves)]
 
 
@@ -135,7 +124,8 @@ def round_tree(new: Any, like: Any, seed: Any, stage: int, count: Any) -> Any:
     keys = leaf_keys(seed, stage, count, len(leaves))
     out = [
         lax.convert_element_type(
-            lax.convert_element_type(stochastic_round(x, dtype, key), dtype), jnp.float32
+            lax.convert_element_type(stochastic_round(x.astype(jnp.float32), dtype, key), dtype),
+            jnp.float32,
         )
         if dtype is not None and narrow(dtype)
         else x
@@ -215,7 +205,6 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
       Zamirai, Zhang, Aberger and De Sa, `Revisiting BFloat16 training
       <https://arxiv.org/abs/2010.06192>`_, 2020.
     """
-    name = caller()
 
     def init_fn(params: optax.Params) -> StochasticRoundParamsState:
         del params
@@ -231,14 +220,16 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
         _tree.check_state(state, StochasticRoundParamsState, updates)
         if params is None:
             raise ValueError(
-                f"{name}: update() needs the params: call update(updates, state, params)."
+                f"{caller()}: update() needs the params: call update(updates, state, params)."
             )
         trainable = jax.tree.map(lambda p: _tree.as_array(p) if _tree.trains(p) else None, params)
         _tree.check_tree(updates, trainable, what="update")
         like = jax.tree.map(
             lambda u, p: p if u is not None else None, updates, trainable, is_leaf=_tree.is_none
         )
-        exact = jax.tree.map(lambda u, p: p.astype(jnp.float32) + u, updates, like)
+        exact = jax.tree.map(
+            lambda u, p: p.astype(jnp.float32) + u if narrow(p.dtype) else u, updates, like
+        )
         rounded = round_tree(exact, like, seed, PARAMS, state.count)
 
         def step(u: Any, p: Any, r: Any) -> Any:
@@ -249,4 +240,4 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
         out = jax.tree.map(step, updates, like, rounded, is_leaf=_tree.is_none)
         return out, StochasticRoundParamsState(optax.safe_increment(state.count))
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(named(init_fn), named(update_fn))

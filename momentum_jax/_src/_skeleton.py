@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from momentum_jax._src import _rounding, _tree
-from momentum_jax._src._validation import caller, is_python_zero
+from momentum_jax._src._validation import caller, is_python_zero, named, needs_params
 
 
 def hyper(value: Any, count: Any, high: float = math.inf, closed: bool = False) -> Any:
@@ -47,10 +47,10 @@ def buffer_transform(
     coefficients: Callable[[Any], Any],
     buffers: Callable[..., Any],
     output: Callable[..., Any],
+    accumulator_dtype: Any,
+    stochastic_rounding: bool,
+    seed: Any,
     *,
-    accumulator_dtype: Any = None,
-    stochastic_rounding: bool = False,
-    seed: Any = 0,
     num_buffers: int | None = None,
     weight_decay: Any = 0.0,
     extra: Callable[[Any], tuple[Any, ...]] | None = None,
@@ -66,7 +66,6 @@ def buffer_transform(
     the buffers. ``extra(c)``, if given, gives the state's fields after the
     buffers, and ``extra(None)`` their initial values.
     """
-    name = caller()
     dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
     decay = not is_python_zero(weight_decay)
     rounding = stochastic_rounding
@@ -89,15 +88,13 @@ def buffer_transform(
         trees = (state[1],) if num_buffers is None else tuple(state[1])
         if len(trees) != (num_buffers or 1):
             raise ValueError(
-                f"{name}: the state holds {len(trees)} buffers, expected {num_buffers}."
+                f"{caller()}: the state holds {len(trees)} buffers, expected {num_buffers}."
             )
         reference = trees[0]
         grads = _tree.check_tree(updates, reference)
         if decay:
             if params is None:
-                raise ValueError(
-                    f"{name}: weight_decay needs the params: call update(g, state, params)."
-                )
+                raise needs_params()
             thetas = _tree.check_tree(params, reference, "param")
             wd = hyper(weight_decay, None)
         c = coefficients(state)
@@ -133,7 +130,7 @@ def buffer_transform(
         count = optax.safe_increment(state[0])
         return jax.tree.unflatten(treedef, outs), state_type(count, new_trees, *fields)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(named(init_fn), named(update_fn))
 
 
 def scale_by_learning_rate(learning_rate: Any) -> optax.GradientTransformation:

@@ -9,13 +9,13 @@ inside another one (a preset building its blocks) is not checked again.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import difflib
 import functools
 import inspect
 import math
-import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import jax
@@ -26,6 +26,28 @@ INT32_MAX = 2**31 - 1
 LAYOUTS = ("per_leaf", "packed")
 _CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("caller", default=None)
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def calling(name: str) -> Iterator[None]:
+    """Name ``name`` in the errors raised inside (a transform's ``init`` and ``update``)."""
+    token = _CALLER.set(name)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
+
+def named(fn: F) -> F:
+    """``fn``, a transform's ``init`` or ``update``, naming the factory that built it in errors."""
+    name = caller()
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with calling(name):
+            return fn(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
 
 
 def caller() -> str:
@@ -42,148 +64,131 @@ def is_python_zero(value: Any) -> bool:
     return type(value) in (int, float) and value == 0
 
 
+def concrete(value: Any) -> float | None:
+    """``value`` as a float when it is a concrete number, else ``None``."""
+    if callable(value) or is_traced(value) or value is None:
+        return None
+    return float(np.asarray(value).real)
+
+
+def needs_params() -> ValueError:
+    return ValueError(
+        f"{caller()}: weight_decay needs the params: pass them to update(), or "
+        "static_args=('weight_decay',) under inject_hyperparams if it is 0."
+    )
+
+
 def _fail(error: type[Exception], arg: str, message: str) -> None:
     raise error(f"{caller()}: {arg} {message}")
 
 
-def _number(arg: str, value: Any, schedule: bool) -> float | None:
-    """``value`` as a float, or None for a schedule or a traced array."""
-    if callable(value) and schedule:
-        return None
-    if is_traced(value):
-        return None
-    if isinstance(value, bool | np.bool_) or not isinstance(
-        value, int | float | np.ndarray | np.generic | jax.Array
-    ):
-        kind = "a number or a schedule" if schedule else "a number"
-        _fail(TypeError, arg, f"must be {kind}, got {type(value).__name__} {value!r}.")
-    dtype = np.result_type(value) if not isinstance(value, jax.Array) else value.dtype
-    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
-        _fail(TypeError, arg, f"must be a real number, got dtype {dtype}.")
-    if np.ndim(value) != 0:
-        _fail(ValueError, arg, f"must be a scalar, got shape {np.shape(value)}.")
-    # Checked as the arithmetic sees it: a Python float in float32 unless x64 is on.
-    seen = jnp.result_type(float) if isinstance(value, int | float) else dtype
-    with np.errstate(over="ignore"):
-        return float(np.asarray(value).astype(jax.dtypes.canonicalize_dtype(seen)))
+def in_range(high: float, closed: bool = False, schedule: bool = True) -> Any:
+    """A check that a concrete hyperparameter lies in ``[0, high)`` (``[0, high]`` if closed).
 
-
-def in_range(low: float, high: float, closed: bool = False, schedule: bool = True) -> Any:
-    """A check that a hyperparameter lies in ``[low, high)`` (``[low, high]`` if closed)."""
+    It is checked as the arithmetic sees it: a Python float in float32 (unless x64
+    is on), so 0.9999999999, which is 1.0 there, is refused.
+    """
 
     def check(arg: str, value: Any) -> None:
-        number = _number(arg, value, schedule)
-        if number is None or (low <= number and (number <= high if closed else number < high)):
+        if (callable(value) and schedule) or is_traced(value) or value is None:
             return
-        shown = f"{arg}={value!r}"
-        if (
-            isinstance(value, np.ndarray | np.generic | jax.Array)
-            and np.dtype(value.dtype).itemsize < 4
-        ):
-            shown += " (cast by inject_hyperparams? pass hyperparam_dtype=jnp.float32)"
-        _fail(
-            ValueError, arg, f"must be in [{low:g}, {high:g}{']' if closed else ')'}, got {shown}."
+        dtype = getattr(value, "dtype", None)
+        real = (
+            dtype is None
+            or jnp.issubdtype(dtype, jnp.floating)
+            or jnp.issubdtype(dtype, jnp.integer)
         )
+        if (
+            isinstance(value, bool | np.bool_)
+            or not isinstance(value, int | float | np.ndarray | np.generic | jax.Array)
+            or not real
+        ):
+            _fail(
+                TypeError,
+                arg,
+                f"must be a real number{' or a schedule' * schedule}, got {value!r}.",
+            )
+        if np.ndim(value) != 0:
+            _fail(ValueError, arg, f"must be a scalar, got shape {np.shape(value)}.")
+        seen = jax.dtypes.canonicalize_dtype(jnp.result_type(float) if dtype is None else dtype)
+        with np.errstate(over="ignore"):
+            number = float(np.asarray(value).astype(seen))
+        if number >= 0 and (number <= high if closed else number < high):
+            return
+        cast = " (cast to 16 bits? use hyperparam_dtype=jnp.float32)" * (seen.itemsize < 4)
+        interval = f"[0, {high:g}{']' if closed else ')'}"
+        _fail(ValueError, arg, f"must be in {interval}, got {arg}={value!r}{cast}.")
 
     return check
 
 
-def _flag(arg: str, value: Any) -> None:
-    if not isinstance(value, bool | np.bool_):
-        _fail(TypeError, arg, f"must be True or False, got {value!r}.")
+def _kind(test: Callable[[Any], bool], wanted: str, error: type[Exception] = TypeError) -> Any:
+    def check(arg: str, value: Any) -> None:
+        if not test(value):
+            _fail(error, arg, f"must be {wanted}, got {value!r}.")
+
+    return check
 
 
-def _dtype(arg: str, value: Any) -> None:
+def _dtype(value: Any) -> bool:
     try:
-        ok = value is None or jnp.issubdtype(jnp.dtype(value), jnp.inexact)
+        return value is None or bool(jnp.issubdtype(jnp.dtype(value), jnp.inexact))
     except TypeError:
-        ok = False
-    if not ok:
-        _fail(TypeError, arg, f"must be None or a float dtype, got {value!r}.")
+        return False
 
 
-def _seed(arg: str, value: Any) -> None:
-    if isinstance(value, np.ndarray | jax.Array):
-        if value.shape != () or not jnp.issubdtype(value.dtype, jnp.integer):
+def _integer(low: int, high: int = INT32_MAX) -> Any:
+    """A check for an integer (or integer scalar array, which may be traced) in ``[low, high]``."""
+
+    def check(arg: str, value: Any) -> None:
+        array = isinstance(value, np.ndarray | jax.Array)
+        if array and (value.shape != () or not jnp.issubdtype(value.dtype, jnp.integer)):
             _fail(TypeError, arg, f"must be an integer scalar, got {value!r}.")
-        if is_traced(value):
-            return
-    elif isinstance(value, bool) or not isinstance(value, int | np.integer):
-        _fail(TypeError, arg, f"must be an integer in [0, {INT32_MAX}], got {value!r}.")
-    if not 0 <= int(value) <= INT32_MAX:
-        _fail(ValueError, arg, f"must be in [0, {INT32_MAX}], got {value!r}.")
+        if not array and (isinstance(value, bool) or not isinstance(value, int | np.integer)):
+            _fail(TypeError, arg, f"must be an integer, got {value!r}.")
+        if not is_traced(value) and not low <= int(value) <= high:
+            _fail(ValueError, arg, f"must be in [{low}, {high}], got {arg}={value!r}.")
 
-
-def _layout(arg: str, value: Any) -> None:
-    if value not in LAYOUTS:
-        _fail(ValueError, arg, f"must be 'per_leaf' or 'packed', got {value!r}.")
+    return check
 
 
 def _momenta(arg: str, value: Any) -> None:
-    if isinstance(value, np.ndarray | jax.Array):
-        if value.ndim != 1 or value.size == 0:
-            _fail(ValueError, arg, f"must be a non-empty 1-D array, got shape {value.shape}.")
-        elements: Sequence[Any] = [] if is_traced(value) else list(value)
-    elif isinstance(value, list | tuple):
-        elements = value
-    else:
-        _fail(TypeError, arg, f"must be a tuple of numbers, e.g. (0.0, 0.9), got {value!r}.")
+    if not isinstance(value, list | tuple | np.ndarray | jax.Array) or np.ndim(value) != 1:
+        _fail(TypeError, arg, f"must be a non-empty tuple of numbers, got {value!r}.")
     if len(value) == 0:
         _fail(ValueError, arg, "must hold at least one momentum, got ().")
-    for index, beta in enumerate(elements):
-        _MOMENTUM_CONST(f"{arg}[{index}]", beta)
+    for index, beta in enumerate([] if is_traced(value) else value):
+        _CONSTANT(f"{arg}[{index}]", beta)
 
 
-def steps(arg: str, value: Any) -> None:
-    """A step count: an integer in ``[1, 2**31 - 1]``."""
-    try:
-        number = operator.index(value)
-    except TypeError:
-        number = None
-    if number is None or isinstance(value, bool):
-        _fail(TypeError, arg, f"must be a positive integer, got {value!r}.")
-    elif not 1 <= number <= INT32_MAX:
-        _fail(ValueError, arg, f"must be in [1, {INT32_MAX}], got {value!r}.")
-
-
-_MOMENTUM_CONST = in_range(0.0, 1.0, schedule=False)
-_RATE = in_range(0.0, math.inf)
-_DECAY = in_range(0.0, math.inf, schedule=False)
+_CONSTANT = in_range(1.0, schedule=False)
 CHECKS: dict[str, Callable[[str, Any], None]] = {
-    "learning_rate": _RATE,
-    "lr": _RATE,
-    "momentum": in_range(0.0, 1.0),
-    "max_momentum": _MOMENTUM_CONST,
-    "init_momentum": _MOMENTUM_CONST,
-    "dampening": _MOMENTUM_CONST,
-    "weight_decay": lambda arg, v: v is None or _DECAY(arg, v),
-    "nu": in_range(0.0, 1.0, closed=True),
-    "b1": _MOMENTUM_CONST,
-    "b2": _MOMENTUM_CONST,
+    **dict.fromkeys(("learning_rate", "lr"), in_range(math.inf)),
+    **dict.fromkeys(("max_momentum", "init_momentum", "dampening", "b1", "b2"), _CONSTANT),
+    "momentum": in_range(1.0),
+    "nu": in_range(1.0, closed=True),
+    "weight_decay": in_range(math.inf, schedule=False),
     "momenta": _momenta,
-    "nesterov": _flag,
-    "use_nesterov": _flag,
-    "maximize": _flag,
-    "stochastic_rounding": _flag,
-    "accumulator_dtype": _dtype,
-    "seed": _seed,
-    "layout": _layout,
-    "steps_per_stage": steps,
-    "total_steps": steps,
+    **dict.fromkeys(
+        ("nesterov", "use_nesterov", "maximize", "stochastic_rounding"),
+        _kind(lambda v: isinstance(v, bool | np.bool_), "True or False"),
+    ),
+    "accumulator_dtype": _kind(_dtype, "None or a float dtype"),
+    "seed": _integer(0),
+    "layout": _kind(lambda v: v in LAYOUTS, "'per_leaf' or 'packed'", ValueError),
+    **dict.fromkeys(("steps_per_stage", "total_steps"), _integer(1)),
 }
-
-
 _SYNONYMS = {"learning_rate": "lr", "lr": "learning_rate", "use_nesterov": "nesterov"}
 
 
-def _did_you_mean(kwargs: dict[str, Any], signature: inspect.Signature) -> str:
+def _unknown(kwargs: dict[str, Any], parameters: Any) -> str | None:
+    """An unexpected keyword argument, with the parameter it may stand for."""
     for key in kwargs:
-        if key not in signature.parameters:
-            close = [_SYNONYMS.get(key, ""), *difflib.get_close_matches(key, signature.parameters)]
-            close = [name for name in close if name in signature.parameters]
-            if close:
-                return f" Did you mean {close[0]}?"
-    return ""
+        if key not in parameters:
+            close = [_SYNONYMS.get(key, ""), *difflib.get_close_matches(key, parameters)]
+            hint = next((f" Did you mean {c}?" for c in close if c in parameters), "")
+            return f"got an unexpected keyword argument {key!r}.{hint}"
+    return None
 
 
 def public(name: str) -> Callable[[F], F]:
@@ -196,19 +201,17 @@ def public(name: str) -> Callable[[F], F]:
         def checked(*args: Any, **kwargs: Any) -> Any:
             if _CALLER.get() is not None:  # built by another public factory: checked there
                 return factory(*args, **kwargs)
-            token = _CALLER.set(name)
-            try:
+            with calling(name):
                 try:
                     bound = signature.bind(*args, **kwargs)
                 except TypeError as error:
-                    raise TypeError(f"{name}: {error}.{_did_you_mean(kwargs, signature)}") from None
+                    why = _unknown(kwargs, signature.parameters) or f"{error}."
+                    raise TypeError(f"{name}: {why}") from None
                 bound.apply_defaults()
                 for arg, value in bound.arguments.items():
                     if arg in CHECKS:
                         CHECKS[arg](arg, value)
                 return factory(*args, **kwargs)
-            finally:
-                _CALLER.reset(token)
 
         return checked  # type: ignore[return-value]
 

@@ -118,15 +118,8 @@ def scale_by_qhm(
         _, _, nu, one_minus_nu = c
         return nu * b + one_minus_nu * g
 
-    block = buffer_transform(
-        QHMState,
-        coefficients,
-        buffer,
-        output,
-        accumulator_dtype=accumulator_dtype,
-        stochastic_rounding=stochastic_rounding,
-        seed=seed,
-    )
+    options = (accumulator_dtype, stochastic_rounding, seed)
+    block = buffer_transform(QHMState, coefficients, buffer, output, *options)
     return with_layout(block, layout)
 
 
@@ -268,16 +261,8 @@ def scale_by_aggmo(
     def output(betas: Any, g: jax.Array, *bs: jax.Array) -> jax.Array:
         return functools.reduce(operator.add, [b.astype(g.dtype) for b in bs]) / count
 
-    block = buffer_transform(
-        AggMoState,
-        coefficients,
-        buffers,
-        output,
-        accumulator_dtype=accumulator_dtype,
-        stochastic_rounding=stochastic_rounding,
-        seed=seed,
-        num_buffers=count,
-    )
+    options = (accumulator_dtype, stochastic_rounding, seed)
+    block = buffer_transform(AggMoState, coefficients, buffers, output, *options, num_buffers=count)
     return with_layout(block, layout)
 
 
