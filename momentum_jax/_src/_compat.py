@@ -57,7 +57,7 @@ def _per_array(fn: Any, updates: Any, params: Any) -> Any:
 def _coupled_weight_decay(weight_decay: Any) -> optax.GradientTransformationExtraArgs:
     """``g + weight_decay * theta`` in the gradient's dtype, as PyTorch adds it in place."""
 
-    def update(updates: Any, state: Any, params: Any) -> Any:
+    def update(updates: Any, state: Any, params: Any = None) -> Any:
         decay = hyper(weight_decay, None)
         return _per_array(lambda g, p: g + decay * p, updates, params), state
 
@@ -76,7 +76,7 @@ def _decoupled_weight_decay(
     def init(params: Any) -> optax.ScaleByScheduleState:
         return optax.ScaleByScheduleState(jax.numpy.zeros([], "int32"))
 
-    def update(updates: Any, state: Any, params: Any) -> Any:
+    def update(updates: Any, state: Any, params: Any = None) -> Any:
         lr, decay = hyper(learning_rate, state.count), hyper(weight_decay, None)
         new = optax.ScaleByScheduleState(optax.safe_increment(state.count))
         return _per_array(lambda u, p: u - lr * decay * p, updates, params), new

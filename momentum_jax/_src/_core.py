@@ -167,7 +167,9 @@ def momentum(
 
     def update(c: Any, g: jax.Array, v: jax.Array) -> jax.Array:
         lr, _, mu_next = c
-        return -(mu_next * v + lr * g) if nesterov else -v
+        # -1 * v rather than -v: XLA:CPU then runs apply_updates' add as a faster loop
+        # (benchmarks/xla_cpu_probes.py forms).
+        return -mu_next * v - lr * g if nesterov else -1 * v
 
     options = (accumulator_dtype, stochastic_rounding, seed)
     block = buffer_transform(

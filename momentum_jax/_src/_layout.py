@@ -72,11 +72,6 @@ class Layout(NamedTuple):
             sizes[group] = sizes.get(group, 0) + math.prod(shape)
         return cls(tuple(slots), tuple(sorted(sizes.items())))
 
-    def __repr__(self) -> str:
-        packed = sum(slot is not None for slot in self.slots)
-        sizes = ", ".join(f"{name}: {size}" for name, size in self.groups)
-        return f"Layout({packed} of {len(self.slots)} arrays packed into {{{sizes}}})"
-
     def pack(self, tree: Any, what: str = "buffer") -> tuple[Any, dict[str, Any]]:
         """``tree`` as ``(rest, packs)``, with ``None`` in ``rest`` where an array is packed.
 
@@ -107,7 +102,7 @@ class Layout(NamedTuple):
         def piece(slot: Slot) -> Any:
             flat = packs[slot.group]
             if shapes_only:
-                return jax.ShapeDtypeStruct(slot.shape, flat.dtype)
+                return jax.ShapeDtypeStruct(slot.shape, flat.dtype)  # type: ignore[no-untyped-call]
             size = math.prod(slot.shape)
             if size != flat.shape[-1]:
                 flat = lax.slice_in_dim(flat, slot.offset, slot.offset + size, axis=flat.ndim - 1)
@@ -126,7 +121,7 @@ jax.tree_util.register_pytree_node(Layout, lambda layout: ((), layout), lambda l
 def _concatenate(parts: list[Any]) -> Any:
     if any(isinstance(p, jax.ShapeDtypeStruct) for p in parts):
         size = sum(math.prod(p.shape) for p in parts)
-        return jax.ShapeDtypeStruct((size,), parts[0].dtype)
+        return jax.ShapeDtypeStruct((size,), parts[0].dtype)  # type: ignore[no-untyped-call]
     flat = [lax.reshape(jnp.asarray(p), (math.prod(jnp.shape(p)),)) for p in parts]
     return flat[0] if len(flat) == 1 else lax.concatenate(flat, 0)
 
@@ -200,16 +195,13 @@ def repack(inner: Any, layout: Layout) -> PackedState:
 def packed(block: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
     """``block``, an elementwise buffer transform, with the buffers of small arrays packed."""
 
-    def init_fn(params: optax.Params) -> PackedState:
+    def init_fn(params: Any) -> Any:
         layout = Layout.of(params)
         return PackedState(block.init(layout.pack(params, "param")), layout)
 
     def update_fn(
-        updates: optax.Updates,
-        state: optax.OptState,
-        params: optax.Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, PackedState]:
+        updates: Any, state: Any, params: Any = None, **extra_args: Any
+    ) -> tuple[Any, Any]:
         del extra_args
         _tree.check_state(state, PackedState, updates)
         layout, buffers = state.layout, state.inner[1]
@@ -221,7 +213,7 @@ def packed(block: optax.GradientTransformation) -> optax.GradientTransformationE
             _tree.check_tree(params, reference, "param")
             params = layout.pack(params, "param")
         out, inner = block.update(layout.pack(updates, "gradient"), state.inner, params)
-        return layout.unpack(*out), PackedState(inner, layout)
+        return layout.unpack(*out), PackedState(inner, layout)  # type: ignore[misc]
 
     return optax.GradientTransformationExtraArgs(named(init_fn), named(update_fn))
 

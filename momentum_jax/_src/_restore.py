@@ -116,8 +116,8 @@ def _carry(old: Any, new: Any, path: str, params: Any) -> Any:
         # Packed, read without a target, into the per-leaf layout: as the params pack.
         buffers = getattr(new, new._fields[1])
         first = buffers[0] if new._fields[1] == "buffers" else buffers
-        same = jax.tree.structure(first, is_leaf=is_none) == jax.tree.structure(
-            params, is_leaf=is_none
+        same = str(jax.tree.structure(first, is_leaf=is_none)) == str(
+            jax.tree.structure(params, is_leaf=is_none)
         )
         return _carry(
             old, repack(new, Layout.of(params if same else first)), path, params

@@ -71,15 +71,16 @@ def buffer_transform(
     rounding = stochastic_rounding
 
     def init_fn(params: optax.Params) -> Any:
-        _tree.complex_check(params, dtype)
-        make = lambda: jax.tree.map(lambda p: _tree.zeros(p, dtype), params)  # noqa: E731
-        trees = make() if num_buffers is None else tuple(make() for _ in range(num_buffers))
+        zeros = [
+            jax.tree.map(lambda p: _tree.zeros(p, dtype), params) for _ in range(num_buffers or 1)
+        ]
         fields = () if extra is None else extra(None)
+        trees = zeros[0] if num_buffers is None else tuple(zeros)
         return state_type(jnp.zeros([], jnp.int32), trees, *fields)
 
     def update_fn(
         updates: optax.Updates,
-        state: optax.OptState,
+        state: Any,
         params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, Any]:

@@ -36,6 +36,12 @@ def zeros(param: Any, dtype: Any) -> Any:
     """
     if not trains(param):
         return None
+    real = dtype is not None and not jnp.issubdtype(dtype, jnp.complexfloating)
+    if real and jnp.issubdtype(jnp.result_type(param), jnp.complexfloating):
+        raise TypeError(
+            f"{caller()}: a param is complex; accumulator_dtype={np.dtype(dtype).name} "
+            "would drop its imaginary part."
+        )
     dtype = dtype or jnp.result_type(param)
     if not is_traced(param):
         buffer = jnp.zeros_like(param, dtype)
@@ -59,7 +65,7 @@ def check_tree(tree: Any, reference: Any, what: str = "gradient") -> list[Any]:
     """
     ref_leaves, ref_def = jax.tree.flatten(reference, is_leaf=is_none)
     try:
-        leaves = ref_def.flatten_up_to(tree)
+        leaves = ref_def.flatten_up_to(tree)  # type: ignore[attr-defined]
     except (ValueError, TypeError):
         _mismatch(tree, ref_def, what)
     for index, (x, ref) in enumerate(zip(leaves, ref_leaves, strict=True)):
@@ -112,15 +118,3 @@ def check_state(state: Any, expected: type, updates: Any) -> None:
 
 def as_array(x: Any) -> Any:
     return x if x is None or isinstance(x, jax.Array) else jnp.asarray(x)
-
-
-def complex_check(params: Any, dtype: Any) -> None:
-    """Refuse a real ``accumulator_dtype`` for complex params (it would drop the imaginary part)."""
-    if dtype is None or jnp.issubdtype(dtype, jnp.complexfloating):
-        return
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        if jnp.issubdtype(np.result_type(leaf.dtype), jnp.complexfloating):
-            raise TypeError(
-                f"{caller()}: the param at {jax.tree_util.keystr(path)} is complex; "
-                f"accumulator_dtype={np.dtype(dtype).name} would drop its imaginary part."
-            )
