@@ -19,69 +19,45 @@ from momentum_jax._src._validation import (
     named,
     needs_params,
     public,
+    state_options,
 )
 
 
-def _checked(
-    inner: optax.GradientTransformation, decay: bool = False
-) -> optax.GradientTransformationExtraArgs:
+def _checked(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
     """``inner``, a stage before any buffer, after a check of the gradients against the params."""
 
-    def update_fn(
-        updates: optax.Updates,
-        state: optax.OptState,
-        params: optax.Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, optax.OptState]:
-        del extra_args
+    def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
         if params is not None:
-            _tree.check_tree(
-                updates, jax.tree.map(lambda p: p if _tree.trains(p) else None, params)
-            )
-        elif decay:
-            raise needs_params()
+            trainable = jax.tree.map(lambda p: p if _tree.trains(p) else None, params)
+            _tree.check_tree(updates, trainable)
         return inner.update(updates, state, params)
 
     return optax.GradientTransformationExtraArgs(named(inner.init), named(update_fn))
 
 
-def _per_array(fn: Any, updates: Any, params: Any) -> Any:
-    return jax.tree.map(
-        lambda u, p: None if u is None else fn(u, p).astype(u.dtype),
-        updates,
-        params,
-        is_leaf=_tree.is_none,
-    )
+def _weight_decay(weight_decay: Any, learning_rate: Any = None) -> Any:
+    """PyTorch's coupled decay ``g + wd * theta`` or, given the learning rate, Keras 3's
+    decoupled ``theta -= lr * wd * theta``, in the gradient's dtype.
 
-
-def _coupled_weight_decay(weight_decay: Any) -> optax.GradientTransformationExtraArgs:
-    """``g + weight_decay * theta`` in the gradient's dtype, as PyTorch adds it in place."""
-
-    def update(updates: Any, state: Any, params: Any = None) -> Any:
-        decay = hyper(weight_decay, None)
-        return _per_array(lambda g, p: g + decay * p, updates, params), state
-
-    return _checked(optax.GradientTransformation(lambda _: optax.EmptyState(), update), True)
-
-
-def _decoupled_weight_decay(
-    learning_rate: Any, weight_decay: Any
-) -> optax.GradientTransformationExtraArgs:
-    """Keras 3's ``theta -= lr * wd * theta`` before its momentum step, added to the update.
-
-    The momentum step depends only on the gradient, so the shrink can be added to the
-    update it produces (this stage goes last in the chain).
+    Keras shrinks the params before its momentum step, which depends only on the
+    gradient, so the shrink is added to the update (this stage goes last in the chain).
     """
 
-    def init(params: Any) -> optax.ScaleByScheduleState:
-        return optax.ScaleByScheduleState(jax.numpy.zeros([], "int32"))
+    def init(params: Any) -> Any:
+        return optax.EmptyState() if learning_rate is None else optax.ScaleByScheduleState(zero)
 
     def update(updates: Any, state: Any, params: Any = None) -> Any:
-        lr, decay = hyper(learning_rate, state.count), hyper(weight_decay, None)
-        new = optax.ScaleByScheduleState(optax.safe_increment(state.count))
-        return _per_array(lambda u, p: u - lr * decay * p, updates, params), new
+        if params is None:
+            raise needs_params()
+        scale = hyper(weight_decay, None)
+        if learning_rate is not None:
+            scale = -hyper(learning_rate, state.count) * scale
+            state = optax.ScaleByScheduleState(optax.safe_increment(state.count))
+        step = lambda u, p: None if u is None else (u + scale * p).astype(u.dtype)  # noqa: E731
+        return jax.tree.map(step, updates, params, is_leaf=_tree.is_none), state
 
-    return _checked(optax.GradientTransformation(init, update), True)
+    zero = jax.numpy.zeros([], "int32")
+    return _checked(optax.GradientTransformation(init, update))
 
 
 @public("momentum_jax.compat.torch_sgd")
@@ -166,7 +142,7 @@ def torch_sgd(
     options = (accumulator_dtype, stochastic_rounding, seed, layout)
     parts: list[Any] = [optax.scale(-1.0)] if maximize else []
     if not is_python_zero(weight_decay):
-        parts.append(_coupled_weight_decay(weight_decay))
+        parts.append(_weight_decay(weight_decay))
     if not is_python_zero(momentum):
         parts.append(
             _core.gradient_buffer(
@@ -248,18 +224,10 @@ def keras_sgd(
         parts = [_checked(scale_by_learning_rate(learning_rate))]
     else:
         parts = [
-            _core.momentum(
-                learning_rate,
-                momentum,
-                nesterov=nesterov,
-                accumulator_dtype=accumulator_dtype,
-                stochastic_rounding=stochastic_rounding,
-                seed=seed,
-                layout=layout,
-            )
+            _core.momentum(learning_rate, momentum, nesterov=nesterov, **state_options(locals()))
         ]
     if not (weight_decay is None or is_python_zero(weight_decay)):
-        parts.append(_decoupled_weight_decay(learning_rate, weight_decay))
+        parts.append(_weight_decay(weight_decay, learning_rate))
     return optax.chain(*parts)
 
 

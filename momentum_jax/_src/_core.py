@@ -10,7 +10,7 @@ import optax
 
 from momentum_jax._src._layout import with_layout
 from momentum_jax._src._skeleton import buffer_transform, hyper
-from momentum_jax._src._validation import concrete, is_python_zero, public
+from momentum_jax._src._validation import concrete, is_python_zero, public, state_options
 
 
 class MomentumState(NamedTuple):
@@ -238,16 +238,8 @@ def nesterov(
       and momentum in deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_,
       ICML 2013.
     """
-    return _momentum(
-        learning_rate,
-        momentum,
-        nesterov=True,
-        weight_decay=weight_decay,
-        accumulator_dtype=accumulator_dtype,
-        stochastic_rounding=stochastic_rounding,
-        seed=seed,
-        layout=layout,
-    )
+    options = state_options(locals())
+    return _momentum(learning_rate, momentum, nesterov=True, weight_decay=weight_decay, **options)
 
 
 @public("momentum_jax.scale_by_momentum")

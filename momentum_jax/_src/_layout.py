@@ -199,10 +199,7 @@ def packed(block: optax.GradientTransformation) -> optax.GradientTransformationE
         layout = Layout.of(params)
         return PackedState(block.init(layout.pack(params, "param")), layout)
 
-    def update_fn(
-        updates: Any, state: Any, params: Any = None, **extra_args: Any
-    ) -> tuple[Any, Any]:
-        del extra_args
+    def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
         _tree.check_state(state, PackedState, updates)
         layout, buffers = state.layout, state.inner[1]
         reference = layout.unpack(

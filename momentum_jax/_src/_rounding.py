@@ -210,13 +210,7 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
         del params
         return StochasticRoundParamsState(jnp.zeros([], jnp.int32))
 
-    def update_fn(
-        updates: optax.Updates,
-        state: Any,
-        params: optax.Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, StochasticRoundParamsState]:
-        del extra_args
+    def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
         _tree.check_state(state, StochasticRoundParamsState, updates)
         if params is None:
             raise ValueError(

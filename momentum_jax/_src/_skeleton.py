@@ -70,7 +70,7 @@ def buffer_transform(
     decay = not is_python_zero(weight_decay)
     rounding = stochastic_rounding
 
-    def init_fn(params: optax.Params) -> Any:
+    def init_fn(params: Any) -> Any:
         zeros = [
             jax.tree.map(lambda p: _tree.zeros(p, dtype), params) for _ in range(num_buffers or 1)
         ]
@@ -78,13 +78,7 @@ def buffer_transform(
         trees = zeros[0] if num_buffers is None else tuple(zeros)
         return state_type(jnp.zeros([], jnp.int32), trees, *fields)
 
-    def update_fn(
-        updates: optax.Updates,
-        state: Any,
-        params: optax.Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, Any]:
-        del extra_args
+    def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
         _tree.check_state(state, state_type, updates)
         trees = (state[1],) if num_buffers is None else tuple(state[1])
         if len(trees) != (num_buffers or 1):

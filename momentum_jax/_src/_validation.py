@@ -71,6 +71,11 @@ def concrete(value: Any) -> float | None:
     return float(np.asarray(value).real)
 
 
+def state_options(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The state options of a public factory's ``arguments`` (its ``locals()``), to pass on."""
+    return {k: arguments[k] for k in ("accumulator_dtype", "stochastic_rounding", "seed", "layout")}
+
+
 def needs_params() -> ValueError:
     return ValueError(
         f"{caller()}: weight_decay needs the params: pass them to update(), or "
