@@ -17,6 +17,7 @@ need no communication.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -104,6 +105,15 @@ def leaf_keys(seed: Any, stage: int, count: Any, num_leaves: int) -> list[jax.Ar
     step = _hash(_hash(jnp.asarray(seed).astype(uint32) ^ np.uint32(stage)) + count.astype(uint32))
     keys = _hash(lax.iota(uint32, max(num_leaves, 1)) * np.uint32(0x9E3779B9) + step)
     return [lax.index_in_dim(keys, i, keepdims=False) for i in range(num_leaves)]
+
+
+def warn_no_effect(what: str, nothing: str, fix: str) -> None:
+    warnings.warn(
+        f"{caller()}: {what} has no effect: {nothing} is bfloat16 or float16. {fix}, or leave "
+        "it out.",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def _position(x: Any) -> bool:
@@ -206,8 +216,9 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
       <https://arxiv.org/abs/2010.06192>`_, 2020.
     """
 
-    def init_fn(params: optax.Params) -> StochasticRoundParamsState:
-        del params
+    def init_fn(params: Any) -> StochasticRoundParamsState:
+        if not any(narrow(jnp.result_type(p)) for p in jax.tree.leaves(params)):
+            warn_no_effect("stochastic_round_params()", "no param", "Cast params to bfloat16")
         return StochasticRoundParamsState(jnp.zeros([], jnp.int32))
 
     def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:

@@ -74,6 +74,10 @@ def buffer_transform(
         zeros = [
             jax.tree.map(lambda p: _tree.zeros(p, dtype), params) for _ in range(num_buffers or 1)
         ]
+        if rounding and not any(_rounding.narrow(b.dtype) for b in jax.tree.leaves(zeros)):
+            _rounding.warn_no_effect(
+                "stochastic_rounding=True", "no buffer", "Pass accumulator_dtype=jnp.bfloat16"
+            )
         fields = () if extra is None else extra(None)
         trees = zeros[0] if num_buffers is None else tuple(zeros)
         return state_type(jnp.zeros([], jnp.int32), trees, *fields)
