@@ -46,7 +46,7 @@ from momentum_jax._src._variants import qhm as qhm
 from momentum_jax._src._variants import scale_by_aggmo as scale_by_aggmo
 from momentum_jax._src._variants import scale_by_qhm as scale_by_qhm
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "AggMoState",
