@@ -55,16 +55,17 @@ class Layout(NamedTuple):
     groups: tuple[tuple[str, int], ...]
 
     @classmethod
-    def of(cls, params: Any) -> Layout:
-        """The layout packing each small floating-point array of ``params``."""
+    def of(cls, params: Any, own: Any = ()) -> Layout:
+        """The layout packing each small floating-point array of ``params`` (but those in ``own``,
+        leaf indices)."""
         if type(params).__name__ == "_ParamsPlaceholder":
             raise TypeError(
                 f"{caller()}: tree_map_params cannot map a packed state; use layout='per_leaf'."
             )
         sizes: dict[str, int] = {}
         slots: list[Slot | None] = []
-        for leaf in jax.tree.leaves(params, is_leaf=_tree.is_none):
-            if not _packs(leaf):
+        for index, leaf in enumerate(jax.tree.leaves(params, is_leaf=_tree.is_none)):
+            if index in own or not _packs(leaf):
                 slots.append(None)
                 continue
             group, shape = _group(leaf), tuple(int(d) for d in jnp.shape(leaf))

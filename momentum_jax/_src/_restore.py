@@ -106,22 +106,16 @@ def _carry(old: Any, new: Any, path: str, params: Any) -> Any:
     """``old``'s values in ``new``'s structure, matched by name, cast to ``new``'s dtypes."""
     if isinstance(old, PackedState):
         old = old.unpacked()
+    raw = _packed_raw(old)
+    if raw is not None and (isinstance(new, PackedState) or _is_block(new)):
+        # A packed block read without a target: carried in the layout it was written in.
+        block = new.unpacked() if isinstance(new, PackedState) else new
+        layout = _written_layout(raw, block, params)
+        inner = _carry(raw, repack(block, layout).inner, f"{path}.inner", params)
+        carried = PackedState(inner, layout).unpacked()
+        return repack(carried, new.layout) if isinstance(new, PackedState) else carried
     if isinstance(new, PackedState):
-        if _packed_raw(old) is not None:  # written in this layout, read without a target
-            return PackedState(
-                _carry(_packed_raw(old), new.inner, f"{path}.inner", params), new.layout
-            )
         return repack(_carry(old, new.unpacked(), path, params), new.layout)
-    if _is_block(new) and _packed_raw(old) is not None:
-        # Packed, read without a target, into the per-leaf layout: as the params pack.
-        buffers = getattr(new, new._fields[1])
-        first = buffers[0] if new._fields[1] == "buffers" else buffers
-        same = str(jax.tree.structure(first, is_leaf=is_none)) == str(
-            jax.tree.structure(params, is_leaf=is_none)
-        )
-        return _carry(
-            old, repack(new, Layout.of(params if same else first)), path, params
-        ).unpacked()
     new_children = _children(new)
     if new_children is None:
         return _carry_leaf(old, new, path)
@@ -144,8 +138,33 @@ def _carry(old: Any, new: Any, path: str, params: Any) -> Any:
     return jax.tree_util.tree_unflatten(treedef, carried)
 
 
+def _written_layout(raw: Any, block: Any, params: Any) -> Layout:
+    """The layout of a raw packed block: an array that its ``rest`` holds was not packed."""
+    field = block._fields[1]
+    first = getattr(block, field)[0] if field == "buffers" else getattr(block, field)
+    same = str(jax.tree.structure(first, is_leaf=is_none)) == str(
+        jax.tree.structure(params, is_leaf=is_none)
+    )
+    template = params if same else first  # packs are grouped by the params' dtypes
+    rest = _lookup(raw, (field, "0", "0") if field == "buffers" else (field, "0"))
+    paths = jax.tree_util.tree_flatten_with_path(template, is_leaf=is_none)[0]
+    own = [i for i, (keys, _) in enumerate(paths) if _is_value(_lookup(rest, map(_name, keys)))]
+    return Layout.of(template, own)
+
+
+def _lookup(node: Any, names: Any) -> Any:
+    for name in names:
+        children = None if node is None else _children(node)
+        node = None if children is None else children.get(name)
+    return node
+
+
+def _is_value(x: Any) -> bool:
+    return isinstance(x, jax.Array | np.ndarray | np.generic | int | float | complex | bool)
+
+
 def _carry_leaf(old: Any, new: Any, path: str) -> Any:
-    if not isinstance(old, jax.Array | np.ndarray | np.generic | int | float | complex | bool):
+    if not _is_value(old):
         raise _error(path, f"is {_describe(old)} in the old state, but an array in the new one")
     if jnp.shape(old) != jnp.shape(new):
         stacked = jnp.shape(old)[1:] == jnp.shape(new)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from momentum_jax._src import _rounding, _tree
-from momentum_jax._src._validation import caller, is_python_zero, named, needs_params
+from momentum_jax._src._validation import caller, is_python_zero, is_traced, named, needs_params
 
 
 def hyper(value: Any, count: Any, high: float = math.inf, closed: bool = False) -> Any:
@@ -99,30 +99,47 @@ def buffer_transform(
         c = coefficients(state)
         leaves = [jax.tree.leaves(t, is_leaf=_tree.is_none) for t in trees]
         treedef = jax.tree.structure(reference, is_leaf=_tree.is_none)
-        wides: list[Any] = []
-        new: list[list[Any]] = [[None] * len(grads) for _ in trees]
-        for i, g in enumerate(grads):
-            wides.append(None)
-            if leaves[0][i] is None:
-                continue
-            g = _tree.as_array(g)
+
+        def step(g: Any, p: Any, *bs: Any) -> Any:
             if decay:
-                g = (g + wd * thetas[i]).astype(g.dtype)
-            bs = [b[i] for b in leaves]
-            if rounding:
-                bs = [b.astype(jnp.float32) if _rounding.narrow(b.dtype) else b for b in bs]
-            wides[i] = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in bs)))
-            values = buffers(c, wides[i], *bs)
-            for k, value in enumerate(values if num_buffers else (values,)):
-                new[k][i] = value if rounding else value.astype(leaves[k][i].dtype)
-        new_trees = tuple(jax.tree.unflatten(treedef, n) for n in new)
+                g = (g + wd * p).astype(g.dtype)
+            wide_bs = [
+                b.astype(jnp.float32) if rounding and _rounding.narrow(b.dtype) else b for b in bs
+            ]
+            wide = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in wide_bs)))
+            values = buffers(c, wide, *wide_bs)
+            values = values if num_buffers else (values,)
+            if rounding:  # the output comes after the rounding
+                return wide, values, None
+            values = tuple(v.astype(b.dtype) for v, b in zip(values, bs, strict=True))
+            return wide, values, output(c, wide, *values).astype(g.dtype)
+
+        def finish(g: Any, wide: Any, *values: Any) -> Any:
+            return output(c, wide, *values).astype(g.dtype)
+
+        if any(map(is_traced, grads)):
+            # Traced once per shape and dtype, not once per array: tracing each jax.numpy
+            # operator of a thousand arrays costs more than compiling them
+            # (benchmarks/compile_time.py). The compiled program is the same.
+            step, finish = jax.jit(step), jax.jit(finish)
+        results = [
+            None
+            if leaves[0][i] is None
+            else step(_tree.as_array(g), thetas[i] if decay else None, *(b[i] for b in leaves))
+            for i, g in enumerate(grads)
+        ]
+        new_trees = tuple(
+            jax.tree.unflatten(treedef, [None if r is None else r[1][k] for r in results])
+            for k in range(len(trees))
+        )
+        outs = [None if r is None else r[2] for r in results]
         if rounding:
             new_trees = _rounding.round_tree(new_trees, trees, seed, _rounding.BUFFERS, state[0])
             new = [jax.tree.leaves(t, is_leaf=_tree.is_none) for t in new_trees]
-        outs = [
-            None if w is None else output(c, w, *(n[i] for n in new)).astype(jnp.result_type(g))
-            for i, (g, w) in enumerate(zip(grads, wides, strict=True))
-        ]
+            outs = [
+                None if r is None else finish(_tree.as_array(g), r[0], *(n[i] for n in new))
+                for i, (g, r) in enumerate(zip(grads, results, strict=True))
+            ]
         stored = jax.tree.map(lambda n, b: n.astype(b.dtype), new_trees, trees)
         new_trees = stored[0] if num_buffers is None else stored
         fields = () if extra is None else extra(c)
