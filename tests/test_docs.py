@@ -2,7 +2,8 @@
 
 Each page runs top to bottom in a fresh process (blocks share one namespace,
 like a notebook) with 8 simulated CPU devices, which the sharding recipes of
-docs/production.md need. Blocks that import torch run where torch is installed.
+docs/production.md need. Blocks that import torch run where torch is installed,
+blocks that call Keras where keras is.
 The README quick start and the docs/variants.md recipes are also checked for
 what they claim, and the site's math renders from the bundled MathJax, with
 no network (.ci/no_remote_assets.py, which CI runs on the built site, is
@@ -34,12 +35,16 @@ import importlib.metadata, importlib.util, json, re, sys
 page = sys.argv[1]
 blocks = re.findall(r"```python\n(.*?)```", open(page).read(), flags=re.S)
 has_torch = importlib.util.find_spec("torch") is not None
+has_keras = importlib.util.find_spec("keras") is not None
 flax = importlib.metadata.version("flax").split(".")
 new_flax = (int(flax[0]), int(flax[1])) >= (0, 11)
 namespace, report = {}, []
 for index, block in enumerate(blocks):
     if re.search(r"^import torch", block, flags=re.M) and not has_torch:
         report.append("needs torch")
+        continue
+    if re.search(r"\bkeras\.", block) and not has_keras:
+        report.append("needs keras")
         continue
     if re.search(r"^from flax import nnx", block, flags=re.M) and not new_flax:
         report.append("needs flax>=0.11")
@@ -124,6 +129,8 @@ def test_every_code_block_runs(page: Path) -> None:
     if "needs torch" in report:
         # Every other block ran and passed; these compare against the real torch.
         pytest.importorskip("torch")
+    if "needs keras" in report:
+        pytest.importorskip("keras")
     if "needs flax>=0.11" in report:
         # Flax 0.10 (the newest for Python 3.10) has optimizer.update(grads).
         pytest.skip("needs flax>=0.11 for nnx.Optimizer.update(model, grads)")
