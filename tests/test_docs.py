@@ -231,3 +231,26 @@ def test_gallery_page_states_its_intro_once() -> None:
     included = readme.split("<!-- gallery:start -->")[1].split("<!-- gallery:end -->")[0]
     assert "Each figure is regenerated" not in included  # docs/gallery.md has its own
     assert included.lstrip().startswith("![")
+
+
+def test_wide_equations_and_tables_stay_in_the_column() -> None:
+    """The site loads the rules that keep display math and tables inside the column.
+
+    MathJax 3 does not break lines: wrap.css lets a display equation break at
+    its top-level spaces (\\qquad, \\quad), fit_math.js shrinks one that cannot
+    (a split or cases block), and table cells wrap long code. docs/check_layout.py
+    measures the rendered pages in Chromium; this checks, without a browser,
+    that the rules exist and the build links them.
+    """
+    conf = runpy.run_path(str(ROOT / "docs" / "conf.py"))
+    static = ROOT / "docs" / conf["html_static_path"][0]
+    assert "wrap.css" in conf["html_css_files"]
+    assert "fit_math.js" in conf["html_js_files"]
+    css = (static / "wrap.css").read_text()
+    math = 'mjx-container[jax="CHTML"][display="true"] > mjx-math > mjx-mstyle:has(> mjx-mspace)'
+    assert f"{math}::after" in css
+    assert re.search(r'content: " ";\s*white-space: normal;', css)
+    assert re.search(r"table\.docutils code\.literal[^{]*\{[^}]*overflow-wrap: anywhere", css)
+    script = (static / "fit_math.js").read_text()
+    assert "MathJax.startup.promise" in script
+    assert "scrollWidth" in script
