@@ -49,8 +49,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
-    """A parser described by the first paragraph of a script's docstring."""
-    return argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=HelpFormatter)
+    """A parser described by the first paragraph of a script's docstring, as plain text."""
+    description = doc.split("\n\n")[0].replace("``", "")  # no reST literals in --help
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
 
 
 def out_help(name: str) -> str:
@@ -302,10 +303,10 @@ def mean_std(values: np.ndarray, fmt: str = ".0f", empty: str = "all diverged") 
     if reached.size == 0:
         return NEVER
     mean, std = spread(reached)
-    text = f"{mean:{fmt}} ± {std:{fmt}}"
-    return (
-        text if reached.size == v.size else f"{text}, {NEVER} in {v.size - reached.size}/{v.size}"
-    )
+    text = f"{mean:{fmt}} ± {std:{fmt}}" if reached.size > 1 else f"{mean:{fmt}}"
+    if reached.size == v.size:
+        return text
+    return f"{text} ({v.size - reached.size}/{v.size} {NEVER})"
 
 
 def steps_verdict(a: np.ndarray, b: np.ndarray) -> str:

@@ -101,21 +101,28 @@ def test_sweep_losses(sweep: dict) -> None:
 def test_sweep_verdicts_follow_the_numbers() -> None:
     momenta = np.array([0.0, 0.9])
     steps = np.array([[[400, 420, 410], [100, 130, 160]], [[400, 420, 410], [95, 140, 150]]])
-    diverged = np.zeros(steps.shape, bool)
-    lines = momentum_sweep.verdict_lines(momenta, steps.astype(float), diverged)
-    assert lines[:2] == ["heavy ball vs SGD: faster at 0.9", "Nesterov vs SGD: faster at 0.9"]
-    assert lines[2] == "Nesterov vs heavy ball: no clear difference at 0, 0.9"
+    reasons = np.zeros(steps.shape, "<U40")
+    lines = momentum_sweep.verdict_lines(momenta, steps.astype(float), reasons)
+    # Each verdict carries the numbers it is decided on: mean ± std of both sides.
+    assert lines[:2] == [
+        "heavy ball vs SGD: faster at 0.9 (130 ± 30 vs 410 ± 10)",
+        "Nesterov vs SGD: faster at 0.9 (128 ± 29 vs 410 ± 10)",
+    ]
+    assert lines[2] == (
+        "Nesterov vs heavy ball: no clear difference at 0 (410 ± 10 vs 410 ± 10), "
+        "0.9 (128 ± 29 vs 130 ± 30)"
+    )
     assert lines[3] == "diverged: none"
-    diverged[1, 1, 0] = True
-    steps = np.where(diverged, np.nan, steps)
-    lines = momentum_sweep.verdict_lines(momenta, steps, diverged)
+    reasons[1, 1, 0] = "ended above half its initial loss"
+    steps = np.where(reasons != "", np.nan, steps)
+    lines = momentum_sweep.verdict_lines(momenta, steps, reasons)
     # One seed never got there: said so, not called slower.
     assert lines[1] == "Nesterov vs SGD: did not reach the target at 0.9 (1/3 seeds)"
     assert lines[2] == (
-        "Nesterov vs heavy ball: no clear difference at 0; "
+        "Nesterov vs heavy ball: no clear difference at 0 (410 ± 10 vs 410 ± 10); "
         "did not reach the target at 0.9 (1/3 seeds)"
     )
-    assert lines[3] == "diverged: Nesterov 0.9 (1/3)"
+    assert lines[3] == "diverged: Nesterov 0.9 (1/3: ended above half its initial loss)"
 
 
 def test_clearly_less() -> None:
@@ -129,6 +136,20 @@ def test_clearly_less() -> None:
     assert not _common.clearly_less(np.array([100, np.nan]), np.array([200, 210.0]))
 
 
+def test_one_vocabulary() -> None:
+    """Tables say "never" where a target was not reached, verdicts "did not reach the target"."""
+    assert _common.mean_std(np.array([120.0, 140.0])) == "130 ± 14"
+    assert _common.mean_std(np.array([np.nan, np.nan])) == "never"
+    assert _common.mean_std(np.array([350.0, np.nan])) == "350 (1/2 never)"
+    assert _common.mean_std(np.array([])) == "all diverged"
+    fast, slow = np.array([100, 110.0]), np.array([200, 210.0])
+    assert _common.steps_verdict(fast, slow) == "faster"
+    assert _common.steps_verdict(slow, fast) == "slower"
+    assert _common.steps_verdict(np.array([100, np.nan]), slow) == (
+        "did not reach the target (1/2 seeds)"
+    )
+
+
 def test_divergence_and_steps_to() -> None:
     curves = np.array(
         [
@@ -140,6 +161,10 @@ def test_divergence_and_steps_to() -> None:
         ]
     )
     assert _common.diverged(curves).tolist() == [False, True, True, True, False]
+    assert _common.divergence(curves).tolist() == ["", *_common.DIVERGED_RULES, ""]
+    assert _common.why_diverged(_common.divergence(curves[3:])) == (
+        "1/2: ended above half its initial loss"
+    )
     reached = _common.steps_to(curves, np.arange(6) * 10, 0.1)
     np.testing.assert_array_equal(reached[[0, 4]], [40.0, np.nan])
 
