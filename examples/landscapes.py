@@ -227,8 +227,7 @@ def plot_gaps(results: list[dict[str, Any]], tol: float, path: Path) -> None:
             ax.plot(
                 np.maximum(r["gap"], 1e-12), color=COLORS[r["method"]], label=LABELS[r["method"]]
             )
-        ax.axhline(tol, color="gray", ls=":", lw=1)
-        ax.text(0, tol, f"tolerance {tol:g}", color="gray", fontsize=8, va="bottom")
+        ax.axhline(tol, color="gray", ls=":", lw=1, label=f"tolerance {tol:g}")
         ax.set(yscale="log", ylim=(1e-10, None), xlabel="step", ylabel="f − f*", title=TITLES[name])
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -257,10 +257,9 @@ def plot_loss(
                     fontsize=7.5,
                     color=color,
                 )
-        ax.axhline(target, color="gray", ls=":", lw=1)
-        ax.text(0, target, f"target {target:g}", color="gray", fontsize=8, va="bottom")
-        ax.axhline(np.log(10), color="gray", ls="--", lw=0.8)  # a uniform guess over 10 digits
-        ax.text(0, np.log(10), "chance (ln 10)", color="gray", fontsize=8, va="bottom")
+        ax.axhline(target, color="gray", ls=":", lw=1, label=f"target {target:g}")
+        # A uniform guess over the 10 digits: a dead network's loss.
+        ax.axhline(np.log(10), color="gray", ls="--", lw=0.8, label="chance level (ln 10)")
         ax.set(yscale="log", ylim=(1e-5, 10), xlabel="step", title=LABELS[METHODS[i]])
     axes[0].set_ylabel("training loss (median, min–max over seeds)")
     axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
