@@ -125,6 +125,58 @@ def test_sweep_verdicts_follow_the_numbers() -> None:
     assert lines[3] == "diverged: Nesterov 0.9 (1/3: ended above half its initial loss)"
 
 
+def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Collect the figures the examples would save, to read their axes."""
+    figures: list[Any] = []
+    monkeypatch.setattr(_common, "save", lambda fig, path: figures.append(fig))
+    return figures
+
+
+def test_sweep_figures_say_what_they_mark(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    figures = saved_figures(monkeypatch)
+    momenta = np.array([0.0, 0.9, 0.99])
+    steps = np.array([[[400.0, 420.0], [100.0, 125.0], [np.nan, np.nan]]] * 2)
+    accuracy = np.array([[[0.97, 0.99], [0.99, 1.0], [np.nan, np.nan]]] * 2)  # mean + std > 1
+    reasons = np.zeros(steps.shape, "<U40")
+    reasons[:, 2] = "ended above half its initial loss"
+    momentum_sweep.plot_summary(momenta, steps, accuracy, reasons, 0.05, tmp_path)
+    left, right = figures[-1].axes
+    assert right.get_ylim()[1] <= 100  # an accuracy axis ends at 100 %
+    for ax in (left, right):
+        marks = [line for line in ax.lines if line.get_marker() in ("x", "^")]
+        assert marks
+        for line in marks:  # above the frame (axes coordinates), not inside the data
+            assert line.get_transform() == ax.get_xaxis_transform()
+            assert (np.asarray(line.get_ydata()) > 1).all()
+    legend = [text.get_text() for text in figures[-1].legends[0].get_texts()]
+    assert "diverged (a seed or more) (marked above the frame)" in legend
+
+    loss = np.full((2, 3, 2, 4), 2.3)
+    loss[:, :2] = np.linspace(2.3, 0.01, 4)
+    momentum_sweep.plot_loss(np.arange(4) * 10, loss, momenta, reasons, 0.05, tmp_path / "x")
+    left, right = figures[-1].axes
+    legend = [text.get_text() for text in right.get_legend().get_texts()]
+    assert {"target 0.05", "chance level (ln 10)"} <= set(legend)
+    notes = [text.get_text() for text in left.texts]
+    assert notes == ["μ = 0.99: diverged\n(2/2: ended above half its initial loss)"]
+    for fig in figures:
+        _common.pyplot().close(fig)
+
+
+def test_low_precision_figure_keeps_float32_visible(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    figures = saved_figures(monkeypatch)
+    loss = np.ones((3, len(low_precision.COLUMNS), 2, 5))
+    low_precision.plot(loss, np.arange(5), tmp_path / "x.png")
+    for ax in figures[-1].axes:
+        lines = {line.get_label(): line for line in ax.lines}
+        top = max(line.get_zorder() for name, line in lines.items() if name != "float32")
+        assert lines["float32"].get_zorder() > top  # drawn over the curves that lie on it
+        assert lines["float32"].get_linestyle() == ":"
+    _common.pyplot().close(figures[-1])
+
+
 def test_clearly_less() -> None:
     # The old sweep's claim: 372 vs 382 inside a seed spread of ±9 to ±32 is no win.
     a, b = np.array([350, 372, 394.0]), np.array([373, 382, 391.0])
