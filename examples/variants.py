@@ -31,7 +31,10 @@ Demon decays from 0.9 to 0 over the run.
 Outputs (``examples/out/variants/``, ``..._quick/`` with ``--quick``):
 ``variants.csv`` and ``variants.png``.
 
-    python examples/variants.py            # DURATION_VARIANTS
+Measured on 2 CPU cores shared with other jobs: 38 s wall and 27 s of CPU time
+(user + sys) for the full run; 34 s wall and 22 s CPU with ``--quick``.
+
+    python examples/variants.py
     python examples/variants.py --quick
 """
 
