@@ -291,14 +291,14 @@ def spread(values: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
     return v.mean(axis), std
 
 
-def mean_std(values: np.ndarray, fmt: str = ".0f", empty: str = "all diverged") -> str:
+def mean_std(values: np.ndarray, fmt: str = ".0f") -> str:
     """'mean ± std' over the finite values; NaN counts as "never" (a target not reached).
 
-    ``empty`` is said when there is no value at all (every run was left out).
+    No value at all means every run was left out: "all diverged".
     """
     v = np.asarray(values, np.float64).ravel()
     if v.size == 0:
-        return empty
+        return "all diverged"
     reached = v[np.isfinite(v)]
     if reached.size == 0:
         return NEVER
