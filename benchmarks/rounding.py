@@ -14,7 +14,7 @@ Each parameter set (10M params in 1 array and in 1000 arrays by default) runs
 every contender in turn, repetition after repetition, so a shared machine's
 drift hits all alike. Reported: the median time per step, the median of the
 per-repetition ratios of each stochastic contender to its round-to-nearest
-twin (the issue's target: at most 1.25 on CPU), and the bytes each keeps per
+twin (the project's target: at most 1.25 on CPU), and the bytes each keeps per
 param (params and velocity).
 
     python benchmarks/rounding.py                    # ~2 min on 2 CPU cores

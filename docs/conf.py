@@ -67,6 +67,12 @@ mathjax_path = "mathjax/tex-chtml.js"
 html_theme = "furo"
 html_title = f"momentum_jax {release}"
 html_static_path = ["_static"]
+# Long display equations break at their \qquad spaces (wrap.css) or, where they
+# cannot, shrink to fit (fit_math.js), and wide tables wrap, so that neither
+# hides behind a horizontal scrollbar. tests/test_docs.py checks that the built
+# pages load both; docs/check_layout.py measures the rendered pages in Chromium.
+html_css_files = ["wrap.css"]
+html_js_files = ["fit_math.js"]
 
 
 def _check_signature(

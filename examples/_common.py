@@ -49,8 +49,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
-    """A parser described by the first paragraph of a script's docstring."""
-    return argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=HelpFormatter)
+    """A parser described by the first paragraph of a script's docstring, as plain text."""
+    description = doc.split("\n\n")[0].replace("``", "")  # no reST literals in --help
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
 
 
 def out_help(name: str) -> str:
@@ -238,15 +239,43 @@ def train_mlps(
 # --- numbers ------------------------------------------------------------------
 
 
-def diverged(loss: np.ndarray) -> np.ndarray:
-    """Per run (last axis: time): NaN/inf, above 10x the initial loss, or ending above half of it.
+# The words every example prints. A run that "diverged" (``diverged``) is left
+# out of the means; "never" in a table and "did not reach the target" in a
+# verdict mean the same: that run's loss never got to the target.
+NEVER = "never"
+MISSED = "did not reach the target"
+DIVERGED_RULES = (
+    "NaN/inf",
+    "rose above 10x its initial loss",
+    "ended above half its initial loss",
+)
+
+
+def divergence(loss: np.ndarray) -> np.ndarray:
+    """Per run (last axis: time), the first of ``DIVERGED_RULES`` it breaks, or "".
 
     The last rule catches runs that blew up into a dead network (stuck near
     chance) or undid their progress, without ever producing a NaN.
     """
     first = loss[..., :1]
-    bad = ~np.all(np.isfinite(loss), -1) | np.any(loss > 10 * first, -1)
-    return bad | (loss[..., -1] > 0.5 * first[..., 0])
+    rules = [
+        ~np.all(np.isfinite(loss), -1),
+        np.any(loss > 10 * first, -1),
+        loss[..., -1] > 0.5 * first[..., 0],
+    ]
+    return np.select(rules, DIVERGED_RULES, "")
+
+
+def diverged(loss: np.ndarray) -> np.ndarray:
+    """Per run: NaN/inf, above 10x the initial loss, or ending above half of it."""
+    return divergence(loss) != ""
+
+
+def why_diverged(reasons: np.ndarray) -> str:
+    """'2/2: ended above half its initial loss' for one setting's runs (reasons per seed)."""
+    bad = [r for r in np.asarray(reasons).ravel() if r]
+    said = ", ".join(sorted(set(bad), key=DIVERGED_RULES.index))
+    return f"{len(bad)}/{np.asarray(reasons).size}" + (f": {said}" if bad else "")
 
 
 def steps_to(loss: np.ndarray, eval_steps: np.ndarray, target: float) -> np.ndarray:
@@ -263,11 +292,29 @@ def spread(values: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mean_std(values: np.ndarray, fmt: str = ".0f") -> str:
+    """'mean ± std' over the finite values; NaN counts as "never" (a target not reached).
+
+    No value at all means every run was left out: "all diverged".
+    """
     v = np.asarray(values, np.float64).ravel()
-    if v.size == 0 or not np.isfinite(v).all():
-        return f"n/a ({np.isfinite(v).sum()}/{v.size})"
-    mean, std = spread(v)
-    return f"{mean:{fmt}} ± {std:{fmt}}"
+    if v.size == 0:
+        return "all diverged"
+    reached = v[np.isfinite(v)]
+    if reached.size == 0:
+        return NEVER
+    mean, std = spread(reached)
+    text = f"{mean:{fmt}} ± {std:{fmt}}" if reached.size > 1 else f"{mean:{fmt}}"
+    if reached.size == v.size:
+        return text
+    return f"{text} ({v.size - reached.size}/{v.size} {NEVER})"
+
+
+def steps_verdict(a: np.ndarray, b: np.ndarray) -> str:
+    """Steps to a target of a against b: faster, slower, no clear difference, or not reached."""
+    missed = int(np.isnan(np.asarray(a, np.float64)).sum())
+    if missed:
+        return f"{MISSED} ({missed}/{np.asarray(a).size} seeds)"
+    return verdict(a, b, "faster", "slower")
 
 
 def clearly_less(a: np.ndarray, b: np.ndarray) -> bool:

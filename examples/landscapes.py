@@ -18,6 +18,9 @@ Outputs (``examples/out/landscapes/``, ``..._quick/`` with ``--quick``):
 ``landscapes.csv``, ``landscapes.png`` (paths over the contours) and
 ``landscapes_loss.png`` (gap to the minimum per step).
 
+Measured on 2 CPU cores shared with other jobs: 6.5–8.5 s wall and 6–6.5 s of
+CPU time (user + sys).
+
     python examples/landscapes.py
     python examples/landscapes.py --momentum 0.8 --quick
 """
@@ -97,6 +100,11 @@ def stays_below(gap: np.ndarray, tol: float) -> float:
     return float(above[-1] + 1) if above[-1] + 1 < gap.size else np.nan
 
 
+def steps_cell(result: dict[str, Any]) -> str:
+    reached = result["steps_to_tol"]
+    return f"{reached:g} steps" if np.isfinite(reached) else _common.NEVER
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = _common.parser(__doc__)
     parser.add_argument("--momentum", type=float, default=0.9, help="μ of heavy ball, Nesterov")
@@ -134,8 +142,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 "lr": lr,
             }
             results.append(r)
+            reached = r["steps_to_tol"]
+            steps_text = f"{reached:g}" if np.isfinite(reached) else _common.NEVER
             print(
-                f"{name:<14} {LABELS[method]:<17} {r['steps_to_tol']:>6g} "
+                f"{name:<14} {LABELS[method]:<17} {steps_text:>6} "
                 f"{losses[-1]:>11.4g}  {'' if escaped is None else escaped}"
             )
 
@@ -145,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         done = [r for r in rows if np.isfinite(r["steps_to_tol"])]
         best = min(done, key=lambda r: r["steps_to_tol"], default=None)
         text = "none arrived" if best is None else f"first to arrive: {LABELS[best['method']]}"
+        text += " [" + ", ".join(f"{LABELS[r['method']]} {steps_cell(r)}" for r in rows) + "]"
         if name == "local minimum":
             escaped = [LABELS[r["method"]] for r in rows if r["escaped"]]
             text += f"; past the barrier: {', '.join(escaped) or 'none'}"
@@ -180,7 +191,7 @@ def plot_paths(results: list[dict[str, Any]], path: Path) -> None:
                     color=COLORS[r["method"]],
                     label=LABELS[r["method"]],
                 )
-            ax.axvline(BARRIER_X, color="0.6", ls=":", lw=1)
+            ax.axvline(BARRIER_X, color="0.6", ls=":", lw=1, label="barrier")
             f_min = float(fn(jnp.asarray(minimizer)))
             ax.plot(minimizer[0], f_min, "*", ms=14, color="gold", mec="black", label="global min")
             ax.set(ylim=(-0.8, 4.0), xlabel="x", ylabel="f(x)")
@@ -219,7 +230,7 @@ def plot_gaps(results: list[dict[str, Any]], tol: float, path: Path) -> None:
             ax.plot(
                 np.maximum(r["gap"], 1e-12), color=COLORS[r["method"]], label=LABELS[r["method"]]
             )
-        ax.axhline(tol, color="gray", ls=":", lw=1)
+        ax.axhline(tol, color="gray", ls=":", lw=1, label=f"tolerance {tol:g}")
         ax.set(yscale="log", ylim=(1e-10, None), xlabel="step", ylabel="f − f*", title=TITLES[name])
         ax.legend(fontsize=8)
     fig.tight_layout()

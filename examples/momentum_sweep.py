@@ -7,20 +7,24 @@ several seeds. All models train in one compiled program: ``jax.vmap`` over
 momenta and seeds (the momentum is a traced scalar), ``lax.scan`` over steps.
 A seed fixes the initial weights and the minibatches, shared by every setting.
 
-Per (momentum, method) it prints the steps to reach a target training loss,
-the final training loss and the test accuracy (mean ± std over seeds) and how
-many runs diverged: a loss that became NaN/inf or rose above 10x its initial
-value, or a final loss above half the initial one (``_common.diverged``); those
-runs are left out of the means. A difference is called faster or slower only
-when the mean ± std intervals over seeds do not overlap; a setting in which a
-run did not reach the target (diverged runs included) is said to, with the
-number of such seeds, rather than to be slower.
+Per (momentum, method) it prints the steps to reach a target training loss
+("never" where a seed did not reach it), the final training loss and the test
+accuracy (mean ± std over seeds) and how many runs diverged: a loss that
+became NaN/inf or rose above 10x its initial value, or a final loss above half
+the initial one (``_common.diverged``); those runs are left out of the means.
+A difference is called faster or slower only when the mean ± std intervals
+over seeds do not overlap, and each verdict prints the numbers it is decided
+on; a setting in which a seed did not reach the target (diverged runs
+included) is said to, with the number of such seeds, rather than to be slower.
 
 Outputs (``examples/out/momentum_sweep/``, ``..._quick/`` with ``--quick``):
 ``momentum_sweep.csv`` (the table), ``momentum_sweep_runs.csv`` (one row per
 run), ``momentum_sweep_loss.png`` and ``momentum_sweep_summary.png``.
 
-    python examples/momentum_sweep.py            # digits from scikit-learn, ~30 s
+Measured on 2 CPU cores shared with other jobs: 38–48 s wall and 29–32 s of CPU
+time (user + sys) for the full run; 26 s wall and 13 s CPU with ``--quick``.
+
+    python examples/momentum_sweep.py            # digits from scikit-learn
     python examples/momentum_sweep.py --quick
     python examples/momentum_sweep.py --data mnist --data-dir ~/data/mnist
 """
@@ -134,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     print(f"trained in {time.perf_counter() - start:.1f} s (compilation included)\n")
 
-    diverged = _common.diverged(loss)  # (method, momentum, seed)
+    reasons = _common.divergence(loss)  # (method, momentum, seed): "" or the rule broken
+    diverged = reasons != ""
     to_target = _common.steps_to(loss, eval_steps, args.target_loss)
     to_target[diverged] = np.nan
     final = np.where(diverged, np.nan, loss[..., -1])
@@ -161,19 +166,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             ]
             print(
                 f"{mu:8g}  {LABELS[method]:<10}  {_common.mean_std(s):>13}  "
-                f"{_common.mean_std(f[ok], '.1e') if ok.any() else 'n/a':>17}  "
-                f"{_common.mean_std(100 * a[ok], '.1f') if ok.any() else 'n/a':>11}  "
+                f"{_common.mean_std(f[ok], '.1e'):>17}  "
+                f"{_common.mean_std(100 * a[ok], '.1f'):>11}  "
                 f"{(~ok).sum()}/{num_seeds}"
             )
     _common.write_csv(out / "momentum_sweep.csv", CSV_HEADER, rows)
     _common.write_csv(out / "momentum_sweep_runs.csv", RUNS_HEADER, runs)
 
-    print("\nverdicts (steps to target; a win needs non-overlapping mean ± std):")
-    verdicts = verdict_lines(momenta, to_target, diverged)
+    print(
+        "\nverdicts (steps to target, mean ± std of each side in brackets; a win needs "
+        "non-overlapping mean ± std):"
+    )
+    verdicts = verdict_lines(momenta, to_target, reasons)
     for line in verdicts:
         print("  " + line)
-    plot_loss(eval_steps, loss, momenta, args.target_loss, out / "momentum_sweep_loss.png")
-    plot_summary(momenta, to_target, acc, diverged, args.target_loss, out)
+    plot_loss(eval_steps, loss, momenta, reasons, args.target_loss, out / "momentum_sweep_loss.png")
+    plot_summary(momenta, to_target, acc, reasons, args.target_loss, out)
     print(f"\nwrote {out}/momentum_sweep*.csv and momentum_sweep_*.png")
     return {
         "eval_steps": eval_steps,
@@ -191,23 +199,22 @@ def compare(steps_a: np.ndarray, steps_b: np.ndarray, momenta: np.ndarray) -> st
 
     A NaN in a (a seed that never reached the target, or diverged) is reported
     as such, with the count of those seeds; a NaN in b only makes a faster.
+    Each momentum's numbers follow it: (a's steps vs b's, mean ± std).
     """
-    groups: dict[str, list[str]] = {
-        "faster": [],
-        "slower": [],
-        "no clear difference": [],
-        "did not reach the target": [],
-    }
+    groups: dict[str, list[str]] = {}
     for a, b, mu in zip(steps_a, steps_b, momenta, strict=True):
-        missed = int(np.isnan(a).sum())
-        if missed:
-            groups["did not reach the target"].append(f"{mu:g} ({missed}/{a.size} seeds)")
+        said = _common.steps_verdict(a, b)
+        if said.startswith(_common.MISSED):
+            key, detail = _common.MISSED, said[len(_common.MISSED) + 1 :]
         else:
-            groups[_common.verdict(a, b, "faster", "slower")].append(f"{mu:g}")
-    return "; ".join(f"{key} at {', '.join(mus)}" for key, mus in groups.items() if mus)
+            key, detail = said, f"({_common.mean_std(a)} vs {_common.mean_std(b)})"
+        groups.setdefault(key, []).append(f"{mu:g} {detail}")
+    order = ["faster", "slower", "no clear difference", _common.MISSED]
+    return "; ".join(f"{key} at {', '.join(groups[key])}" for key in order if key in groups)
 
 
-def verdict_lines(momenta: np.ndarray, steps: np.ndarray, diverged: np.ndarray) -> list[str]:
+def verdict_lines(momenta: np.ndarray, steps: np.ndarray, reasons: np.ndarray) -> list[str]:
+    """The printed verdicts; ``reasons`` is ``_common.divergence`` per (method, momentum, seed)."""
     lines = []
     if momenta[0] == 0.0 and len(momenta) > 1:
         for i, method in enumerate(METHODS):
@@ -215,17 +222,22 @@ def verdict_lines(momenta: np.ndarray, steps: np.ndarray, diverged: np.ndarray) 
             lines.append(f"{LABELS[method]} vs SGD: " + compare(steps[i, 1:], sgd, momenta[1:]))
     lines.append("Nesterov vs heavy ball: " + compare(steps[1], steps[0], momenta))
     bad = [
-        f"{LABELS[m]} {mu:g} ({diverged[i, j].sum()}/{diverged.shape[-1]})"
+        f"{LABELS[m]} {mu:g} ({_common.why_diverged(reasons[i, j])})"
         for j, mu in enumerate(momenta)
         for i, m in enumerate(METHODS)
-        if diverged[i, j].any()
+        if (reasons[i, j] != "").any()
     ]
     lines.append("diverged: " + (", ".join(bad) if bad else "none"))
     return lines
 
 
 def plot_loss(
-    steps: np.ndarray, loss: np.ndarray, momenta: np.ndarray, target: float, path: Path
+    steps: np.ndarray,
+    loss: np.ndarray,
+    momenta: np.ndarray,
+    reasons: np.ndarray,
+    target: float,
+    path: Path,
 ) -> None:
     plt = _common.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
@@ -233,9 +245,24 @@ def plot_loss(
         for j, mu in enumerate(momenta):
             color, dash = PALETTE[j % len(PALETTE)], "-" if j < len(PALETTE) else "--"
             runs = np.where(np.isfinite(loss[i, j]), loss[i, j], np.inf)
-            ax.plot(steps, np.median(runs, 0), color=color, ls=dash, label=f"μ = {mu:g}")
+            median = np.median(runs, 0)
+            ax.plot(steps, median, color=color, ls=dash, label=f"μ = {mu:g}")
             ax.fill_between(steps, runs.min(0), runs.max(0), color=color, alpha=0.15)
-        ax.axhline(target, color="gray", ls=":", lw=1)
+            if (reasons[i, j] != "").any() and np.isfinite(median[-1]):
+                # Say why the script calls it diverged, where the curve ends.
+                ax.annotate(
+                    f"μ = {mu:g}: diverged\n({_common.why_diverged(reasons[i, j])})",
+                    (steps[-1], median[-1]),
+                    xytext=(-4, -6),
+                    textcoords="offset points",
+                    ha="right",
+                    va="top",
+                    fontsize=7.5,
+                    color=color,
+                )
+        ax.axhline(target, color="gray", ls=":", lw=1, label=f"target {target:g}")
+        # A uniform guess over the 10 digits: a dead network's loss.
+        ax.axhline(np.log(10), color="gray", ls="--", lw=0.8, label="chance level (ln 10)")
         ax.set(yscale="log", ylim=(1e-5, 10), xlabel="step", title=LABELS[METHODS[i]])
     axes[0].set_ylabel("training loss (median, min–max over seeds)")
     axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
@@ -246,44 +273,48 @@ def plot_summary(
     momenta: np.ndarray,
     steps: np.ndarray,
     acc: np.ndarray,
-    diverged: np.ndarray,
+    reasons: np.ndarray,
     target: float,
     out: Path,
 ) -> None:
     plt = _common.pyplot()
     from matplotlib.lines import Line2D
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.4))
     x = np.arange(len(momenta))
-    # Settings with no mean to plot are marked in a strip along the top of the
-    # axes (not at 0 steps): x where a seed diverged, ^ where one never reached
-    # the target.
-    gone = diverged.any(-1)
+    # Settings with no mean to plot are marked in a strip above each frame, outside
+    # the data range: x where a seed diverged, ^ where one never reached the target.
+    gone = (reasons != "").any(-1)
     missed = ~np.isfinite(steps).all(-1) & ~gone
     strips = {left: {"x": gone, "^": missed}, right: {"x": gone}}
-    marks = {"x": "diverged (a seed or more)", "^": "did not reach the target"}
+    marks = {"x": "diverged (a seed or more)", "^": _common.MISSED}
     for i, method in enumerate(METHODS):
         color, marker = METHOD_STYLE[method]
         shift = x + (i - 0.5) * 0.15
         for ax, values in ((left, steps[i]), (right, 100 * acc[i])):
             ax.errorbar(shift, *_common.spread(values), color=color, marker=marker, capsize=3)
             for symbol, where in strips[ax].items():
-                top = np.full(where[i].sum(), 0.93)
+                top = np.full(where[i].sum(), 1.04)
                 strip = ax.get_xaxis_transform()  # x in data, y in axes coordinates
-                ax.plot(shift[where[i]], top, symbol, color=color, mfc="none", transform=strip)
+                ax.plot(
+                    shift[where[i]], top, symbol, color=color, mfc="none", transform=strip,
+                    clip_on=False,
+                )  # fmt: skip
+    right.set_ylim(top=min(100.0, right.get_ylim()[1]))  # an accuracy ends at 100 %
     for ax in (left, right):
-        low, high = ax.get_ylim()
-        ax.set_ylim(low, high + 0.2 * (high - low))  # room for the strip
         ax.set(xticks=x, xticklabels=[f"{m:g}" for m in momenta], xlabel="momentum")
-        handles = [Line2D([], [], color=c, marker=m) for c, m in METHOD_STYLE.values()]
-        labels = [LABELS[method] for method in METHOD_STYLE]
-        for symbol, where in strips[ax].items():
-            if where.any():
-                handles.append(Line2D([], [], ls="", marker=symbol, color="gray", mfc="none"))
-                labels.append(marks[symbol])
-        ax.legend(handles, labels, fontsize=8)
-    left.set(ylabel="steps (mean ± std over seeds)", title=f"steps to training loss {target:g}")
-    right.set(ylabel="test accuracy % (mean ± std)", title="test accuracy (diverged runs left out)")
+    handles = [Line2D([], [], color=c, marker=m) for c, m in METHOD_STYLE.values()]
+    labels = [LABELS[method] for method in METHOD_STYLE]
+    for symbol, where in strips[left].items():
+        if where.any():
+            handles.append(Line2D([], [], ls="", marker=symbol, color="gray", mfc="none"))
+            labels.append(f"{marks[symbol]} (marked above the frame)")
+    fig.legend(handles, labels, loc="lower center", ncol=len(handles), fontsize=8)
+    fig.subplots_adjust(bottom=0.2)
+    left.set_ylabel("steps (mean ± std over seeds)")
+    left.set_title(f"steps to training loss {target:g}", pad=22)
+    right.set_ylabel("test accuracy % (mean ± std)")
+    right.set_title("test accuracy (diverged runs left out)", pad=22)
     _common.save(fig, out / "momentum_sweep_summary.png")
 
 

@@ -2,7 +2,8 @@
 
 Each page runs top to bottom in a fresh process (blocks share one namespace,
 like a notebook) with 8 simulated CPU devices, which the sharding recipes of
-docs/production.md need. Blocks that import torch run where torch is installed.
+docs/production.md need. Blocks that import torch run where torch is installed,
+blocks that call Keras where keras is.
 The README quick start and the docs/variants.md recipes are also checked for
 what they claim, and the site's math renders from the bundled MathJax, with
 no network (.ci/no_remote_assets.py, which CI runs on the built site, is
@@ -34,12 +35,16 @@ import importlib.metadata, importlib.util, json, re, sys
 page = sys.argv[1]
 blocks = re.findall(r"```python\n(.*?)```", open(page).read(), flags=re.S)
 has_torch = importlib.util.find_spec("torch") is not None
+has_keras = importlib.util.find_spec("keras") is not None
 flax = importlib.metadata.version("flax").split(".")
 new_flax = (int(flax[0]), int(flax[1])) >= (0, 11)
 namespace, report = {}, []
 for index, block in enumerate(blocks):
     if re.search(r"^import torch", block, flags=re.M) and not has_torch:
         report.append("needs torch")
+        continue
+    if re.search(r"\bkeras\.", block) and not has_keras:
+        report.append("needs keras")
         continue
     if re.search(r"^from flax import nnx", block, flags=re.M) and not new_flax:
         report.append("needs flax>=0.11")
@@ -124,6 +129,8 @@ def test_every_code_block_runs(page: Path) -> None:
     if "needs torch" in report:
         # Every other block ran and passed; these compare against the real torch.
         pytest.importorskip("torch")
+    if "needs keras" in report:
+        pytest.importorskip("keras")
     if "needs flax>=0.11" in report:
         # Flax 0.10 (the newest for Python 3.10) has optimizer.update(grads).
         pytest.skip("needs flax>=0.11 for nnx.Optimizer.update(model, grads)")
@@ -224,3 +231,26 @@ def test_gallery_page_states_its_intro_once() -> None:
     included = readme.split("<!-- gallery:start -->")[1].split("<!-- gallery:end -->")[0]
     assert "Each figure is regenerated" not in included  # docs/gallery.md has its own
     assert included.lstrip().startswith("![")
+
+
+def test_wide_equations_and_tables_stay_in_the_column() -> None:
+    """The site loads the rules that keep display math and tables inside the column.
+
+    MathJax 3 does not break lines: wrap.css lets a display equation break at
+    its top-level spaces (\\qquad, \\quad), fit_math.js shrinks one that cannot
+    (a split or cases block), and table cells wrap long code. docs/check_layout.py
+    measures the rendered pages in Chromium; this checks, without a browser,
+    that the rules exist and the build links them.
+    """
+    conf = runpy.run_path(str(ROOT / "docs" / "conf.py"))
+    static = ROOT / "docs" / conf["html_static_path"][0]
+    assert "wrap.css" in conf["html_css_files"]
+    assert "fit_math.js" in conf["html_js_files"]
+    css = (static / "wrap.css").read_text()
+    math = 'mjx-container[jax="CHTML"][display="true"] > mjx-math > mjx-mstyle:has(> mjx-mspace)'
+    assert f"{math}::after" in css
+    assert re.search(r'content: " ";\s*white-space: normal;', css)
+    assert re.search(r"table\.docutils code\.literal[^{]*\{[^}]*overflow-wrap: anywhere", css)
+    script = (static / "fit_math.js").read_text()
+    assert "MathJax.startup.promise" in script
+    assert "scrollWidth" in script

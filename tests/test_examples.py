@@ -101,21 +101,80 @@ def test_sweep_losses(sweep: dict) -> None:
 def test_sweep_verdicts_follow_the_numbers() -> None:
     momenta = np.array([0.0, 0.9])
     steps = np.array([[[400, 420, 410], [100, 130, 160]], [[400, 420, 410], [95, 140, 150]]])
-    diverged = np.zeros(steps.shape, bool)
-    lines = momentum_sweep.verdict_lines(momenta, steps.astype(float), diverged)
-    assert lines[:2] == ["heavy ball vs SGD: faster at 0.9", "Nesterov vs SGD: faster at 0.9"]
-    assert lines[2] == "Nesterov vs heavy ball: no clear difference at 0, 0.9"
+    reasons = np.zeros(steps.shape, "<U40")
+    lines = momentum_sweep.verdict_lines(momenta, steps.astype(float), reasons)
+    # Each verdict carries the numbers it is decided on: mean ± std of both sides.
+    assert lines[:2] == [
+        "heavy ball vs SGD: faster at 0.9 (130 ± 30 vs 410 ± 10)",
+        "Nesterov vs SGD: faster at 0.9 (128 ± 29 vs 410 ± 10)",
+    ]
+    assert lines[2] == (
+        "Nesterov vs heavy ball: no clear difference at 0 (410 ± 10 vs 410 ± 10), "
+        "0.9 (128 ± 29 vs 130 ± 30)"
+    )
     assert lines[3] == "diverged: none"
-    diverged[1, 1, 0] = True
-    steps = np.where(diverged, np.nan, steps)
-    lines = momentum_sweep.verdict_lines(momenta, steps, diverged)
+    reasons[1, 1, 0] = "ended above half its initial loss"
+    steps = np.where(reasons != "", np.nan, steps)
+    lines = momentum_sweep.verdict_lines(momenta, steps, reasons)
     # One seed never got there: said so, not called slower.
     assert lines[1] == "Nesterov vs SGD: did not reach the target at 0.9 (1/3 seeds)"
     assert lines[2] == (
-        "Nesterov vs heavy ball: no clear difference at 0; "
+        "Nesterov vs heavy ball: no clear difference at 0 (410 ± 10 vs 410 ± 10); "
         "did not reach the target at 0.9 (1/3 seeds)"
     )
-    assert lines[3] == "diverged: Nesterov 0.9 (1/3)"
+    assert lines[3] == "diverged: Nesterov 0.9 (1/3: ended above half its initial loss)"
+
+
+def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Collect the figures the examples would save, to read their axes."""
+    figures: list[Any] = []
+    monkeypatch.setattr(_common, "save", lambda fig, path: figures.append(fig))
+    return figures
+
+
+def test_sweep_figures_say_what_they_mark(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    figures = saved_figures(monkeypatch)
+    momenta = np.array([0.0, 0.9, 0.99])
+    steps = np.array([[[400.0, 420.0], [100.0, 125.0], [np.nan, np.nan]]] * 2)
+    accuracy = np.array([[[0.97, 0.99], [0.99, 1.0], [np.nan, np.nan]]] * 2)  # mean + std > 1
+    reasons = np.zeros(steps.shape, "<U40")
+    reasons[:, 2] = "ended above half its initial loss"
+    momentum_sweep.plot_summary(momenta, steps, accuracy, reasons, 0.05, tmp_path)
+    left, right = figures[-1].axes
+    assert right.get_ylim()[1] <= 100  # an accuracy axis ends at 100 %
+    for ax in (left, right):
+        marks = [line for line in ax.lines if line.get_marker() in ("x", "^")]
+        assert marks
+        for line in marks:  # above the frame (axes coordinates), not inside the data
+            assert line.get_transform() == ax.get_xaxis_transform()
+            assert (np.asarray(line.get_ydata()) > 1).all()
+    legend = [text.get_text() for text in figures[-1].legends[0].get_texts()]
+    assert "diverged (a seed or more) (marked above the frame)" in legend
+
+    loss = np.full((2, 3, 2, 4), 2.3)
+    loss[:, :2] = np.linspace(2.3, 0.01, 4)
+    momentum_sweep.plot_loss(np.arange(4) * 10, loss, momenta, reasons, 0.05, tmp_path / "x")
+    left, right = figures[-1].axes
+    legend = [text.get_text() for text in right.get_legend().get_texts()]
+    assert {"target 0.05", "chance level (ln 10)"} <= set(legend)
+    notes = [text.get_text() for text in left.texts]
+    assert notes == ["μ = 0.99: diverged\n(2/2: ended above half its initial loss)"]
+    for fig in figures:
+        _common.pyplot().close(fig)
+
+
+def test_low_precision_figure_keeps_float32_visible(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    figures = saved_figures(monkeypatch)
+    loss = np.ones((3, len(low_precision.COLUMNS), 2, 5))
+    low_precision.plot(loss, np.arange(5), tmp_path / "x.png")
+    for ax in figures[-1].axes:
+        lines = {line.get_label(): line for line in ax.lines}
+        top = max(line.get_zorder() for name, line in lines.items() if name != "float32")
+        assert lines["float32"].get_zorder() > top  # drawn over the curves that lie on it
+        assert lines["float32"].get_linestyle() == ":"
+    _common.pyplot().close(figures[-1])
 
 
 def test_clearly_less() -> None:
@@ -129,6 +188,20 @@ def test_clearly_less() -> None:
     assert not _common.clearly_less(np.array([100, np.nan]), np.array([200, 210.0]))
 
 
+def test_one_vocabulary() -> None:
+    """Tables say "never" where a target was not reached, verdicts "did not reach the target"."""
+    assert _common.mean_std(np.array([120.0, 140.0])) == "130 ± 14"
+    assert _common.mean_std(np.array([np.nan, np.nan])) == "never"
+    assert _common.mean_std(np.array([350.0, np.nan])) == "350 (1/2 never)"
+    assert _common.mean_std(np.array([])) == "all diverged"
+    fast, slow = np.array([100, 110.0]), np.array([200, 210.0])
+    assert _common.steps_verdict(fast, slow) == "faster"
+    assert _common.steps_verdict(slow, fast) == "slower"
+    assert _common.steps_verdict(np.array([100, np.nan]), slow) == (
+        "did not reach the target (1/2 seeds)"
+    )
+
+
 def test_divergence_and_steps_to() -> None:
     curves = np.array(
         [
@@ -140,6 +213,10 @@ def test_divergence_and_steps_to() -> None:
         ]
     )
     assert _common.diverged(curves).tolist() == [False, True, True, True, False]
+    assert _common.divergence(curves).tolist() == ["", *_common.DIVERGED_RULES, ""]
+    assert _common.why_diverged(_common.divergence(curves[3:])) == (
+        "1/2: ended above half its initial loss"
+    )
     reached = _common.steps_to(curves, np.arange(6) * 10, 0.1)
     np.testing.assert_array_equal(reached[[0, 4]], [40.0, np.nan])
 

@@ -74,10 +74,18 @@ def test_digits(run: tuple[Path, dict]) -> None:
     assert (acc > 0.9).all()
     # All methods start from the same weights for a given seed.
     np.testing.assert_allclose(loss[..., 0], loss[:1, :, 0].repeat(7, 0), rtol=1e-6)
-    # Gradient descent (a tenth of the others' long-run step) trails momentum.
-    assert run[1]["verdicts"]["gd"] == ("slower", "higher")
+    # Gradient descent (a tenth of the others' long-run step) trails momentum: in
+    # the quick run it does not reach the target, which is said, not "slower".
+    gd_steps, gd_final = run[1]["verdicts"]["gd"]
+    assert gd_final == "higher"
+    if np.isnan(run[1]["steps"][0]).any():
+        assert gd_steps.startswith("did not reach the target (")
+    else:
+        assert gd_steps == "slower"
     for steps, final in run[1]["verdicts"].values():
-        assert steps in {"faster", "slower", "no clear difference"}
+        assert steps in {"faster", "slower", "no clear difference"} or steps.startswith(
+            "did not reach the target ("
+        )
         assert final in {"lower", "higher", "no clear difference"}
 
 
