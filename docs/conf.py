@@ -40,6 +40,7 @@ autodoc_preserve_defaults = True
 # Show the aliases, not the long unions they stand for.
 autodoc_type_aliases = {
     "ScalarOrSchedule": "momentum_jax.ScalarOrSchedule",
+    "optax.ScalarOrSchedule": "momentum_jax.ScalarOrSchedule",
     "optax.Schedule": "optax.Schedule",
 }
 autodoc_default_options = {"members": False}
