@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 import momentum_jax
 from tests import _jax_compat
-from tests.test_contract import ROWS
+from tests._table import ROWS
 
 pytestmark = pytest.mark.slow  # property-based search
 
