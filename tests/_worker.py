@@ -503,6 +503,11 @@ _Y = (_X @ _RNG.standard_normal((4, 3)) + 0.1 * _RNG.standard_normal((32, 3))).a
 BFLOAT16_PARAMS = ("momentum_schedules",)
 
 
+def file_name(case: str) -> str:
+    """``case`` as a file name (orbax reads brackets in a path as a pattern)."""
+    return re.sub(r"[^\w-]+", "_", case)
+
+
 def checkpoint_params(case: str) -> dict[str, jax.Array]:
     dtype = jnp.bfloat16 if case in BFLOAT16_PARAMS else jnp.float32
     return {"w": jnp.asarray(np.full((4, 3), 0.1), dtype), "b": jnp.asarray(np.zeros(3), dtype)}
@@ -621,38 +626,43 @@ def checkpoint(args: list[str]) -> dict[str, Any]:
     for row in CHECKPOINT_ROWS:
         case, tx = row.id, row.build()
         params_like = checkpoint_params(case)
+        name = file_name(case)
         state_like = tx.init(params_like)
         if command == "save":
             params, state, first_part = _train(tx, params_like, state_like, 0, SPLIT)
             if "orbax" in formats:
-                save_orbax(directory / f"{case}-orbax", params, state)
+                save_orbax(directory / f"{name}-orbax", params, state)
             if "pickle" in formats:
-                save_pickle(directory / f"{case}.pkl", params, state)
+                save_pickle(directory / f"{name}.pkl", params, state)
             if "npz" in formats:
-                save_npz(directory / f"{case}-leaves.npz", params, state)
+                save_npz(directory / f"{name}-leaves.npz", params, state)
             _, state, second_part = _train(tx, params, state, SPLIT, TOTAL)
-            _write_run(directory / f"{case}-uninterrupted.npz", first_part + second_part, 0, state)
+            _write_run(directory / f"{name}-uninterrupted.npz", first_part + second_part, 0, state)
             continue
         restored: dict[str, tuple[Any, Any]] = {}
         if "orbax" in formats:
-            restored["orbax"] = restore_orbax(directory / f"{case}-orbax", params_like, state_like)
+            restored["orbax"] = restore_orbax(directory / f"{name}-orbax", params_like, state_like)
         if "pickle" in formats:
-            restored["pickle"] = restore_pickle(directory / f"{case}.pkl")
+            restored["pickle"] = restore_pickle(directory / f"{name}.pkl")
         if "npz" in formats:
-            restored["npz"] = restore_npz(directory / f"{case}-leaves.npz", params_like, state_like)
+            restored["npz"] = restore_npz(directory / f"{name}-leaves.npz", params_like, state_like)
         for fmt, (params, state) in restored.items():
             report["signature_matches"][f"{case}-{fmt}"] = signature((params, state)) == signature(
                 (params_like, state_like)
             )
             _, final_state, trajectory = _train(tx, params, state, SPLIT, TOTAL)
-            _write_run(directory / f"{case}-{fmt}.npz", trajectory, SPLIT, final_state)
+            _write_run(directory / f"{name}-{fmt}.npz", trajectory, SPLIT, final_state)
         if "orbax" in restored:
             params, state = restored["orbax"]
             counters = [int(x) for x in jax.tree.leaves(state) if jnp.ndim(x) == 0]
             report["restored_counters"][case] = counters
-            reset = optax.tree_utils.tree_set(state, count=jnp.zeros([], jnp.int32))
+            # (optax.tree_utils.tree_set cannot set the count of a PackedState.)
+            reset = jax.tree_util.tree_map_with_path(
+                lambda path, x: jnp.zeros_like(x) if getattr(path[-1], "name", "") == "count" else x,
+                state,
+            )
             _, final_state, trajectory = _train(tx, params, reset, SPLIT, TOTAL)
-            _write_run(directory / f"{case}-orbax-count-reset.npz", trajectory, SPLIT, final_state)
+            _write_run(directory / f"{name}-orbax-count-reset.npz", trajectory, SPLIT, final_state)
     return report
 
 

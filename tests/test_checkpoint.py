@@ -70,8 +70,8 @@ def _cases_and_formats() -> list[Any]:
 @pytest.mark.parametrize(("case", "fmt"), _cases_and_formats())
 def test_resumed_run_is_bit_identical(runs: dict[str, Any], case: str, fmt: str) -> None:
     directory = runs["directory"]
-    uninterrupted = _load(directory / f"{case}-uninterrupted.npz")
-    resumed = _load(directory / f"{case}-{fmt}.npz")
+    uninterrupted = _load(directory / f"{worker.file_name(case)}-uninterrupted.npz")
+    resumed = _load(directory / f"{worker.file_name(case)}-{fmt}.npz")
     after_split = {
         f"step{k}/{leaf}" for k in range(worker.SPLIT + 1, worker.TOTAL + 1) for leaf in ("w", "b")
     }
@@ -100,8 +100,8 @@ def test_the_step_counter_is_part_of_the_checkpoint(runs: dict[str, Any], case: 
     # Restoring everything but the counter gives a different run: the
     # schedules read it, so the bit-identical test above would catch its loss.
     directory = runs["directory"]
-    uninterrupted = _load(directory / f"{case}-uninterrupted.npz")
-    reset = _load(directory / f"{case}-orbax-count-reset.npz")
+    uninterrupted = _load(directory / f"{worker.file_name(case)}-uninterrupted.npz")
+    reset = _load(directory / f"{worker.file_name(case)}-orbax-count-reset.npz")
     key = f"step{worker.TOTAL}/w"
     assert not np.array_equal(reset[key], uninterrupted[key])
 
