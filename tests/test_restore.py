@@ -23,7 +23,7 @@ import pytest
 
 import momentum_jax
 from tests._problems import apply, layout_grads, layout_params, per_array, plain
-from tests._table import BASE_ROWS, TRANSFORMS, Row
+from tests._table import BASE_ROWS, TRANSFORMS, Row, rows_named
 
 pytestmark = pytest.mark.slow  # every state structure under every wrapper, both layouts
 
@@ -63,7 +63,6 @@ def _build(row: Row, layout: str, wrapper: str) -> optax.GradientTransformation:
 
 def _trained(tx: optax.GradientTransformation, params: Any, jit: bool = False) -> Any:
     state = tx.init(params)
-    # Wrappers that branch (lax.cond) would compile their branches at every eager call.
     update = jax.jit(tx.update) if jit else tx.update
     for k in range(STEPS):
         updates, state = update(layout_grads(params, k), state, params)
@@ -89,14 +88,14 @@ def _params(row: Row, wrapper: str) -> dict[str, Any]:
     return params
 
 
-def _distinct_states(wrapper: str) -> list[Row]:
+def _distinct_states(wrapper: str, rows: list[Row] = BASE_ROWS) -> list[Row]:
     """The first row of each distinct state (tree, shapes, dtypes in both layouts) under ``wrapper``.
 
     What restore_state does depends on the states' structure alone; rows that
     differ only in their numbers (momentum and nesterov, say) are one case.
     """
     seen: dict[Any, Row] = {}
-    for row in BASE_ROWS:
+    for row in rows:
         params = _params(row, wrapper)
         shapes = [jax.eval_shape(_build(row, layout, wrapper).init, params) for layout in LAYOUTS]
         key = str([(jax.tree.structure(s), [(x.shape, x.dtype) for x in jax.tree.leaves(s)]) for s in shapes])
@@ -107,14 +106,15 @@ def _distinct_states(wrapper: str) -> list[Row]:
 # Every distinct state alone and under inject_hyperparams; one row per public
 # transform under each other wrapper (they hold the inner state as it is, whatever the row).
 CASES = [(row, w) for w in ("plain", "inject") for row in _distinct_states(w)] + [
-    (row, w) for row in TRANSFORMS for w in WRAPPERS if w != "plain"
+    (row, w) for w in WRAPPERS if w != "plain" for row in _distinct_states(w, TRANSFORMS)
 ]
 
 
 @pytest.mark.parametrize(("row", "wrapper"), CASES, ids=[f"{r.id}-{w}" for r, w in CASES])
 def test_every_state_moves_between_layouts_under_every_wrapper(row: Row, wrapper: str) -> None:
     params = _params(row, wrapper)
-    jit = wrapper in ("multisteps", "apply_if_finite")
+    # Eagerly, branches (lax.cond) and stochastic rounding compile op by op at every call.
+    jit = wrapper in ("multisteps", "apply_if_finite") or "stochastic" in row.id
     states = {layout: _trained(_build(row, layout, wrapper), params, jit) for layout in LAYOUTS}
     for old_layout, new_layout in (LAYOUTS, LAYOUTS[::-1]):
         old, tx = states[old_layout], _build(row, new_layout, wrapper)
@@ -154,14 +154,8 @@ def _orbax_round_trip(state: Any, path: Any) -> Any:
     return checkpointer.restore(path)  # no target: nested dicts and lists
 
 
-TRANSFORMS = {
-    "nesterov": lambda layout: momentum_jax.nesterov(0.1, 0.9, layout=layout),
-    "qhm": lambda layout: momentum_jax.qhm(0.1, 0.9, layout=layout),
-    "aggmo": lambda layout: momentum_jax.aggmo(0.1, (0.0, 0.9), layout=layout),
-    "torch_sgd": lambda layout: momentum_jax.compat.torch_sgd(
-        0.1, 0.9, weight_decay=0.01, layout=layout
-    ),
-}
+# A state of each kind: MomentumState, a chain with QHMState, AggMo's buffers, a preset's chain.
+ORBAX_ROWS = rows_named("nesterov", "qhm", "aggmo", "torch_sgd_dampening_weight_decay")
 
 
 @pytest.mark.parametrize("kind", ["dict", "tuple", "namedtuple", "equinox", "flax_nnx"])
@@ -169,11 +163,11 @@ def test_orbax_checkpoints_without_a_target_move_for_every_kind_of_params(
     kind: str, tmp_path: Any
 ) -> None:
     params = _param_kinds()[kind]
-    for name, build in TRANSFORMS.items():
+    for row in ORBAX_ROWS:
         for old_layout, new_layout in (LAYOUTS, LAYOUTS[::-1]):
-            old = _trained(build(old_layout), params)
-            raw = _orbax_round_trip(old, tmp_path / f"{name}_{old_layout}")
-            tx = build(new_layout)
+            old = _trained(row.build(layout=old_layout), params)
+            raw = _orbax_round_trip(old, tmp_path / f"{row.id}_{old_layout}")
+            tx = row.build(layout=new_layout)
             _assert_moved(momentum_jax.restore_state(raw, tx, params), old, tx, params)
 
 
