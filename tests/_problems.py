@@ -1,4 +1,4 @@
-"""Small test problems shared by the test modules.
+"""Small test problems and helpers shared by the test modules.
 
 The quadratic has a non-diagonal Hessian and two param arrays, so gradients
 change from step to step and differ between coordinates.
@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+import momentum_jax
 
 HESSIAN = np.array([[3.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 0.4]], np.float32)
 TARGET = np.array([1.0, -2.0, 0.5], np.float32)
@@ -92,3 +94,129 @@ def np_grad(params: NpTree) -> NpTree:
 
 def np_initial() -> NpTree:
     return {"w": W0.astype(np.float64), "b": B0.astype(np.float64)}
+
+
+def plain(state: Any) -> Any:
+    """``state`` as nested dicts, lists and numpy arrays (a checkpoint read without a target)."""
+    if hasattr(state, "_asdict"):
+        return {key: plain(value) for key, value in state._asdict().items()}
+    if isinstance(state, dict):
+        return {key: plain(value) for key, value in state.items()}
+    if isinstance(state, list | tuple):
+        return [plain(value) for value in state]
+    return None if state is None else np.asarray(state)
+
+
+def packed_nodes(state: Any) -> list[Any]:
+    """The :class:`momentum_jax.PackedState` nodes of a state (of a chain, a wrapper's...)."""
+    is_packed = lambda x: isinstance(x, momentum_jax.PackedState)  # noqa: E731
+    return [node for node in jax.tree.leaves(state, is_leaf=is_packed) if is_packed(node)]
+
+
+def per_array(state: Any) -> Any:
+    """``state`` with each :class:`momentum_jax.PackedState` read as its per-array inner state.
+
+    Through the public attributes only: ``PackedState.velocity`` (``buffer``,
+    ``buffers``) slices the packed buffers back into params-shaped trees.
+    """
+
+    def unpack(node: Any) -> Any:
+        if not isinstance(node, momentum_jax.PackedState):
+            return node
+        return node.inner._replace(**{field: getattr(node, field) for field in node.inner._fields})
+
+    is_packed = lambda x: isinstance(x, momentum_jax.PackedState)  # noqa: E731
+    return jax.tree.map(unpack, state, is_leaf=is_packed)
+
+
+# More than 2**16 elements: the packed layout keeps this array's buffer apart.
+BIG = (257, 256)
+
+
+def layout_params(complex_params: bool = True) -> dict[str, Any]:
+    """Params that mix arrays the packed layout packs (small, several dtypes) with
+    arrays that keep their own buffer (large, integer) and ``None``."""
+    rng = np.random.default_rng(0)
+    params: dict[str, Any] = {
+        "kernel": jnp.asarray(rng.standard_normal(BIG), jnp.float32),
+        "bias": jnp.asarray(rng.standard_normal(7), jnp.float32),
+        "scale": jnp.asarray(rng.standard_normal((2, 3)), jnp.float32),
+        "scalar": jnp.asarray(0.5, jnp.float32),
+        "half": jnp.asarray(rng.standard_normal(5), jnp.bfloat16),
+        "empty": jnp.zeros((0, 3), jnp.float32),
+        "steps": jnp.arange(4, dtype=jnp.int32),
+        "frozen": None,
+    }
+    if complex_params:
+        params["c64"] = jnp.asarray(
+            rng.standard_normal(3) + 1j * rng.standard_normal(3), "complex64"
+        )
+    return params
+
+
+def layout_grads(params: Any, k: int) -> Any:
+    """A different, coordinate-dependent gradient at every step (``None`` for integer leaves)."""
+
+    def one(p: Any) -> Any:
+        if p is None or not jnp.issubdtype(p.dtype, jnp.inexact):
+            return None
+        ramp = jnp.arange(p.size, dtype=jnp.float32).reshape(p.shape)
+        return (jnp.sin(ramp * (k + 1.3)) + 0.1 * k).astype(p.dtype)
+
+    return jax.tree.map(one, params, is_leaf=lambda x: x is None)
+
+
+def apply(params: Any, updates: Any) -> Any:
+    """``optax.apply_updates`` that keeps params whose update is ``None``."""
+    return jax.tree.map(
+        lambda p, u: p if u is None else (p + u).astype(p.dtype),
+        params,
+        updates,
+        is_leaf=lambda x: x is None,
+    )
+
+
+# --- a fixed gradient sequence, for what the transforms do with bad values ------------
+
+
+def small_params() -> dict[str, jax.Array]:
+    return {"w": jnp.array([0.5, -1.0, 2.0]), "b": jnp.array([[0.25, -0.75]])}
+
+
+def fixed_grads(k: int) -> dict[str, jax.Array]:
+    """Step ``k``'s gradient for :func:`small_params`; it does not depend on the params,
+    so only the optimizer can carry a NaN from one step to the next."""
+    return {
+        "w": jnp.array([1.0, -0.5, 0.25]) * (1.0 + 0.1 * k),
+        "b": jnp.array([[-0.3, 0.7]]) / (1.0 + k),
+    }
+
+
+def with_bad_value(grads: dict[str, jax.Array], value: float) -> dict[str, jax.Array]:
+    return {**grads, "w": grads["w"].at[1].set(value)}
+
+
+def counts(state: Any) -> list[int]:
+    """Every step counter in ``state`` (a chain has several)."""
+    return [int(c) for _, c in optax.tree_utils.tree_get_all_with_path(state, "count")]
+
+
+def jitted_step(tx: optax.GradientTransformation) -> Callable[..., Any]:
+    """``(params, state, grads) -> (params, state)``, jitted."""
+
+    @jax.jit
+    def step(params: Any, state: Any, grads: Any) -> Any:
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def assert_trees_equal(a: Any, b: Any, what: str) -> None:
+    """Bit for bit, naming the first leaf that differs."""
+    assert jax.tree.structure(a) == jax.tree.structure(b), what
+    for path_leaf, other in zip(
+        jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True
+    ):
+        path, leaf = path_leaf
+        assert np.array_equal(leaf, other), f"{what}: {jax.tree_util.keystr(path)} changed"

@@ -10,6 +10,7 @@ the state. Every public transform is exercised, presets included.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any
@@ -23,70 +24,21 @@ import pytest
 import momentum_jax
 from momentum_jax import aggmo, compat, qhm, schedules
 from tests import _jax_compat, _problems
+from tests._problems import (
+    assert_trees_equal,
+    counts,
+    fixed_grads,
+    jitted_step,
+    small_params,
+    with_bad_value,
+)
+from tests._table import BUFFER_TRANSFORMS, STATEFUL, STATELESS, TRANSFORMS, Row, ids, rows_named
 
-Factory = Callable[[], optax.GradientTransformation]
-
-# Transforms that keep a param-shaped buffer.
-STATEFUL: dict[str, Factory] = {
-    "momentum": lambda: momentum_jax.momentum(0.05, 0.9, weight_decay=1e-3),
-    "nesterov": lambda: momentum_jax.nesterov(0.05, 0.9),
-    "scale_by_momentum": lambda: momentum_jax.scale_by_momentum(0.9, dampening=0.1),
-    "scale_by_momentum_nesterov": lambda: momentum_jax.scale_by_momentum(0.9, nesterov=True),
-    "torch_sgd": lambda: compat.torch_sgd(0.05, 0.9, dampening=0.1),
-    "keras_sgd": lambda: compat.keras_sgd(0.05, 0.9, nesterov=True, weight_decay=1e-3),
-    "tf1_momentum": lambda: compat.tf1_momentum(0.05, 0.9, use_nesterov=True),
-    "qhm": lambda: qhm(0.05, 0.9, 0.7),
-    "aggmo": lambda: aggmo(0.05, (0.0, 0.9, 0.99)),
-}
-# With momentum=0 the presets keep no buffer, as PyTorch and Keras do.
-STATELESS: dict[str, Factory] = {
-    "torch_sgd_no_momentum": lambda: compat.torch_sgd(0.05, weight_decay=1e-3),
-    "keras_sgd_no_momentum": lambda: compat.keras_sgd(0.05),
-}
-EVERY = {**STATEFUL, **STATELESS}
-
-
-def _ids(table: dict[str, Any]) -> dict[str, Any]:
-    return {"argvalues": list(table.values()), "ids": list(table)}
-
-
-def _params() -> dict[str, jax.Array]:
-    return {"w": jnp.array([0.5, -1.0, 2.0]), "b": jnp.array([[0.25, -0.75]])}
-
-
-def _grads(k: int) -> dict[str, jax.Array]:
-    # A fixed sequence that does not depend on the params, so only the
-    # optimizer can carry a NaN from one step to the next.
-    return {
-        "w": jnp.array([1.0, -0.5, 0.25]) * (1.0 + 0.1 * k),
-        "b": jnp.array([[-0.3, 0.7]]) / (1.0 + k),
-    }
-
-
-def _with_nan(grads: dict[str, jax.Array], value: float) -> dict[str, jax.Array]:
-    return {**grads, "w": grads["w"].at[1].set(value)}
-
-
-def _counts(state: Any) -> list[int]:
-    return [int(c) for _, c in optax.tree_utils.tree_get_all_with_path(state, "count")]
-
-
-def _step(tx: optax.GradientTransformation) -> Callable[..., Any]:
-    @jax.jit
-    def step(params: Any, state: Any, grads: Any) -> Any:
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
-
-
-def _assert_trees_equal(a: Any, b: Any, what: str) -> None:
-    assert jax.tree.structure(a) == jax.tree.structure(b), what
-    for path_leaf, other in zip(
-        jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True
-    ):
-        path, leaf = path_leaf
-        assert np.array_equal(leaf, other), f"{what}: {jax.tree_util.keystr(path)} changed"
+# Rows of the contract table: STATEFUL keep a buffer, STATELESS are the presets
+# at momentum=0, which keep none (as PyTorch and Keras do).
+EVERY = STATEFUL + STATELESS
+# The hyperparameters that accept a schedule.
+SCHEDULABLE = ("learning_rate", "lr", "momentum", "nu")
 
 
 # --- hyperparameters, when the transform is built ----------------------------
@@ -428,68 +380,43 @@ def test_traced_hyperparameters_are_not_checked_in_python() -> None:
 
 
 # The structure of the chain never depends on the hyperparameters' values: each
-# edge value, injected (traced), gives the plain transform's trajectory.
-INJECTED: list[tuple[Callable[..., Any], dict[str, Any], bool]] = [
-    # (factory, numeric kwargs, is a learning-rate-free block): zeros included, where a
-    # Python 0 may take another branch than a traced one.
-    (momentum_jax.momentum, {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.01}, False),
-    (momentum_jax.momentum, {"learning_rate": 0.1, "momentum": 0.0, "weight_decay": 0.0}, False),
-    (momentum_jax.nesterov, {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.01}, False),
-    (momentum_jax.nesterov, {"learning_rate": 0.0, "momentum": 0.0, "weight_decay": 0.0}, False),
-    (momentum_jax.scale_by_momentum, {"momentum": 0.9, "dampening": 0.1}, True),
-    (momentum_jax.scale_by_momentum, {"momentum": 0.0, "dampening": 0.0}, True),
-    (compat.torch_sgd, {"lr": 0.1, "momentum": 0.9}, False),
-    (compat.torch_sgd, {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}, False),
-    (compat.torch_sgd, {"lr": 0.1, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0}, False),
-    # PyTorch ignores dampening when momentum is 0, injected or not.
-    (compat.torch_sgd, {"lr": 0.1, "momentum": 0.0, "dampening": 0.5}, False),
-    (compat.keras_sgd, {"learning_rate": 0.1}, False),
-    (compat.keras_sgd, {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.01}, False),
-    (compat.keras_sgd, {"learning_rate": 0.1, "momentum": 0.0, "weight_decay": 0.0}, False),
-    (compat.tf1_momentum, {"learning_rate": 0.1, "momentum": 0.9}, False),
-    (compat.tf1_momentum, {"learning_rate": 0.1, "momentum": 0.0}, False),
-    (momentum_jax.qhm, {"learning_rate": 0.1, "momentum": 0.9, "nu": 0.7}, False),
-    (momentum_jax.qhm, {"learning_rate": 0.1, "momentum": 0.0, "nu": 0.0}, False),
-    (momentum_jax.aggmo, {"learning_rate": 0.1}, False),
-    (momentum_jax.scale_by_qhm, {"momentum": 0.9, "nu": 1.0}, True),
-    (momentum_jax.scale_by_aggmo, {}, True),
+# edge value, injected (traced), gives the plain transform's trajectory. Zeros
+# where a Python 0 may take another branch than a traced one (the contract
+# table's rows inject their own values, the presets' zero defaults included).
+INJECTED: list[tuple[Row, dict[str, float]]] = [
+    (row, edge)
+    for row_id, edge in [
+        ("momentum", {"momentum": 0.0, "weight_decay": 0.0}),
+        ("nesterov", {"learning_rate": 0.0, "momentum": 0.0, "weight_decay": 0.0}),
+        ("scale_by_momentum", {"momentum": 0.0, "dampening": 0.0}),
+        # PyTorch ignores dampening when momentum is 0, injected or not.
+        ("torch_sgd", {"momentum": 0.0, "dampening": 0.5}),
+        ("keras_sgd", {"momentum": 0.0, "weight_decay": 0.0}),
+        ("tf1_momentum", {"momentum": 0.0}),
+        ("qhm", {"momentum": 0.0, "nu": 0.0}),
+        ("scale_by_qhm", {"momentum": 0.9, "nu": 1.0}),
+    ]
+    for row in rows_named(row_id)
 ]
 
 
-def _jitted_trajectory(tx: optax.GradientTransformation, steps: int) -> list[Any]:
-    params = _problems.initial_params()
-    state = tx.init(params)  # eager: inject_hyperparams sees concrete arrays
-
-    @jax.jit
-    def step(params: Any, state: Any) -> tuple[Any, Any]:
-        grads = jax.grad(_problems.loss)(params)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    out = []
-    for _ in range(steps):
-        params, state = step(params, state)
-        out.append(jax.tree.map(np.asarray, params))
-    return out
-
-
 @pytest.mark.parametrize(
-    ("factory", "kwargs", "block"),
+    ("row", "edge"),
     INJECTED,
-    ids=[f"{f.__name__}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for f, kw, _ in INJECTED],
+    ids=[f"{row.id}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for row, kw in INJECTED],
 )
-def test_edge_values_injected_match_the_plain_transform(
-    factory: Callable[..., Any], kwargs: dict[str, Any], block: bool
-) -> None:
-    def build(make: Callable[..., Any]) -> optax.GradientTransformation:
-        tx = make(**kwargs)
-        return optax.chain(tx, optax.scale_by_learning_rate(0.05)) if block else tx
-
-    injected = build(optax.inject_hyperparams(factory))
-    plain = build(factory)
-    _problems.assert_trajectories_close(
-        _jitted_trajectory(injected, 8), _problems.trajectory(plain, 8), rtol=1e-6, atol=1e-7
-    )
+def test_edge_values_injected_match_the_plain_transform(row: Row, edge: dict[str, float]) -> None:
+    injected = row.injected(**edge)
+    expected = _problems.trajectory(row.build(**edge), 4)
+    params = _problems.initial_params()
+    state = injected.init(params)  # eager: inject_hyperparams sees concrete arrays
+    assert set(edge) <= set(state.hyperparams)
+    step = jax.jit(_problems.step_fn(injected))
+    got = []
+    for _ in range(4):
+        params, state = step(params, state)
+        got.append(jax.tree.map(np.asarray, params))
+    _problems.assert_trajectories_close(got, expected, rtol=1e-6, atol=1e-7)
 
 
 # --- what schedules return -------------------------------------------------------
@@ -499,32 +426,20 @@ def _vector_schedule(count: Any) -> jax.Array:
     return jnp.full((3,), 0.05) + 0.0 * count
 
 
-NON_SCALAR_SCHEDULES = [
-    pytest.param(lambda s: momentum_jax.momentum(s, 0.9), "learning_rate", id="momentum-lr"),
-    pytest.param(lambda s: momentum_jax.momentum(0.1, s), "momentum", id="momentum-momentum"),
-    pytest.param(lambda s: momentum_jax.nesterov(s, 0.9), "learning_rate", id="nesterov-lr"),
-    pytest.param(lambda s: momentum_jax.nesterov(0.1, s), "momentum", id="nesterov-momentum"),
-    pytest.param(lambda s: momentum_jax.scale_by_momentum(s), "momentum", id="sbm-momentum"),
-    pytest.param(lambda s: compat.torch_sgd(s, 0.9), "lr", id="torch_sgd-lr"),
-    pytest.param(lambda s: compat.torch_sgd(0.1, s), "momentum", id="torch_sgd-momentum"),
-    pytest.param(lambda s: compat.keras_sgd(s, 0.9), "learning_rate", id="keras_sgd-lr"),
-    pytest.param(lambda s: compat.keras_sgd(s), "learning_rate", id="keras_sgd_no_mom-lr"),
-    pytest.param(lambda s: compat.keras_sgd(0.1, s), "momentum", id="keras_sgd-momentum"),
-    pytest.param(lambda s: compat.tf1_momentum(s, 0.9), "learning_rate", id="tf1-lr"),
-    pytest.param(lambda s: compat.tf1_momentum(0.1, s), "momentum", id="tf1-momentum"),
-    pytest.param(lambda s: qhm(s, 0.9, 0.7), "learning_rate", id="qhm-lr"),
-    pytest.param(lambda s: qhm(0.1, s, 0.7), "momentum", id="qhm-momentum"),
-    pytest.param(lambda s: qhm(0.1, 0.9, s), "nu", id="qhm-nu"),
-    pytest.param(lambda s: aggmo(s, (0.0, 0.9)), "learning_rate", id="aggmo-lr"),
+# Each argument that takes a schedule, of each public transform (the presets at
+# momentum=0 too): its own argument, not the learning rate a test-side chain adds.
+SCHEDULED_ARGS = [
+    (row, name)
+    for row in TRANSFORMS + STATELESS
+    for name in SCHEDULABLE
+    if name in {**row.hyper, **row.static} and name in inspect.signature(row.public).parameters
 ]
 
 
-@pytest.mark.parametrize(("build", "arg"), NON_SCALAR_SCHEDULES)
+@pytest.mark.parametrize(("row", "arg"), SCHEDULED_ARGS, ids=[f"{r.id}-{a}" for r, a in SCHEDULED_ARGS])
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-def test_schedule_returning_an_array_is_refused(
-    build: Callable[[Any], optax.GradientTransformation], arg: str, jit: bool
-) -> None:
-    tx = build(_vector_schedule)
+def test_schedule_returning_an_array_is_refused(row: Row, arg: str, jit: bool) -> None:
+    tx = row.build(**{arg: _vector_schedule})
     params = jnp.zeros(3)
     state = tx.init(params)
     update = jax.jit(tx.update) if jit else tx.update
@@ -532,18 +447,27 @@ def test_schedule_returning_an_array_is_refused(
         update(jnp.ones(3), state, params)
 
 
+NON_REAL_CASES = [
+    (row, arg)
+    for row, arg in SCHEDULED_ARGS
+    if (row.id, arg)
+    in {
+        ("momentum", "learning_rate"),
+        ("nesterov", "momentum"),
+        ("qhm", "nu"),
+        ("torch_sgd", "lr"),
+        ("tf1_momentum", "learning_rate"),
+    }
+]
+
+
 @pytest.mark.parametrize(
     "value", ["0.1", None, True, jnp.asarray(True), 0.1 + 0j, jnp.asarray(0.1 + 0j)]
 )
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 def test_schedule_returning_a_non_real_scalar_is_refused(value: Any, jit: bool) -> None:
-    for tx, arg in (
-        (momentum_jax.momentum(lambda c: value), "learning_rate"),
-        (momentum_jax.nesterov(0.1, lambda c: value), "momentum"),
-        (momentum_jax.qhm(0.1, nu=lambda c: value), "nu"),
-        (compat.torch_sgd(lambda c: value, 0.9), "lr"),
-        (compat.tf1_momentum(lambda c: value, 0.9), "learning_rate"),
-    ):
+    for row, arg in NON_REAL_CASES:
+        tx = row.build(**{arg: lambda c: value})
         update = jax.jit(tx.update) if jit else tx.update
         with pytest.raises(TypeError, match=rf"the {arg} schedule .* returned .*real scalar"):
             update(jnp.ones(2), tx.init(jnp.zeros(2)), jnp.zeros(2))
@@ -552,26 +476,17 @@ def test_schedule_returning_a_non_real_scalar_is_refused(value: Any, jit: bool) 
 # --- gradients --------------------------------------------------------------------
 
 
-MISMATCH_CASES = {
-    **STATEFUL,
-    "torch_sgd_weight_decay": lambda: compat.torch_sgd(0.05, 0.9, weight_decay=1e-3),
-}
-
-
-@pytest.mark.parametrize(
-    "factory",
-    [pytest.param(f, id=n) for n, f in MISMATCH_CASES.items()],
-)
+@pytest.mark.parametrize("row", STATEFUL, ids=ids(STATEFUL))
 @pytest.mark.parametrize(
     "grads",
     [{"w": jnp.ones(3)}, {"w": jnp.ones(3), "b": jnp.ones((1, 2)), "extra": jnp.ones(1)}],
     ids=["missing-leaf", "extra-leaf"],
 )
 def test_gradient_tree_that_does_not_match_the_state_names_both(
-    factory: Factory, grads: dict[str, jax.Array]
+    row: Row, grads: dict[str, jax.Array]
 ) -> None:
-    tx = factory()
-    params = _params()
+    tx = row.build()
+    params = small_params()
     state = tx.init(params)
     with pytest.raises(ValueError, match=r"gradient tree does not match") as info:
         tx.update(grads, state, params)
@@ -580,27 +495,24 @@ def test_gradient_tree_that_does_not_match_the_state_names_both(
     assert str(jax.tree.structure(params)) in message
 
 
-@pytest.mark.parametrize(
-    "factory",
-    [pytest.param(f, id=n) for n, f in MISMATCH_CASES.items()],
-)
+@pytest.mark.parametrize("row", STATEFUL, ids=ids(STATEFUL))
 @pytest.mark.parametrize("shape", [(1,), (5,)], ids=["broadcastable", "incompatible"])
 def test_gradient_leaf_of_the_wrong_shape_is_refused_by_name(
-    factory: Factory, shape: tuple[int, ...]
+    row: Row, shape: tuple[int, ...]
 ) -> None:
-    tx = factory()
-    params = _params()
+    tx = row.build()
+    params = small_params()
     state = tx.init(params)
-    grads = {**_grads(0), "w": jnp.ones(shape)}
+    grads = {**fixed_grads(0), "w": jnp.ones(shape)}
     # A (1,) gradient would broadcast against the (3,) buffer and reshape the
     # state; it must be refused, naming the leaf and both shapes.
     with pytest.raises(ValueError, match=rf"\['w'\].*{re.escape(str(shape))}.*\(3,\)"):
         tx.update(grads, state, params)
 
 
-@pytest.mark.parametrize("factory", **_ids(EVERY))
-def test_integer_gradients_are_refused(factory: Factory) -> None:
-    tx = factory()
+@pytest.mark.parametrize("row", EVERY, ids=ids(EVERY))
+def test_integer_gradients_are_refused(row: Row) -> None:
+    tx = row.build()
     params = {"w": jnp.zeros(3)}
     state = tx.init(params)
     with pytest.raises(TypeError, match=r"gradient.*\['w'\].*int32"):
@@ -614,31 +526,31 @@ def test_complex_gradient_into_a_real_state_is_refused() -> None:
         tx.update(jnp.ones(2, jnp.complex64), state)
 
 
-@pytest.mark.parametrize("factory", **_ids(EVERY))
-def test_apply_if_finite_skips_bad_steps_without_touching_anything(factory: Factory) -> None:
-    guarded = optax.apply_if_finite(factory(), max_consecutive_errors=5)
-    step = _step(guarded)
-    params = _params()
+@pytest.mark.parametrize("row", EVERY, ids=ids(EVERY))
+def test_apply_if_finite_skips_bad_steps_without_touching_anything(row: Row) -> None:
+    guarded = optax.apply_if_finite(row.build(), max_consecutive_errors=5)
+    step = jitted_step(guarded)
+    params = small_params()
     state = guarded.init(params)
     reference_params, reference_state = params, state
     for k in range(3):
-        params, state = step(params, state, _grads(k))
-        reference_params, reference_state = step(reference_params, reference_state, _grads(k))
-    counts_before = _counts(state.inner_state)
+        params, state = step(params, state, fixed_grads(k))
+        reference_params, reference_state = step(reference_params, reference_state, fixed_grads(k))
+    counts_before = counts(state.inner_state)
     for bad in (np.nan, np.inf, -np.inf):
-        new_params, new_state = step(params, state, _with_nan(_grads(3), bad))
-        _assert_trees_equal(new_params, params, f"params after a {bad} gradient")
-        _assert_trees_equal(new_state.inner_state, state.inner_state, f"state after {bad}")
+        new_params, new_state = step(params, state, with_bad_value(fixed_grads(3), bad))
+        assert_trees_equal(new_params, params, f"params after a {bad} gradient")
+        assert_trees_equal(new_state.inner_state, state.inner_state, f"state after {bad}")
         params, state = new_params, new_state
-    assert _counts(state.inner_state) == counts_before
+    assert counts(state.inner_state) == counts_before
     assert int(state.notfinite_count) == 3
     assert int(state.total_notfinite) == 3
     # The run then goes on exactly as if the bad steps never happened.
     for k in range(3, 6):
-        params, state = step(params, state, _grads(k))
-        reference_params, reference_state = step(reference_params, reference_state, _grads(k))
-    _assert_trees_equal(params, reference_params, "params after recovering")
-    _assert_trees_equal(state.inner_state, reference_state.inner_state, "state after recovering")
+        params, state = step(params, state, fixed_grads(k))
+        reference_params, reference_state = step(reference_params, reference_state, fixed_grads(k))
+    assert_trees_equal(params, reference_params, "params after recovering")
+    assert_trees_equal(state.inner_state, reference_state.inner_state, "state after recovering")
     assert int(state.notfinite_count) == 0
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params))
 
@@ -646,54 +558,52 @@ def test_apply_if_finite_skips_bad_steps_without_touching_anything(factory: Fact
 def test_apply_if_finite_gives_up_after_max_consecutive_errors() -> None:
     """optax's guard applies the bad update once the limit is exceeded: pick the limit with care."""
     guarded = optax.apply_if_finite(momentum_jax.momentum(0.05, 0.9), max_consecutive_errors=2)
-    step = _step(guarded)
-    params = _params()
+    step = jitted_step(guarded)
+    params = small_params()
     state = guarded.init(params)
-    params, state = step(params, state, _grads(0))
+    params, state = step(params, state, fixed_grads(0))
     for _ in range(2):
-        params, state = step(params, state, _with_nan(_grads(1), np.nan))
+        params, state = step(params, state, with_bad_value(fixed_grads(1), np.nan))
         assert np.all(np.isfinite(params["w"]))
-    params, state = step(params, state, _with_nan(_grads(1), np.nan))
+    params, state = step(params, state, with_bad_value(fixed_grads(1), np.nan))
     assert np.isnan(params["w"][1])
     assert np.isnan(state.inner_state.velocity["w"][1])
 
 
-@pytest.mark.parametrize("factory", **_ids(STATEFUL))
-@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
-def test_without_a_guard_a_bad_gradient_poisons_the_velocity_for_good(
-    factory: Factory, bad: float
-) -> None:
-    tx = factory()
-    step = _step(tx)
-    params = _params()
-    state = tx.init(params)
-    params, state = step(params, state, _grads(0))
-    params, state = step(params, state, _with_nan(_grads(1), bad))
-    for k in range(2, 12):
-        params, state = step(params, state, _grads(k))
-    # Momentum carries the bad value forever (mu * nan = nan, mu * inf = inf):
-    # finite gradients never wash it out.
-    assert not np.isfinite(params["w"][1])
-    buffers = [leaf for leaf in jax.tree.leaves(state) if np.shape(leaf) == (3,)]
-    assert buffers
-    assert all(not np.isfinite(buffer[1]) for buffer in buffers)
-    # The update is elementwise, so the other coordinates are unharmed (a real
-    # loss couples coordinates, and then the NaN spreads through the gradient).
-    assert np.all(np.isfinite(np.delete(np.asarray(params["w"]), 1)))
-    assert np.all(np.isfinite(params["b"]))
-    # The counter does not notice: it advanced once per call.
-    assert set(_counts(state)) == {12}
+@pytest.mark.parametrize("row", STATEFUL, ids=ids(STATEFUL))
+def test_without_a_guard_a_bad_gradient_poisons_the_velocity_for_good(row: Row) -> None:
+    tx = row.build()
+    step = jitted_step(tx)  # one compiled step for both bad values
+    for bad in (np.nan, np.inf):
+        params = small_params()
+        state = tx.init(params)
+        params, state = step(params, state, fixed_grads(0))
+        params, state = step(params, state, with_bad_value(fixed_grads(1), bad))
+        for k in range(2, 12):
+            params, state = step(params, state, fixed_grads(k))
+        # Momentum carries the bad value forever (mu * nan = nan, mu * inf = inf):
+        # finite gradients never wash it out.
+        assert not np.isfinite(params["w"][1]), bad
+        buffers = [leaf for leaf in jax.tree.leaves(state) if np.shape(leaf) == (3,)]
+        assert buffers
+        assert all(not np.isfinite(buffer[1]) for buffer in buffers), bad
+        # The update is elementwise, so the other coordinates are unharmed (a real
+        # loss couples coordinates, and then the NaN spreads through the gradient).
+        assert np.all(np.isfinite(np.delete(np.asarray(params["w"]), 1)))
+        assert np.all(np.isfinite(params["b"]))
+        # The counter does not notice: it advanced once per call.
+        assert set(counts(state)) == {12}
 
 
-@pytest.mark.parametrize("factory", **_ids(STATELESS))
-def test_without_momentum_a_nan_stays_in_the_param(factory: Factory) -> None:
-    tx = factory()
-    step = _step(tx)
-    params = _params()
+@pytest.mark.parametrize("row", STATELESS, ids=ids(STATELESS))
+def test_without_momentum_a_nan_stays_in_the_param(row: Row) -> None:
+    tx = row.build()
+    step = jitted_step(tx)
+    params = small_params()
     state = tx.init(params)
-    params, state = step(params, state, _with_nan(_grads(0), np.nan))
+    params, state = step(params, state, with_bad_value(fixed_grads(0), np.nan))
     for k in range(1, 5):
-        params, state = step(params, state, _grads(k))
+        params, state = step(params, state, fixed_grads(k))
     assert np.isnan(params["w"][1])
     assert np.all(np.isfinite(params["b"]))
 
@@ -701,17 +611,14 @@ def test_without_momentum_a_nan_stays_in_the_param(factory: Factory) -> None:
 # --- params -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda: momentum_jax.momentum(0.1, 0.9, weight_decay=0.1),
-        lambda: compat.torch_sgd(0.1, 0.9, weight_decay=0.1),
-        lambda: compat.keras_sgd(0.1, 0.9, weight_decay=0.1),
-    ],
-    ids=["momentum", "torch_sgd", "keras_sgd"],
+WEIGHT_DECAY = rows_named(
+    "momentum_weight_decay", "torch_sgd_dampening_weight_decay", "keras_sgd_nesterov_weight_decay"
 )
-def test_params_of_another_shape_do_not_broadcast_into_the_state(make: Callable[[], Any]) -> None:
-    tx = make()
+
+
+@pytest.mark.parametrize("row", WEIGHT_DECAY, ids=ids(WEIGHT_DECAY))
+def test_params_of_another_shape_do_not_broadcast_into_the_state(row: Row) -> None:
+    tx = row.build()
     state = tx.init(jnp.zeros(3))
     with pytest.raises(
         ValueError, match=r"at <root> has shape \((2, 3|3,)\), but .* shape \((3,|2, 3)\)"
@@ -729,20 +636,17 @@ def test_weight_decay_without_params_is_explained() -> None:
         keras_tx.update(jnp.ones(2), keras_tx.init(jnp.zeros(2)))
 
 
-@pytest.mark.parametrize(
-    "factory",
-    [pytest.param(f, id=n) for n, f in EVERY.items()],
-)
+@pytest.mark.parametrize("row", EVERY, ids=ids(EVERY))
 @pytest.mark.parametrize(
     ("leaf", "dtype"),
     [(jnp.zeros((), jnp.int32), "int32"), (jnp.zeros(2, jnp.bool_), "bool")],
     ids=["int32", "bool"],
 )
 def test_integer_and_boolean_params_get_no_buffer_and_a_none_update(
-    factory: Factory, leaf: jax.Array, dtype: str
+    row: Row, leaf: jax.Array, dtype: str
 ) -> None:
     # Leaves that do not train, as optax treats them for eqx.filter(model, eqx.is_array).
-    tx = factory()
+    tx = row.build()
     params = {"w": jnp.zeros(3), "step": leaf}
     state = tx.init(params)
     assert len(jax.tree.leaves(state)) == len(jax.tree.leaves(tx.init({"w": jnp.zeros(3)})))
@@ -802,19 +706,6 @@ def test_swapped_update_arguments_are_named() -> None:
 
 # --- stochastic_rounding and seed --------------------------------------------------
 
-ROUNDING_FACTORIES = [
-    ("momentum_jax.momentum", lambda **kw: momentum_jax.momentum(0.1, 0.9, **kw)),
-    ("momentum_jax.nesterov", lambda **kw: momentum_jax.nesterov(0.1, 0.9, **kw)),
-    ("momentum_jax.scale_by_momentum", lambda **kw: momentum_jax.scale_by_momentum(0.9, **kw)),
-    ("momentum_jax.qhm", lambda **kw: momentum_jax.qhm(0.1, **kw)),
-    ("momentum_jax.scale_by_qhm", lambda **kw: momentum_jax.scale_by_qhm(**kw)),
-    ("momentum_jax.aggmo", lambda **kw: momentum_jax.aggmo(0.1, **kw)),
-    ("momentum_jax.scale_by_aggmo", lambda **kw: momentum_jax.scale_by_aggmo(**kw)),
-    # Without momentum the presets keep no buffer; the arguments are checked all the same.
-    ("momentum_jax.compat.torch_sgd", lambda **kw: compat.torch_sgd(0.1, **kw)),
-    ("momentum_jax.compat.keras_sgd", lambda **kw: compat.keras_sgd(0.1, **kw)),
-    ("momentum_jax.compat.tf1_momentum", lambda **kw: compat.tf1_momentum(0.1, 0.9, **kw)),
-]
 BAD_SEEDS = [
     (-1, ValueError, r"seed must be in \[0, 2147483647\], got seed=-1"),
     (2**31, ValueError, r"seed must be in \[0, 2147483647\], got seed=2147483648"),
@@ -826,12 +717,10 @@ BAD_SEEDS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "build"), ROUNDING_FACTORIES, ids=[n for n, _ in ROUNDING_FACTORIES]
-)
-def test_bad_stochastic_rounding_and_seed_raise_at_build_time(
-    name: str, build: Callable[..., Any]
-) -> None:
+@pytest.mark.parametrize("row", BUFFER_TRANSFORMS + STATELESS, ids=ids(BUFFER_TRANSFORMS + STATELESS))
+def test_bad_stochastic_rounding_and_seed_raise_at_build_time(row: Row) -> None:
+    # Without momentum the presets keep no buffer; the arguments are checked all the same.
+    name, build = row.name, row.build
     with pytest.raises(TypeError, match=rf"^{name}: stochastic_rounding must be True or False"):
         build(stochastic_rounding=1)
     for seed, error, pattern in BAD_SEEDS:
@@ -859,28 +748,20 @@ def test_bad_seed_for_the_params_stage() -> None:
 # --- every error names the function the user called -------------------------------
 
 
-# Each public factory with arguments that build it, and its name as errors spell it.
-CALLED = [
-    ("momentum_jax.momentum", lambda **kw: momentum_jax.momentum(0.1, **kw)),
-    ("momentum_jax.nesterov", lambda **kw: momentum_jax.nesterov(0.1, **kw)),
-    ("momentum_jax.scale_by_momentum", lambda **kw: momentum_jax.scale_by_momentum(**kw)),
-    ("momentum_jax.qhm", lambda **kw: momentum_jax.qhm(0.1, **kw)),
-    ("momentum_jax.scale_by_qhm", lambda **kw: momentum_jax.scale_by_qhm(**kw)),
-    ("momentum_jax.compat.torch_sgd", lambda **kw: compat.torch_sgd(0.1, **kw)),
-    ("momentum_jax.compat.keras_sgd", lambda **kw: compat.keras_sgd(0.1, **kw)),
-    ("momentum_jax.compat.tf1_momentum", lambda **kw: compat.tf1_momentum(0.1, **kw)),
-]
+# Each public transform with a momentum argument.
+CALLED = [row for row in BUFFER_TRANSFORMS if "momentum" in inspect.signature(row.factory).parameters]
 
 
 @pytest.mark.parametrize("layout", ["per_leaf", "packed"])
-@pytest.mark.parametrize(("name", "build"), CALLED, ids=[name for name, _ in CALLED])
-def test_every_error_names_the_function_the_user_called(
-    name: str, build: Callable[..., Any], layout: str
-) -> None:
+@pytest.mark.parametrize("row", CALLED, ids=ids(CALLED))
+def test_every_error_names_the_function_the_user_called(row: Row, layout: str) -> None:
+    name, build = row.name, row.build
     with pytest.raises(ValueError, match=rf"^{name}: momentum must be in \[0, 1\)"):
         build(momentum=1.0, layout=layout)
-    with pytest.raises(ValueError, match=rf"^{name}: layout must be"):
-        build(momentum=0.9, layout="auto")
+    # Two layouts, no other (there is no automatic choice, and no wrapper for other transforms).
+    for other in ("auto", "fused", None):
+        with pytest.raises(ValueError, match=rf"^{name}: layout must be 'per_leaf' .* or 'packed'"):
+            build(momentum=0.9, layout=other)
     tx = build(momentum=0.9, layout=layout)
     params = {"w": jnp.zeros(2)}
     state = tx.init(params)

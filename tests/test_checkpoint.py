@@ -1,10 +1,13 @@
-"""Checkpoint mid-training, resume in a fresh process, get the same bits.
+"""Checkpoints: save mid-training, resume in a fresh process, get the same bits.
 
-The training runs in subprocesses (``tests/_checkpoint_worker.py``): one saves
-after ``SPLIT`` steps and goes on to ``TOTAL`` uninterrupted, a second one
-starts from nothing but the checkpoint files and finishes the run. The cases
-use schedules that move at every step, so a lost or reset step counter changes
-the trajectory.
+The training runs in subprocesses (``tests/_worker.py checkpoint``) over the
+contract table's ``CHECKPOINT_ROWS``: one saves after ``SPLIT`` steps in each
+format (orbax, pickle, npz) and goes on to ``TOTAL`` uninterrupted, a second
+one starts from nothing but the checkpoint files and finishes the run. The
+rows use schedules that move at every step, so a lost or reset step counter
+changes the trajectory. In-process: pickle and Flax serialization keep every
+public transform's state in both layouts, and the npz recipe rebuilds a chain
+state from a fresh init.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import optax
 import pytest
 
 import momentum_jax
-from momentum_jax import compat
-from tests import _checkpoint_worker as worker
-from tests import _subprocess
+from tests import _problems, _subprocess
+from tests import _worker as worker
+from tests._table import CHECKPOINT_ROWS, TRANSFORMS, Row, over, rows_named
 
 pytestmark = pytest.mark.slow  # checkpoints in subprocesses
 
@@ -31,13 +34,13 @@ HAS_ORBAX = importlib.util.find_spec("orbax") is not None and (
     importlib.util.find_spec("orbax.checkpoint") is not None
 )
 FORMATS = ["orbax", "pickle", "npz"] if HAS_ORBAX else ["pickle", "npz"]
-WORKER = Path(worker.__file__)
-ROOT = WORKER.parents[1]
+CASES = [row.id for row in CHECKPOINT_ROWS]
 
 
 def _run_worker(command: str, directory: Path) -> dict[str, Any]:
     report: dict[str, Any] = _subprocess.run_json(
-        [str(WORKER), command, str(directory), ",".join(FORMATS)], what=command
+        ["tests/_worker.py", "checkpoint", command, str(directory), ",".join(FORMATS)],
+        what=f"checkpoint {command}",
     )
     return report
 
@@ -57,8 +60,8 @@ def _load(path: Path) -> dict[str, np.ndarray]:
 
 def _cases_and_formats() -> list[Any]:
     params = []
-    for case in worker.CASES:
-        for fmt in ["orbax", "pickle", "npz"]:
+    for case in CASES:
+        for fmt in worker.CHECKPOINT_FORMATS:
             marks = [] if fmt != "orbax" or HAS_ORBAX else [pytest.mark.skip("needs orbax")]
             params.append(pytest.param(case, fmt, id=f"{case}-{fmt}", marks=marks))
     return params
@@ -67,8 +70,8 @@ def _cases_and_formats() -> list[Any]:
 @pytest.mark.parametrize(("case", "fmt"), _cases_and_formats())
 def test_resumed_run_is_bit_identical(runs: dict[str, Any], case: str, fmt: str) -> None:
     directory = runs["directory"]
-    uninterrupted = _load(directory / f"{case}-uninterrupted.npz")
-    resumed = _load(directory / f"{case}-{fmt}.npz")
+    uninterrupted = _load(directory / f"{worker.file_name(case)}-uninterrupted.npz")
+    resumed = _load(directory / f"{worker.file_name(case)}-{fmt}.npz")
     after_split = {
         f"step{k}/{leaf}" for k in range(worker.SPLIT + 1, worker.TOTAL + 1) for leaf in ("w", "b")
     }
@@ -88,7 +91,7 @@ def test_restored_state_has_the_structure_of_a_fresh_init(
 
 
 @pytest.mark.skipif(not HAS_ORBAX, reason="needs orbax-checkpoint")
-@pytest.mark.parametrize("case", list(worker.CASES))
+@pytest.mark.parametrize("case", CASES)
 def test_the_step_counter_is_part_of_the_checkpoint(runs: dict[str, Any], case: str) -> None:
     # Every counter in the state (a chain has several) comes back as SPLIT.
     counters = runs["resume"]["restored_counters"][case]
@@ -97,8 +100,8 @@ def test_the_step_counter_is_part_of_the_checkpoint(runs: dict[str, Any], case: 
     # Restoring everything but the counter gives a different run: the
     # schedules read it, so the bit-identical test above would catch its loss.
     directory = runs["directory"]
-    uninterrupted = _load(directory / f"{case}-uninterrupted.npz")
-    reset = _load(directory / f"{case}-orbax-count-reset.npz")
+    uninterrupted = _load(directory / f"{worker.file_name(case)}-uninterrupted.npz")
+    reset = _load(directory / f"{worker.file_name(case)}-orbax-count-reset.npz")
     key = f"step{worker.TOTAL}/w"
     assert not np.array_equal(reset[key], uninterrupted[key])
 
@@ -108,32 +111,34 @@ def test_workers_emit_no_warnings(runs: dict[str, Any]) -> None:
     assert runs["resume"]["warnings"] == []
 
 
-@pytest.mark.parametrize(
-    "factory",
-    [
-        lambda: momentum_jax.momentum(0.1, 0.9),
-        lambda: momentum_jax.scale_by_momentum(0.9, dampening=0.5),
-        lambda: compat.torch_sgd(0.1, 0.9, weight_decay=1e-3, maximize=True),
-        lambda: compat.keras_sgd(0.1, 0.9, weight_decay=1e-3),
-        lambda: compat.tf1_momentum(0.1, 0.9),
-    ],
-    ids=["momentum", "scale_by_momentum", "torch_sgd", "keras_sgd", "tf1_momentum"],
-)
-def test_pickle_keeps_the_state_types(factory: Any) -> None:
-    tx = factory()
-    params = {"w": jnp.arange(3.0), "frozen": None}
+BOTH_LAYOUTS = TRANSFORMS + rows_named(*(f"{row.id}[packed]" for row in TRANSFORMS))
+
+
+@over(BOTH_LAYOUTS)
+def test_pickle_and_flax_serialization_keep_the_state(row: Row) -> None:
+    serialization = pytest.importorskip("flax.serialization")
+    tx = row.build()
+    params = {"w": jnp.arange(3.0), "b": jnp.ones((2, 2)), "frozen": None}
     state = tx.init(params)
-    grads = {"w": jnp.array([1.0, -2.0, 0.5]), "frozen": None}
-    _, state = tx.update(grads, state, params)
-    restored = pickle.loads(pickle.dumps(state))
-    assert jax.tree.structure(restored) == jax.tree.structure(state)
-    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
-        assert np.asarray(a).dtype == np.asarray(b).dtype
-        assert np.array_equal(a, b)
-    # The restored state steps exactly like the original.
-    u1, _ = tx.update(grads, restored, params)
-    u2, _ = tx.update(grads, state, params)
-    assert np.array_equal(u1["w"], u2["w"])
+    for k in range(2):
+        grads = {"w": jnp.array([1.0, -2.0, 0.5 + k]), "b": jnp.full((2, 2), 0.5 - k)}
+        grads["frozen"] = None
+        _, state = tx.update(grads, state, params)
+    pickled = pickle.loads(pickle.dumps(jax.device_get(state)))
+    flax = serialization.from_bytes(tx.init(params), serialization.to_bytes(state))
+    for restored in (pickled, flax):
+        assert jax.tree.structure(restored) == jax.tree.structure(state)
+        for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+            assert np.asarray(a).dtype == np.asarray(b).dtype
+            assert np.array_equal(a, b)
+        # The restored state steps exactly like the original.
+        u1, _ = tx.update(grads, restored, params)
+        u2, _ = tx.update(grads, state, params)
+        assert np.array_equal(u1["w"], u2["w"])
+        # The packed layout is static: it travels in the tree structure.
+        packed = _problems.packed_nodes(restored)
+        assert [node.layout for node in packed] == [node.layout for node in _problems.packed_nodes(state)]
+        assert bool(packed) == (row.layout == "packed")
 
 
 def test_npz_round_trip_rebuilds_the_tree_from_a_fresh_init(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ At a constant learning rate :func:`momentum_jax.momentum` and optax's ``sgd``
 with momentum give the same iterates (``-v_t`` with the rate inside the
 velocity is ``-lr * b_t`` with it outside), and so do the Nesterov forms; the
 presets reduce to the same. Each run below trains the same model twice, once
-with our transform and once with optax's, and the losses and params must agree
-step for step. The runs go through each framework's own machinery:
+with a row of the contract table (tests/_table.py) and once with its optax
+equivalent, and the losses and params must agree step for step. The runs go through each framework's own machinery:
 ``nnx.Optimizer(..., wrt=nnx.Param)`` under ``nnx.jit`` with a frozen part
 (``optax.partition``), and ``eqx.filter_jit`` with a model that holds an integer
 array, which ``eqx.filter_grad`` gives a ``None`` gradient. The packed state
@@ -26,68 +26,64 @@ import optax
 import pytest
 from flax import nnx
 
-import momentum_jax
-from momentum_jax import compat
+from tests._table import Row, rows_named
 
 pytestmark = pytest.mark.slow  # trains Flax NNX and Equinox models
 
-LR = 0.05
-MU = 0.9
 STEPS = 8
 
 X = jax.random.normal(jax.random.key(1), (16, 4))
 Y = jnp.sin(X @ jnp.array([[1.0], [-2.0], [0.5], [1.5]]))
 
-Pair = tuple[Callable[[], optax.GradientTransformation], Callable[[], optax.GradientTransformation]]
-
-# ours, optax's
-PAIRS: dict[str, Pair] = {
-    "momentum": (lambda: momentum_jax.momentum(LR, MU), lambda: optax.sgd(LR, MU)),
-    "nesterov": (
-        lambda: momentum_jax.nesterov(LR, MU),
-        lambda: optax.sgd(LR, MU, nesterov=True),
+# How the user holds the transform: as built, injected, after gradient
+# clipping, or under optax.MultiSteps; optax's side gets the same treatment
+# (its optimizers have no hyperparameters to inject).
+WRAPPERS: dict[str, Callable[[Row, bool], optax.GradientTransformation]] = {
+    "plain": lambda row, ours: row.build() if ours else _optax(row),
+    "injected": lambda row, ours: row.injected() if ours else _optax(row),
+    "clipped": lambda row, ours: optax.chain(
+        optax.clip_by_global_norm(0.05), row.build() if ours else _optax(row)
     ),
-    "injected_nesterov": (
-        lambda: optax.inject_hyperparams(momentum_jax.nesterov)(learning_rate=LR, momentum=MU),
-        lambda: optax.sgd(LR, MU, nesterov=True),
-    ),
-    "injected_torch_sgd": (
-        lambda: optax.inject_hyperparams(compat.torch_sgd)(lr=LR, momentum=MU),
-        lambda: optax.sgd(LR, MU),
-    ),
-    "injected_keras_sgd": (
-        lambda: optax.inject_hyperparams(compat.keras_sgd, static_args="nesterov")(
-            learning_rate=LR, momentum=MU, nesterov=True
-        ),
-        lambda: optax.sgd(LR, MU, nesterov=True),
-    ),
-    "clipped": (
-        lambda: optax.chain(optax.clip_by_global_norm(0.05), momentum_jax.momentum(LR, MU)),
-        lambda: optax.chain(optax.clip_by_global_norm(0.05), optax.sgd(LR, MU)),
-    ),
-    "multisteps": (
-        lambda: optax.MultiSteps(momentum_jax.nesterov(LR, MU), every_k_schedule=2),
-        lambda: optax.MultiSteps(optax.sgd(LR, MU, nesterov=True), every_k_schedule=2),
-    ),
-    # The packed state layout, alone and in a chain.
-    "packed_nesterov": (
-        lambda: momentum_jax.nesterov(LR, MU, layout="packed"),
-        lambda: optax.sgd(LR, MU, nesterov=True),
-    ),
-    "packed_torch_sgd": (
-        lambda: momentum_jax.compat.torch_sgd(LR, MU, weight_decay=0.01, layout="packed"),
-        lambda: optax.chain(optax.add_decayed_weights(0.01), optax.sgd(LR, MU)),
+    "multisteps": lambda row, ours: optax.MultiSteps(
+        row.build() if ours else _optax(row), every_k_schedule=2
     ),
 }
-NNX_CASES = list(PAIRS)
-EQX_CASES = [
-    "momentum",
-    "nesterov",
-    "injected_nesterov",
-    "injected_torch_sgd",
-    "clipped",
-    "packed_nesterov",
+
+
+def _optax(row: Row) -> optax.GradientTransformation:
+    """The row's optax equivalent (at a constant learning rate the forms agree)."""
+    make = row.reference or row.blocks
+    assert make is not None, row.id
+    return make()
+
+
+# (row of the contract table, wrapper): the packed layout alone and in a chain too.
+NNX_CASES = [
+    (row, wrapper)
+    for row_id, wrapper in [
+        ("momentum", "plain"),
+        ("nesterov", "plain"),
+        ("nesterov", "injected"),
+        ("torch_sgd", "injected"),
+        ("keras_sgd_nesterov_weight_decay", "injected"),
+        ("momentum", "clipped"),
+        ("nesterov", "multisteps"),
+        ("nesterov[packed]", "plain"),
+        ("torch_sgd_nesterov[packed]", "plain"),
+    ]
+    for row in rows_named(row_id)
 ]
+EQX_CASES = [
+    case for case in NNX_CASES if (case[0].id, case[1]) not in {
+        ("keras_sgd_nesterov_weight_decay", "injected"),
+        ("nesterov", "multisteps"),
+        ("torch_sgd_nesterov[packed]", "plain"),
+    }
+]
+
+
+def _ids(cases: list[tuple[Row, str]]) -> list[str]:
+    return [f"{row.id}-{wrapper}" for row, wrapper in cases]
 
 
 # --- Flax NNX -----------------------------------------------------------------------
@@ -136,11 +132,10 @@ def _train_nnx(tx: optax.GradientTransformation) -> tuple[list[jax.Array], Any, 
     return losses, start, nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
-@pytest.mark.parametrize("case", NNX_CASES)
-def test_flax_nnx_optimizer_matches_optax(case: str) -> None:
-    ours, theirs = PAIRS[case]
-    losses, start, end = _train_nnx(ours())
-    expected_losses, _, expected_end = _train_nnx(theirs())
+@pytest.mark.parametrize(("row", "wrapper"), NNX_CASES, ids=_ids(NNX_CASES))
+def test_flax_nnx_optimizer_matches_optax(row: Row, wrapper: str) -> None:
+    losses, start, end = _train_nnx(WRAPPERS[wrapper](row, True))
+    expected_losses, _, expected_end = _train_nnx(WRAPPERS[wrapper](row, False))
     chex.assert_trees_all_close(losses, expected_losses, rtol=1e-5, atol=1e-7)
     chex.assert_trees_all_close(end, expected_end, rtol=1e-5, atol=1e-7)
     assert float(losses[-1]) < float(losses[0])
@@ -186,13 +181,12 @@ def _train_eqx(
     return losses, model
 
 
-@pytest.mark.parametrize("case", EQX_CASES)
-def test_equinox_filter_jit_with_an_integer_leaf_matches_optax(case: str) -> None:
-    ours, theirs = PAIRS[case]
-    losses, model = _train_eqx(ours())
+@pytest.mark.parametrize(("row", "wrapper"), EQX_CASES, ids=_ids(EQX_CASES))
+def test_equinox_filter_jit_with_an_integer_leaf_matches_optax(row: Row, wrapper: str) -> None:
+    losses, model = _train_eqx(WRAPPERS[wrapper](row, True))
     # The reference sees the float leaves only: optax before 0.2.5 (our floor is
     # 0.2.4) cannot pair a None gradient with an integer param.
-    expected_losses, expected_model = _train_eqx(theirs(), eqx.is_inexact_array)
+    expected_losses, expected_model = _train_eqx(WRAPPERS[wrapper](row, False), eqx.is_inexact_array)
     chex.assert_trees_all_close(losses, expected_losses, rtol=1e-5, atol=1e-7)
     chex.assert_trees_all_close(
         eqx.filter(model, eqx.is_inexact_array),

@@ -1,18 +1,20 @@
-"""State layouts: one default everywhere, and the opt-in packed layout.
+"""The packed state layout (``layout="packed"``), opt-in, against the default per-array one.
 
-The state's structure depends on the transform's arguments and the params
-alone, never on the backend or the environment. Every row of the contract
-table is run in both layouts on params that mix packed arrays (small, several
-dtypes) with arrays that keep their own buffer (large, integer, ``None``): the
-numbers agree (to the rounding of a fused multiply-add XLA may form in one
-layout's loop and not the other's), the state reads the same, and it survives
-``scan``, ``eval_shape``, ``vmap``, Flax serialization, pickle and orbax. Moving
-states (``restore_state``) is tested in ``tests/test_restore.py``.
+Every per-array row of the contract table whose rounding is deterministic runs
+in both layouts on params that mix packed arrays (small, several dtypes) with
+arrays that keep their own buffer (large, integer, ``None``): the numbers agree
+(to the rounding of a fused multiply-add XLA may form in one layout's loop and
+not the other's) and every field of the state reads the same. Then what the
+layout is (static, hashable, which arrays it packs), masks and partitions,
+``vmap``, NumPy inputs, ``optax.tree_utils`` and the errors naming the params'
+own paths. The contract table runs every property on every row in the packed
+layout too; sharding is in tests/test_sharding.py, serialization in
+tests/test_checkpoint.py, moving states between the layouts in
+tests/test_restore.py.
 """
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import chex
@@ -23,74 +25,23 @@ import optax
 import pytest
 
 import momentum_jax
-from tests import _subprocess
-from tests.test_contract import ROWS, Row
+from tests._problems import apply, layout_grads, layout_params, packed_nodes
+from tests._table import BASE_ROWS, Row
 
-pytestmark = pytest.mark.slow  # the packed layout, with an 8-device subprocess
+pytestmark = pytest.mark.slow  # the fast tier runs the contract table's packed rows
 
-BASE_ROWS = [row for row in ROWS if "layout" not in row.static]
-rows = pytest.mark.parametrize("row", BASE_ROWS, ids=[row.id for row in BASE_ROWS])
 # Stochastic rounding draws its bits by position in the pack, so the layouts agree in
 # distribution only (tests/test_rounding.py checks the packed layout on its own).
 EXACT_ROWS = [row for row in BASE_ROWS if "stochastic" not in row.id]
-exact_rows = pytest.mark.parametrize("row", EXACT_ROWS, ids=[row.id for row in EXACT_ROWS])
-# The structural properties need one row per public transform (the contract
-# table runs all of them on its packed rows); the numbers are checked on all rows.
-_FIRST = {row.factory: row for row in reversed(BASE_ROWS)}
-one_row_per_transform = pytest.mark.parametrize(
-    "row", list(_FIRST.values()), ids=[row.id for row in _FIRST.values()]
-)
-STEPS = 6
-# More than 2**16 elements: this array keeps its own buffer.
-BIG = (257, 256)
-
-
-def _params(complex_params: bool = True) -> dict[str, Any]:
-    rng = np.random.default_rng(0)
-    params: dict[str, Any] = {
-        "kernel": jnp.asarray(rng.standard_normal(BIG), jnp.float32),
-        "bias": jnp.asarray(rng.standard_normal(7), jnp.float32),
-        "scale": jnp.asarray(rng.standard_normal((2, 3)), jnp.float32),
-        "scalar": jnp.asarray(0.5, jnp.float32),
-        "half": jnp.asarray(rng.standard_normal(5), jnp.bfloat16),
-        "empty": jnp.zeros((0, 3), jnp.float32),
-        "steps": jnp.arange(4, dtype=jnp.int32),
-        "frozen": None,
-    }
-    if complex_params:
-        params["c64"] = jnp.asarray(
-            rng.standard_normal(3) + 1j * rng.standard_normal(3), "complex64"
-        )
-    return params
-
-
-def _grads(params: Any, k: int) -> Any:
-    """A different, coordinate-dependent gradient at every step."""
-
-    def one(p: Any) -> Any:
-        if p is None or not jnp.issubdtype(p.dtype, jnp.inexact):
-            return None
-        ramp = jnp.arange(p.size, dtype=jnp.float32).reshape(p.shape)
-        return (jnp.sin(ramp * (k + 1.3)) + 0.1 * k).astype(p.dtype)
-
-    return jax.tree.map(one, params, is_leaf=lambda x: x is None)
-
-
-def _apply(params: Any, updates: Any) -> Any:
-    return jax.tree.map(
-        lambda p, u: p if u is None else (p + u).astype(p.dtype),
-        params,
-        updates,
-        is_leaf=lambda x: x is None,
-    )
+STEPS = 4
 
 
 def _run(tx: optax.GradientTransformation, params: Any, steps: int = STEPS) -> tuple[Any, Any]:
     state = tx.init(params)
     update = jax.jit(tx.update)
     for k in range(steps):
-        updates, state = update(_grads(params, k), state, params)
-        params = _apply(params, updates)
+        updates, state = update(layout_grads(params, k), state, params)
+        params = apply(params, updates)
     return params, state
 
 
@@ -118,17 +69,24 @@ def _ulps(a: Any, b: Any) -> int:
     return worst
 
 
-def _packed_nodes(state: Any) -> list[Any]:
-    nodes = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, momentum_jax.PackedState))
-    return [node for node in nodes if isinstance(node, momentum_jax.PackedState)]
-
-
-@exact_rows
+@pytest.mark.parametrize("row", EXACT_ROWS, ids=[row.id for row in EXACT_ROWS])
 def test_packed_layout_matches_the_per_array_layout(row: Row) -> None:
-    params = _params(row.complex_params)
-    per_leaf, per_state = _run(row.build(layout="per_leaf"), params)
-    packed, packed_state = _run(row.build(layout="packed"), params)
-    for node in _packed_nodes(packed_state):  # none where no buffer is kept (momentum=0)
+    params = layout_params(row.complex_params)
+    txs = {layout: row.build(layout=layout) for layout in ("per_leaf", "packed")}
+
+    @jax.jit  # both layouts in one compiled program
+    def step(params: Any, states: Any, grads: Any) -> tuple[Any, Any]:
+        out = {key: tx.update(grads, states[key], params[key]) for key, tx in txs.items()}
+        new_params = {key: apply(params[key], updates) for key, (updates, _) in out.items()}
+        return new_params, {key: state for key, (_, state) in out.items()}
+
+    trained = {key: params for key in txs}
+    states = {key: tx.init(params) for key, tx in txs.items()}
+    for k in range(STEPS):
+        trained, states = step(trained, states, layout_grads(params, k))
+    per_leaf, packed = trained["per_leaf"], trained["packed"]
+    per_state, packed_state = states["per_leaf"], states["packed"]
+    for node in packed_nodes(packed_state):  # none where no buffer is kept (momentum=0)
         assert [slot is None for slot in node.layout.slots] == [
             name in ("kernel", "steps", "frozen") for name in sorted(params)
         ]
@@ -147,32 +105,8 @@ def test_packed_layout_matches_the_per_array_layout(row: Row) -> None:
             assert _ulps(got, expected) <= STEPS, (row.id, field)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
-def test_the_default_state_structure_never_depends_on_backend_or_environment(
-    backend: str, monkeypatch: Any
-) -> None:
-    params = _params(complex_params=False)
-    expected = {row.id: jax.eval_shape(row.build().init, params) for row in _FIRST.values()}
-    monkeypatch.setattr(jax, "default_backend", lambda: backend)
-    monkeypatch.setenv("MOMENTUM_JAX_LAYOUT", "packed")
-    for row in _FIRST.values():
-        state = jax.eval_shape(row.build().init, params)
-        chex.assert_trees_all_equal_structs(state, expected[row.id])
-        chex.assert_trees_all_equal_shapes_and_dtypes(state, expected[row.id])
-        assert not _packed_nodes(state), row.id
-
-
-def test_there_is_no_wrapper_for_arbitrary_transforms() -> None:
-    # Packing is offered only where the update is elementwise by construction.
-    assert not hasattr(momentum_jax, "pack_small_leaves")
-    for build in (momentum_jax.momentum, momentum_jax.qhm, momentum_jax.compat.torch_sgd):
-        for layout in ("auto", "fused", None):
-            with pytest.raises(ValueError, match=r"layout must be 'per_leaf' .* or 'packed'"):
-                build(0.1, layout=layout)
-
-
 def test_masks_and_partitions_see_the_real_params() -> None:
-    params = _params(complex_params=False)
+    params = layout_params(complex_params=False)
     seen: list[int] = []
 
     def matrices(tree: Any) -> Any:
@@ -198,33 +132,9 @@ def test_masks_and_partitions_see_the_real_params() -> None:
 
     per_leaf, _ = _run(wrapped("per_leaf"), trained)
     packed, state = _run(wrapped("packed"), trained)
-    assert len(_packed_nodes(state)) == 3
+    assert len(packed_nodes(state)) == 3
     assert 2 in seen  # the mask saw the (2, 3) and (257, 256) kernels as matrices
     assert _ulps(packed, per_leaf) <= 2 * STEPS
-
-
-def test_packed_state_is_a_stable_scan_carry_and_eval_shape_is_exact() -> None:
-    for row in _FIRST.values():
-        tx = row.build(layout="packed")
-        params = _params(row.complex_params)
-        state = tx.init(params)
-        abstract = jax.eval_shape(tx.init, params)
-        chex.assert_trees_all_equal_structs(abstract, state)
-        chex.assert_trees_all_equal_shapes_and_dtypes(abstract, state)
-        grads = [_grads(params, k) for k in range(3)]
-        stacked = jax.tree.map(lambda *g: jnp.stack(g), *grads)
-
-        def body(carry: Any, g: Any, tx: Any = tx) -> tuple[Any, None]:
-            params, state = carry
-            updates, state = tx.update(g, state, params)
-            return (_apply(params, updates), state), None
-
-        (params_n, state_n), _ = jax.jit(lambda c, gs, body=body: jax.lax.scan(body, c, gs))(
-            (params, state), stacked
-        )
-        chex.assert_trees_all_equal_structs(state_n, state)
-        chex.assert_trees_all_equal_shapes_and_dtypes(state_n, state)
-        chex.assert_trees_all_equal_shapes_and_dtypes(params_n, params)
 
 
 def test_default_threshold_packs_biases_but_not_kernels() -> None:
@@ -236,7 +146,7 @@ def test_default_threshold_packs_biases_but_not_kernels() -> None:
 
 
 def test_layout_is_static_hashable_and_a_plain_named_tuple() -> None:
-    params = _params()
+    params = layout_params()
     state = momentum_jax.momentum(0.1, layout="packed").init(params)
     other = momentum_jax.momentum(0.1, layout="packed").init(jax.tree.map(jnp.zeros_like, params))
     assert state.layout == other.layout
@@ -272,20 +182,6 @@ def test_errors_in_the_packed_layout_name_the_params_own_path() -> None:
         TypeError, match=r"expected the state returned by this transform's init, a PackedState"
     ):
         tx.update(jax.tree.map(jnp.ones_like, params), momentum_jax.momentum(0.1).init(params))
-
-
-def test_flax_serialization_and_pickle_keep_a_packed_state() -> None:
-    serialization = pytest.importorskip("flax.serialization")
-    params = _params(complex_params=False)
-    for row in _FIRST.values():
-        tx = row.build(layout="packed")
-        _, state = _run(tx, params, steps=2)
-        restored = serialization.from_bytes(tx.init(params), serialization.to_bytes(state))
-        chex.assert_trees_all_equal(restored, state)
-        pickled = pickle.loads(pickle.dumps(jax.device_get(state)))
-        chex.assert_trees_all_equal(pickled, state)
-        for node, original in zip(_packed_nodes(pickled), _packed_nodes(state), strict=True):
-            assert node.layout == original.layout
 
 
 def test_a_vmapped_packed_state_reads_and_moves_outside_vmap() -> None:
@@ -324,7 +220,7 @@ def test_numpy_float64_inputs_with_x64_off_work_in_both_layouts() -> None:
 
 
 def test_tree_map_params_maps_per_array_states_and_names_the_fix_for_packed_ones() -> None:
-    params = _params(complex_params=False)
+    params = layout_params(complex_params=False)
     tx = momentum_jax.momentum(0.1)
     state = tx.init(params)
     doubled = optax.tree_utils.tree_map_params(tx, lambda v: v + 2.0, state)
@@ -339,18 +235,3 @@ def test_tree_map_params_maps_per_array_states_and_names_the_fix_for_packed_ones
     rest, packs = optax.tree_utils.tree_get(packed.init(params), "velocity")
     assert rest["bias"] is None
     assert set(packs) == {"float32", "bfloat16"}
-
-
-def test_large_and_explicitly_sharded_arrays_keep_their_sharding() -> None:
-    report = _subprocess.run_json(
-        ["tests/_layout_worker.py"], devices=8, what="layout sharding worker"
-    )
-    assert report["devices"] == 8
-    # Explicit mesh axes are checked wherever this JAX has them.
-    if hasattr(jax.sharding, "AxisType") and hasattr(jax, "set_mesh"):
-        assert "explicit_update" in report["cases"]
-        assert "explicit_checkpoint_on_host" in report["cases"]
-    for phase in ("update", "no_collectives", "restored_per_leaf", "restored_packed"):
-        assert phase in report["cases"]
-    for phase, problems in report["cases"].items():
-        assert problems == [], f"{phase}: {problems}"

@@ -8,6 +8,7 @@ finite and converge to the minimum.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -17,9 +18,8 @@ import numpy as np
 import optax
 import pytest
 
-import momentum_jax
-from momentum_jax import aggmo, compat, qhm
-from tests.test_bad_input import Factory, _assert_trees_equal, _counts, _grads, _ids, _params, _step
+from tests._problems import assert_trees_equal, counts, fixed_grads, jitted_step, small_params
+from tests._table import BUFFER_TRANSFORMS, STATELESS, Row, ids
 
 INT32_MAX = int(np.iinfo(np.int32).max)
 
@@ -30,45 +30,48 @@ def _constant(value: float) -> Callable[[Any], Any]:
     return lambda count: jnp.asarray(value, jnp.float32) + 0.0 * count
 
 
-SATURATION: dict[str, Factory] = {
-    "momentum": lambda: momentum_jax.momentum(_constant(0.05), _constant(0.9)),
-    "nesterov": lambda: momentum_jax.nesterov(_constant(0.05), _constant(0.9)),
-    "scale_by_momentum": lambda: momentum_jax.scale_by_momentum(_constant(0.9), dampening=0.1),
-    "torch_sgd": lambda: compat.torch_sgd(_constant(0.05), 0.9, dampening=0.1, weight_decay=1e-3),
-    "torch_sgd_no_momentum": lambda: compat.torch_sgd(_constant(0.05)),
-    "keras_sgd": lambda: compat.keras_sgd(_constant(0.05), 0.9, nesterov=True, weight_decay=0.1),
-    "keras_sgd_no_momentum": lambda: compat.keras_sgd(_constant(0.05)),
-    "tf1_momentum": lambda: compat.tf1_momentum(_constant(0.05), _constant(0.9)),
-    "qhm": lambda: qhm(_constant(0.05), _constant(0.9), _constant(0.7)),
-    "aggmo": lambda: aggmo(_constant(0.05), (0.0, 0.9)),
-}
+def _counter_blind(row: Row) -> optax.GradientTransformation:
+    """The row with each non-zero hyperparameter its transform takes a schedule for as a
+    schedule that ignores the count (zero momenta stay numbers: no buffer for them)."""
+    own = inspect.signature(row.public).parameters
+    return row.build(
+        **{
+            name: _constant(value)
+            for name, value in row.hyper.items()
+            if name in ("learning_rate", "lr", "momentum", "nu") and name in own and value
+        }
+    )
 
 
-@pytest.mark.parametrize("factory", **_ids(SATURATION))
-def test_step_counter_saturates_at_int32_max(factory: Factory) -> None:
-    tx = factory()
-    step = _step(tx)
-    params = _params()
+# Stochastic rounding draws its bits from the count: not counter-blind.
+SATURATION = BUFFER_TRANSFORMS + STATELESS
+
+
+@pytest.mark.parametrize("row", SATURATION, ids=ids(SATURATION))
+def test_step_counter_saturates_at_int32_max(row: Row) -> None:
+    tx = _counter_blind(row)
+    step = jitted_step(tx)
+    params = small_params()
     state = tx.init(params)
-    _, state = step(params, state, _grads(0))
-    assert _counts(state), "this transform keeps no step counter"
+    _, state = step(params, state, fixed_grads(0))
+    assert counts(state), "this transform keeps no step counter"
     near_max = optax.tree_utils.tree_set(state, count=jnp.asarray(INT32_MAX - 2, jnp.int32))
     ordinary = optax.tree_utils.tree_set(state, count=jnp.asarray(1000, jnp.int32))
     p_near, p_ord = params, params
     seen = []
     for k in range(1, 6):
-        p_near, near_max = step(p_near, near_max, _grads(k))
-        p_ord, ordinary = step(p_ord, ordinary, _grads(k))
-        seen.append(_counts(near_max))
+        p_near, near_max = step(p_near, near_max, fixed_grads(k))
+        p_ord, ordinary = step(p_ord, ordinary, fixed_grads(k))
+        seen.append(counts(near_max))
     expected = [INT32_MAX - 1, INT32_MAX, INT32_MAX, INT32_MAX, INT32_MAX]
-    assert [set(counts) for counts in seen] == [{c} for c in expected]
+    assert [set(c) for c in seen] == [{c} for c in expected]
     for _, count in optax.tree_utils.tree_get_all_with_path(near_max, "count"):
         assert count.dtype == jnp.int32
     # Hyperparameters that ignore the counter: the saturated run is the
     # ordinary run, bit for bit (no wrap to a negative count, no first-step rule
     # firing again).
-    _assert_trees_equal(p_near, p_ord, "params with a saturated counter")
-    _assert_trees_equal(
+    assert_trees_equal(p_near, p_ord, "params with a saturated counter")
+    assert_trees_equal(
         optax.tree_utils.tree_set(near_max, count=jnp.asarray(0, jnp.int32)),
         optax.tree_utils.tree_set(ordinary, count=jnp.asarray(0, jnp.int32)),
         "state with a saturated counter",
@@ -82,21 +85,14 @@ def _quadratic_grad(x: jax.Array) -> jax.Array:
     return h * (x - c)
 
 
-MILLION: dict[str, Factory] = {
-    "momentum": lambda: momentum_jax.momentum(0.1, 0.9),
-    "nesterov": lambda: momentum_jax.nesterov(0.1, 0.9),
-    "torch_sgd": lambda: compat.torch_sgd(0.1, 0.9, nesterov=True),
-    "tf1_momentum": lambda: compat.tf1_momentum(0.1, 0.9),
-    "keras_sgd": lambda: compat.keras_sgd(0.1, 0.9, weight_decay=1e-6),
-    "qhm": lambda: qhm(0.1, 0.9, 0.7),
-    "aggmo": lambda: aggmo(0.05, (0.0, 0.9, 0.99)),
-}
+# One row per public transform that keeps a buffer.
+MILLION = BUFFER_TRANSFORMS
 
 
 @pytest.mark.slow  # a million steps per transform
-@pytest.mark.parametrize("factory", **_ids(MILLION))
-def test_a_million_steps_stay_finite_and_converge(factory: Factory) -> None:
-    tx = factory()
+@pytest.mark.parametrize("row", MILLION, ids=ids(MILLION))
+def test_a_million_steps_stay_finite_and_converge(row: Row) -> None:
+    tx = row.build()
     steps = 1_000_000
 
     @jax.jit
@@ -112,4 +108,4 @@ def test_a_million_steps_stay_finite_and_converge(factory: Factory) -> None:
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves((x, state)))
     target = np.array([1.0, -2.0, 0.5], np.float32)
     np.testing.assert_allclose(x, target, rtol=1e-5, atol=1e-6)
-    assert set(_counts(state)) <= {steps}
+    assert set(counts(state)) <= {steps}

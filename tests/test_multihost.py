@@ -1,6 +1,6 @@
 """Several processes, one mesh: jax.distributed on 127.0.0.1, checkpoints, preemption.
 
-Each launch starts fresh Python processes running ``tests/_multihost_worker.py``
+Each launch starts fresh Python processes running ``tests/_worker.py multihost``
 (two processes with 4 CPU devices each, joined by ``jax.distributed`` into one
 2x4 ``('data', 'model')`` mesh of 8 devices; or one process with all 8, the
 reference). Every launch is bounded: a process still running at its deadline
@@ -47,7 +47,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests import _multihost_worker as worker
+from tests import _worker as worker
 
 pytestmark = pytest.mark.slow  # multi-process launches
 
@@ -73,7 +73,7 @@ if not hasattr(_runtime_client(), "key_value_try_get"):
     pytest.skip(ORBAX_NEEDS, allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "_multihost_worker.py"
+WORKER = ROOT / "tests" / "_worker.py"
 EXAMPLE = ROOT / "examples" / "multihost.py"
 CASES = worker.CASES
 # Deadlines (seconds) for whole launches on a loaded 2-core machine; a normal
@@ -139,7 +139,7 @@ class Launch:
             log = (out / f"{self.name}-p{index}.log").open("wb")
             self.procs.append(
                 subprocess.Popen(
-                    [sys.executable, str(WORKER), json.dumps(full)],
+                    [sys.executable, str(WORKER), "multihost", json.dumps(full)],
                     env=environment(devices),
                     cwd=ROOT,
                     stdout=log,
@@ -397,6 +397,8 @@ def test_the_layout_check_can_fail(runs: dict[str, Any]) -> None:
         problems = report["detector"]
         assert len(problems) == 3
         assert all(any(f"['{name}']" in p for p in problems) for name in ("w1", "w2", "w3"))
+        # An optimizer state without buffers (optax.identity) is reported, not passed.
+        assert report["detector_empty"] == [worker.EMPTY_STATE]
 
 
 def test_the_update_needs_no_communication(runs: dict[str, Any]) -> None:
@@ -459,7 +461,7 @@ def test_training_run_matches_one_process(
     assert losses[-1] < 0.9 * losses[0]  # it trains (QHM, its velocity an average, slowest)
     np.testing.assert_allclose(losses, single["losses"][case], rtol=TRAIN_RTOL)
     names = [key for key in trained["single"] if key.startswith(f"{case}/")]
-    assert len(names) == len(worker.PARAMS)
+    assert len(names) == len(worker.MULTIHOST)
     for key in names:
         np.testing.assert_allclose(
             trained["multi"][key], trained["single"][key], rtol=TRAIN_RTOL, atol=TRAIN_ATOL

@@ -2,9 +2,9 @@
 
 Trees nest dicts, lists and tuples around ``None`` leaves, scalars and empty
 arrays. Dtypes are float16, bfloat16, float32, complex64 and float64 (the last
-under ``jax.enable_x64``). The transforms are the rows of the contract table in
-tests/test_contract.py, which checks them on one fixed tree; here the trees are
-drawn. Each property is one the API promises:
+under ``jax.enable_x64``). The transforms are the rows of the contract table
+(tests/_table.py), which tests/test_contract.py checks on one fixed tree; here
+the trees are drawn. Each property is one the API promises:
 
 * jit and eager give the same updates and states, for every row of the table;
 * the state's structure, shapes and dtypes (weak types included) never change,
@@ -32,11 +32,14 @@ from hypothesis import strategies as st
 
 import momentum_jax
 from tests import _jax_compat
-from tests.test_contract import ROWS
+from tests._table import ROWS
 
 pytestmark = pytest.mark.slow  # property-based search
 
 SETTINGS = settings(max_examples=30, deadline=None, database=None)
+# Each example of a row drawn from the table compiles it: fewer, as the table
+# itself runs every row on a fixed tree.
+ROW_SETTINGS = settings(max_examples=15, deadline=None, database=None)
 STEPS = 3
 DTYPES = ["float16", "bfloat16", "float32", "complex64", "float64"]
 SHAPES = [(), (0,), (2, 0), (3,), (2, 3)]
@@ -165,7 +168,7 @@ def transforms(draw: st.DrawFn) -> tuple[str, optax.GradientTransformation, str]
 # --- properties --------------------------------------------------------------------
 
 
-@SETTINGS
+@ROW_SETTINGS
 @given(spec=tree_specs, named=transforms(), seed=st.integers(0, 2**16))
 def test_jit_equals_eager(
     spec: Any, named: tuple[str, optax.GradientTransformation, str], seed: int
@@ -188,7 +191,7 @@ def test_jit_equals_eager(
             assert_close(jit_state, eager_state, 16, f"{name}: state at step {k + 1}")
 
 
-@SETTINGS
+@ROW_SETTINGS
 @given(spec=tree_specs, named=transforms(), seed=st.integers(0, 2**16))
 def test_state_structure_and_dtypes_never_drift(
     spec: Any, named: tuple[str, optax.GradientTransformation, str], seed: int

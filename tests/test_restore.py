@@ -1,9 +1,11 @@
 """``restore_state``: every field of every stage carried, or an error naming the field.
 
-Every row of the contract table, under every optax wrapper that holds state
-of its own, moves between the two layouts in both directions, from the state
-itself and from its nested-dicts form (a checkpoint read without a target);
-every leaf must arrive unchanged. Real orbax checkpoints read without a
+Every distinct state of the contract table's rows, alone and under
+``inject_hyperparams``, and every public transform under every other optax
+wrapper that holds state of its own, moves between the two layouts in both
+directions, from the state itself and from its nested-dicts form (a checkpoint
+read without a target); every leaf must arrive unchanged, read through the
+public ``PackedState`` fields. Real orbax checkpoints read without a
 target move for dict, tuple, NamedTuple, Equinox and Flax NNX params.
 """
 
@@ -20,14 +22,11 @@ import optax
 import pytest
 
 import momentum_jax
-from momentum_jax._src._restore import _unpacked
-from tests.golden.make_golden import plain
-from tests.test_contract import ROWS, Row
-from tests.test_layout import _apply, _grads, _params
+from tests._problems import apply, layout_grads, layout_params, per_array, plain
+from tests._table import BASE_ROWS, TRANSFORMS, Row, rows_named
 
-pytestmark = pytest.mark.slow  # every row under every wrapper, both layouts
+pytestmark = pytest.mark.slow  # every state structure under every wrapper, both layouts
 
-BASE_ROWS = [row for row in ROWS if "layout" not in row.static]
 LAYOUTS = ("per_leaf", "packed")
 STEPS = 3
 
@@ -62,38 +61,61 @@ def _build(row: Row, layout: str, wrapper: str) -> optax.GradientTransformation:
     return WRAPPERS[wrapper](row.build(layout=layout))
 
 
-def _trained(tx: optax.GradientTransformation, params: Any) -> Any:
+def _trained(tx: optax.GradientTransformation, params: Any, jit: bool = False) -> Any:
     state = tx.init(params)
+    update = jax.jit(tx.update) if jit else tx.update
     for k in range(STEPS):
-        updates, state = tx.update(_grads(params, k), state, params)
-        params = _apply(params, updates)
+        updates, state = update(layout_grads(params, k), state, params)
+        params = apply(params, updates)
     return state
 
 
 def _assert_moved(moved: Any, old: Any, tx: optax.GradientTransformation, params: Any) -> None:
-    chex.assert_trees_all_equal_structs(moved, tx.init(params))
-    chex.assert_trees_all_equal_shapes_and_dtypes(moved, tx.init(params))
+    fresh = jax.eval_shape(tx.init, params)
+    chex.assert_trees_all_equal_structs(moved, fresh)
+    chex.assert_trees_all_equal_shapes_and_dtypes(moved, fresh)
     # Nothing reset: every leaf, read in the per-array layout, is the old one.
-    chex.assert_trees_all_equal(_unpacked(moved), _unpacked(old))
+    chex.assert_trees_all_equal(per_array(moved), per_array(old))
 
 
-# Every row alone and under inject_hyperparams; one row per public transform under
-# each other wrapper (they hold the inner state as it is, whatever the row).
-_FIRST = {row.factory: row for row in reversed(BASE_ROWS)}.values()
-CASES = [(row, w) for row in BASE_ROWS for w in ("plain", "inject")] + [
-    (row, w) for row in _FIRST for w in WRAPPERS if w != "plain"
+def _params(row: Row, wrapper: str) -> dict[str, Any]:
+    # inject_hyperparams casts the hyperparameters to the params' dtype, and MultiSteps
+    # casts its complex accumulator to a real dtype: real params only there.
+    complex_params = row.complex_params and wrapper not in ("inject", "multisteps")
+    params = {k: v for k, v in layout_params(complex_params).items() if k not in ("steps", "frozen")}
+    if wrapper == "inject":  # (and float32 hyperparameters would lift bfloat16 arithmetic)
+        del params["half"]
+    return params
+
+
+def _distinct_states(wrapper: str, rows: list[Row] = BASE_ROWS) -> list[Row]:
+    """The first row of each distinct state (tree, shapes, dtypes in both layouts) under ``wrapper``.
+
+    What restore_state does depends on the states' structure alone; rows that
+    differ only in their numbers (momentum and nesterov, say) are one case.
+    """
+    seen: dict[Any, Row] = {}
+    for row in rows:
+        params = _params(row, wrapper)
+        shapes = [jax.eval_shape(_build(row, layout, wrapper).init, params) for layout in LAYOUTS]
+        key = str([(jax.tree.structure(s), [(x.shape, x.dtype) for x in jax.tree.leaves(s)]) for s in shapes])
+        seen.setdefault(key, row)
+    return list(seen.values())
+
+
+# Every distinct state alone and under inject_hyperparams; one row per public
+# transform under each other wrapper (they hold the inner state as it is, whatever the row).
+CASES = [(row, w) for w in ("plain", "inject") for row in _distinct_states(w)] + [
+    (row, w) for w in WRAPPERS if w != "plain" for row in _distinct_states(w, TRANSFORMS)
 ]
 
 
 @pytest.mark.parametrize(("row", "wrapper"), CASES, ids=[f"{r.id}-{w}" for r, w in CASES])
-def test_every_row_moves_between_layouts_under_every_wrapper(row: Row, wrapper: str) -> None:
-    # inject_hyperparams casts the hyperparameters to the params' dtype, and MultiSteps
-    # casts its complex accumulator to a real dtype: real params only there.
-    complex_params = row.complex_params and wrapper not in ("inject", "multisteps")
-    params = {k: v for k, v in _params(complex_params).items() if k not in ("steps", "frozen")}
-    if wrapper == "inject":  # (and float32 hyperparameters would lift bfloat16 arithmetic)
-        del params["half"]
-    states = {layout: _trained(_build(row, layout, wrapper), params) for layout in LAYOUTS}
+def test_every_state_moves_between_layouts_under_every_wrapper(row: Row, wrapper: str) -> None:
+    params = _params(row, wrapper)
+    # Eagerly, branches (lax.cond) and stochastic rounding compile op by op at every call.
+    jit = wrapper in ("multisteps", "apply_if_finite") or "stochastic" in row.id
+    states = {layout: _trained(_build(row, layout, wrapper), params, jit) for layout in LAYOUTS}
     for old_layout, new_layout in (LAYOUTS, LAYOUTS[::-1]):
         old, tx = states[old_layout], _build(row, new_layout, wrapper)
         _assert_moved(momentum_jax.restore_state(old, tx, params), old, tx, params)
@@ -132,14 +154,8 @@ def _orbax_round_trip(state: Any, path: Any) -> Any:
     return checkpointer.restore(path)  # no target: nested dicts and lists
 
 
-TRANSFORMS = {
-    "nesterov": lambda layout: momentum_jax.nesterov(0.1, 0.9, layout=layout),
-    "qhm": lambda layout: momentum_jax.qhm(0.1, 0.9, layout=layout),
-    "aggmo": lambda layout: momentum_jax.aggmo(0.1, (0.0, 0.9), layout=layout),
-    "torch_sgd": lambda layout: momentum_jax.compat.torch_sgd(
-        0.1, 0.9, weight_decay=0.01, layout=layout
-    ),
-}
+# A state of each kind: MomentumState, a chain with QHMState, AggMo's buffers, a preset's chain.
+ORBAX_ROWS = rows_named("nesterov", "qhm", "aggmo", "torch_sgd_dampening_weight_decay")
 
 
 @pytest.mark.parametrize("kind", ["dict", "tuple", "namedtuple", "equinox", "flax_nnx"])
@@ -147,11 +163,11 @@ def test_orbax_checkpoints_without_a_target_move_for_every_kind_of_params(
     kind: str, tmp_path: Any
 ) -> None:
     params = _param_kinds()[kind]
-    for name, build in TRANSFORMS.items():
+    for row in ORBAX_ROWS:
         for old_layout, new_layout in (LAYOUTS, LAYOUTS[::-1]):
-            old = _trained(build(old_layout), params)
-            raw = _orbax_round_trip(old, tmp_path / f"{name}_{old_layout}")
-            tx = build(new_layout)
+            old = _trained(row.build(layout=old_layout), params)
+            raw = _orbax_round_trip(old, tmp_path / f"{row.id}_{old_layout}")
+            tx = row.build(layout=new_layout)
             _assert_moved(momentum_jax.restore_state(raw, tx, params), old, tx, params)
 
 

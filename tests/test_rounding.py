@@ -8,7 +8,7 @@ the option off; resumed runs, jit, ``lax.scan`` and ``vmap`` reproduce the
 same bits; the bits differ across steps, buffers, elements and seeds; the
 params stage makes ``optax.apply_updates`` and ``eqx.apply_updates`` store
 the stochastically rounded sum, exactly. The contract table
-(tests/test_contract.py) has a row per transform with the option on, and
+(tests/_table.py) has a row per transform with the option on, and
 tests/test_sharding.py checks that it adds no communication.
 """
 
@@ -27,8 +27,8 @@ import optax
 import pytest
 
 import momentum_jax
-from momentum_jax import compat
 from tests import _problems
+from tests._table import BUFFER_TRANSFORMS, Row, ids
 
 BF16, F16 = jnp.bfloat16, jnp.float16
 # Each format's ulp at 1.0.
@@ -37,16 +37,6 @@ ULP = {BF16: 2.0**-7, F16: 2.0**-10}
 pytestmark = pytest.mark.slow  # the fast tier runs the contract table's stochastic_round_params row
 
 SR = {"stochastic_rounding": True}
-ROUNDED: dict[str, Callable[..., optax.GradientTransformation]] = {
-    "momentum": lambda **kw: momentum_jax.momentum(0.05, 0.9, **kw),
-    "nesterov": lambda **kw: momentum_jax.nesterov(0.05, 0.9, **kw),
-    "scale_by_momentum": lambda **kw: momentum_jax.scale_by_momentum(0.9, dampening=0.1, **kw),
-    "qhm": lambda **kw: momentum_jax.qhm(0.05, 0.9, 0.7, **kw),
-    "aggmo": lambda **kw: momentum_jax.aggmo(0.05, (0.0, 0.9, 0.99), **kw),
-    "torch_sgd": lambda **kw: compat.torch_sgd(0.05, 0.9, nesterov=True, **kw),
-    "keras_sgd": lambda **kw: compat.keras_sgd(0.05, 0.9, weight_decay=1e-3, **kw),
-    "tf1_momentum": lambda **kw: compat.tf1_momentum(0.05, 0.9, **kw),
-}
 
 
 def _buffer(dtype: Any, values: jax.Array, **kwargs: Any) -> jax.Array:
@@ -102,12 +92,11 @@ def test_representable_values_nan_and_infinities_are_unchanged(dtype: Any) -> No
     assert bool(jnp.isnan(_buffer(dtype, jnp.asarray([np.nan, -np.nan]), **SR)).all())
 
 
-@pytest.mark.parametrize("name", list(ROUNDED))
-def test_float32_buffers_are_bit_identical_to_the_option_off(name: str) -> None:
-    make = ROUNDED[name]
+@pytest.mark.parametrize("row", BUFFER_TRANSFORMS, ids=ids(BUFFER_TRANSFORMS))
+def test_float32_buffers_are_bit_identical_to_the_option_off(row: Row) -> None:
     for kwargs in ({}, {"accumulator_dtype": jnp.float32}):
-        expected = _problems.trajectory(make(**kwargs), 8)
-        got = _problems.trajectory(make(**kwargs, **SR, seed=5), 8)
+        expected = _problems.trajectory(row.build(**kwargs), 4)
+        got = _problems.trajectory(row.build(**kwargs, **SR, seed=5), 4)
         for a, b in zip(got, expected, strict=True):
             for key in b:
                 np.testing.assert_array_equal(a[key], b[key])

@@ -2,15 +2,24 @@
 
 The checks need 8 devices, which JAX only simulates on CPU when
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` is set before it
-initialises; ``tests/_sharding_worker.py`` runs them in a fresh process on a
-2x4 ('data', 'model') mesh, with auto and with explicit mesh axes, and prints a
-JSON report that the tests below read.
+initialises; ``tests/_worker.py sharding`` runs them in one fresh process and
+prints a JSON report that the tests below read:
+
+* every row of the contract table's ``SHARDING_ROWS`` on a 2x4 ('data', 'model')
+  mesh, with auto and with explicit mesh axes: eager and jitted init, three
+  donated jitted steps, and the compiled update's collectives (none);
+* the packed layout: a large split param keeps its sharded buffer, the pack of
+  the replicated small params is replicated, ``restore_state`` between the
+  layouts keeps both, and over explicit axes a small sharded param is not packed;
+* the recipes of docs/production.md: the NaN guard and ZeRO-1;
+* that the checks can fail (a misplaced buffer, an empty state, a gather).
+
+Without a mesh, the same rows init under ``eval_shape``, ``jit`` and ``vmap``.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -18,19 +27,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import _sharding_worker as worker
 from tests import _subprocess
+from tests import _worker as worker
+from tests._table import SHARDING_ROWS, Row, over
 
-pytestmark = pytest.mark.slow  # 8-device subprocesses
+pytestmark = pytest.mark.slow  # an 8-device subprocess
 
-WORKER = Path(worker.__file__)
-ROOT = WORKER.parents[1]
-CASES = [f"{mesh}/{name}" for name in worker.transforms() for mesh in worker.MESH_KINDS]
+CASES = [f"{kind}/{row.id}" for kind in worker.MESH_KINDS for row in SHARDING_ROWS]
 
 
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
-    parsed: dict[str, Any] = _subprocess.run_json([str(WORKER)], devices=8, what="sharding worker")
+    parsed: dict[str, Any] = _subprocess.run_json(
+        ["tests/_worker.py", "sharding"], devices=8, what="sharding worker"
+    )
     assert parsed["devices"] == 8, "XLA_FLAGS did not give the worker 8 CPU devices"
     return parsed
 
@@ -44,35 +54,25 @@ def test_explicit_mesh_axes_are_checked_wherever_jax_has_them() -> None:
         assert worker.MESH_KINDS == ("auto", "explicit")
 
 
-def test_every_transform_was_checked(report: dict[str, Any]) -> None:
+def test_every_row_was_checked(report: dict[str, Any]) -> None:
     assert sorted(report["cases"]) == sorted(CASES)
-    assert {"momentum", "nesterov", "scale_by_momentum", "torch_sgd", "keras_sgd"} <= set(
-        worker.transforms()
-    )
+    assert {row.public for row in SHARDING_ROWS} >= {row.public for row in worker.MESH_ROWS}
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_eager_init_mirrors_param_sharding(report: dict[str, Any], case: str) -> None:
-    assert report["cases"][case]["eager_init"] == []
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_jitted_init_mirrors_param_sharding(report: dict[str, Any], case: str) -> None:
+def test_state_is_laid_out_like_the_params_and_updates_without_communication(
+    report: dict[str, Any], case: str
+) -> None:
+    checked = report["cases"][case]
+    assert checked["eager_init"] == []
     # A jitted init has no eager arrays to copy a sharding from; without care
     # every buffer lands whole on one device (out of memory at scale).
-    assert report["cases"][case]["jit_init"] == []
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_donated_jitted_update_keeps_the_sharding(report: dict[str, Any], case: str) -> None:
-    assert report["cases"][case]["update"] == []
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_update_needs_no_collectives(report: dict[str, Any], case: str) -> None:
+    assert checked["jit_init"] == []
+    # Three donated jitted steps keep every leaf, params included, where it was.
+    assert checked["update"] == []
     # Data-, model-, doubly-sharded and replicated params: the update is
     # elementwise, so each device updates its own shard and talks to no one.
-    assert report["cases"][case]["collectives"] == []
+    assert checked["collectives"] == []
 
 
 def test_the_checks_can_fail(report: dict[str, Any]) -> None:
@@ -80,8 +80,22 @@ def test_the_checks_can_fail(report: dict[str, Any]) -> None:
     # A replicated velocity for sharded params is flagged, leaf by leaf (the
     # four sharded params; the replicated ones are fine).
     assert detector["wrong_velocity_problems"] == 4
+    # An optimizer state with no buffer at all (optax.identity) is not a pass.
+    assert detector["empty_state_problems"] == [worker.EMPTY_STATE]
     # Gathering a sharded array shows up in the compiled HLO.
     assert detector["gather_collectives"] == ["all-gather"]
+
+
+def test_packed_layout_on_a_mesh(report: dict[str, Any]) -> None:
+    packed = report["packed"]
+    phases = ["eager_init", "jit_init", "update", "no_collectives"]
+    phases += ["restored_per_leaf", "restored_packed"]
+    if worker.HAS_EXPLICIT_AXES:
+        phases += ["explicit_eager_init", "explicit_jit_init", "explicit_update"]
+        phases += ["explicit_checkpoint_on_host"]
+    assert sorted(packed) == sorted(phases)
+    for phase, problems in packed.items():
+        assert problems == [], f"{phase}: {problems}"
 
 
 def test_optimizer_state_sharding_zero1(report: dict[str, Any]) -> None:
@@ -129,42 +143,40 @@ def test_worker_emits_no_warnings(report: dict[str, Any]) -> None:
     assert report["warnings"] == []
 
 
-@pytest.mark.parametrize("name", list(worker.transforms()))
-def test_init_under_eval_shape_and_jit_on_one_device(name: str) -> None:
-    """The sharding hint is harmless without a mesh: abstract and jitted init still work."""
-    tx = worker.transforms()[name]()
-    params = {
+@over(SHARDING_ROWS)
+def test_init_without_a_mesh_under_eval_shape_jit_and_vmap(row: Row) -> None:
+    """The sharding hint is harmless without a mesh; the jitted init's zeros are exact +0.
+
+    The jitted init derives its zeros from the params, so inf, NaN and -x must
+    give +0 there too.
+    """
+    tx = row.build()
+    special = jnp.array([-1.5, jnp.inf, -jnp.inf, jnp.nan, -0.0, 3.0])
+    params: dict[str, Any] = {
         "w": jnp.ones((3, 2)),
-        "h": jnp.ones(4, jnp.bfloat16),
+        "f32": special,
+        "bf16": special.astype(jnp.bfloat16),
         "s": jnp.asarray(2.0),
         "e": jnp.ones((2, 0)),
         "none": None,
     }
+    if row.complex_params:  # a float32 accumulator refuses complex params
+        params["c64"] = (special + 1j * special[::-1]).astype(jnp.complex64)
     eager = tx.init(params)
     abstract = jax.eval_shape(tx.init, params)
     jitted = jax.jit(tx.init)(params)
     vmapped = jax.vmap(tx.init)(jax.tree.map(lambda p: jnp.stack([p, p]), params))
     assert jax.tree.structure(abstract) == jax.tree.structure(eager)
+    assert jax.tree.structure(vmapped) == jax.tree.structure(eager)
     for a, e, j in zip(
         jax.tree.leaves(abstract), jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True
     ):
         assert a.shape == e.shape == j.shape
         assert a.dtype == e.dtype == j.dtype
         assert np.array_equal(e, j)
-    assert jax.tree.structure(vmapped) == jax.tree.structure(eager)
-
-
-@pytest.mark.parametrize("name", list(worker.transforms()))
-def test_jitted_init_buffers_are_exact_positive_zeros(name: str) -> None:
-    """The jitted init derives its zeros from the params: inf, NaN and -x must give +0."""
-    tx = worker.transforms()[name]()
-    special = jnp.array([-1.5, jnp.inf, -jnp.inf, jnp.nan, -0.0, 3.0])
-    params = {"f32": special, "bf16": special.astype(jnp.bfloat16)}
-    if "accumulator" not in name:  # a float32 accumulator refuses complex params
-        params["c64"] = (special + 1j * special[::-1]).astype(jnp.complex64)
-    for state in (jax.jit(tx.init)(params), tx.init(params)):
+    for state in (jitted, eager):
         buffers = [leaf for leaf in jax.tree.leaves(state) if jnp.ndim(leaf) == 1]
-        assert len(buffers) >= len(params)
+        assert len(buffers) >= 2 + int(row.complex_params)  # f32, bf16 (and c64)
         for buffer in buffers:
             parts = (buffer.real, buffer.imag) if jnp.iscomplexobj(buffer) else (buffer,)
             for part in parts:

@@ -23,6 +23,7 @@ import pytest
 import momentum_jax
 from momentum_jax import AggMoState, QHMState, aggmo, qhm
 from tests import _problems
+from tests._table import Row, ids, rows_named
 
 STEPS = 40
 
@@ -337,11 +338,7 @@ def test_aggmo_with_equal_momenta_is_heavy_ball(beta: float, copies: int, lr: fl
 # Both: state types, static or traced momenta, bfloat16 params
 # --------------------------------------------------------------------------
 
-FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
-    "qhm": lambda **kw: qhm(_lr_schedule, 0.9, 0.7, **kw),
-    "aggmo": lambda **kw: aggmo(lambda count: 0.05 * 0.97**count, (0.0, 0.9, 0.99), **kw),
-}
-both = pytest.mark.parametrize("make", list(FACTORIES.values()), ids=list(FACTORIES))
+VARIANTS = rows_named("qhm_lr_schedule", "aggmo")
 
 
 def _step(tx: optax.GradientTransformation, params: Any, state: Any) -> tuple[Any, Any]:
@@ -395,11 +392,9 @@ def test_inject_hyperparams_aggmo_keeps_momenta_static() -> None:
     _problems.assert_trajectories_close(traced, direct, rtol=1e-5, atol=1e-6)
 
 
-@both
-def test_bfloat16_params_with_float32_buffers(
-    make: Callable[..., optax.GradientTransformation],
-) -> None:
-    tx = make(accumulator_dtype=jnp.float32)
+@pytest.mark.parametrize("row", VARIANTS, ids=ids(VARIANTS))
+def test_bfloat16_params_with_float32_buffers(row: Row) -> None:
+    tx = row.build(accumulator_dtype=jnp.float32)
     params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _problems.initial_params())
     state = tx.init(params)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state[0])[1:])
@@ -411,7 +406,7 @@ def test_bfloat16_params_with_float32_buffers(
         assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
         params, state = step(params, state)
         assert _signature(state) == before
-    reference = _problems.trajectory(make(), 10)[-1]
+    reference = _problems.trajectory(row.build(), 10)[-1]
     for key in reference:
         assert params[key].dtype == jnp.bfloat16
         np.testing.assert_allclose(

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 import momentum_jax  # noqa: E402
 from momentum_jax import compat, schedules  # noqa: E402
 from tests import _problems  # noqa: E402
+from tests._problems import plain  # noqa: E402
 
 STEPS = 25
 # The optimizer state after this many steps is saved too, as plain nested
@@ -103,17 +104,6 @@ def cases() -> dict[str, Callable[[], Any]]:
 
 def run(name: str) -> list[Any]:
     return _problems.trajectory(cases()[name](), STEPS)
-
-
-def plain(state: Any) -> Any:
-    """``state`` as nested dicts, lists and numpy arrays (no momentum_jax classes)."""
-    if hasattr(state, "_asdict"):
-        return {key: plain(value) for key, value in state._asdict().items()}
-    if isinstance(state, dict):
-        return {key: plain(value) for key, value in state.items()}
-    if isinstance(state, list | tuple):
-        return [plain(value) for value in state]
-    return None if state is None else np.asarray(state)
 
 
 def save_states(states: dict[str, Any], path: Path) -> None:
