@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.resnet50:
         sys.path.insert(0, str(ROOT / "benchmarks"))
-        sets["ResNet-50 shapes (161 arrays)"] = importlib.import_module("bench_step").resnet50_shapes()
+        bench_step = importlib.import_module("bench_step")
+        sets["ResNet-50 shapes (161 arrays)"] = bench_step.resnet50_shapes()
     for title, sizes in sets.items():
         factories = {
             "current momentum": momentum_jax.momentum(1e-3, 0.9),
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
                 built[name][0](args.steps)
                 times[name].append((time.perf_counter() - start) / args.steps)
         print(f"\n{title}, {args.reps} repetitions")
-        print(f"{'contender':22s} {'median ms':>10s} {'/ optax.sgd':>12s} {'/ old':>7s} {'compile s':>10s}")
+        header = f"{'median ms':>10s} {'/ optax.sgd':>12s} {'/ old':>7s} {'compile s':>10s}"
+        print(f"{'contender':22s} {header}")
         for name, values in times.items():
             ratio = statistics.median(
                 t / b for t, b in zip(values, times["optax.sgd"], strict=True)

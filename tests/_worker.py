@@ -404,7 +404,10 @@ def packed_on_a_mesh(devices: np.ndarray) -> dict[str, list[str]]:
     def problems(state: Any) -> list[str]:
         return sharding_problems(state, params, mesh, eager=True, packed=True)
 
-    cases = {"eager_init": problems(tx.init(params)), "jit_init": problems(jax.jit(tx.init)(params))}
+    cases = {
+        "eager_init": problems(tx.init(params)),
+        "jit_init": problems(jax.jit(tx.init)(params)),
+    }
     update = jax.jit(tx.update).lower(grads, tx.init(params), params).compile()
     _, state = update(grads, jax.jit(tx.init)(params), params)
     cases["update"] = problems(state)
@@ -658,7 +661,9 @@ def checkpoint(args: list[str]) -> dict[str, Any]:
             report["restored_counters"][case] = counters
             # (optax.tree_utils.tree_set cannot set the count of a PackedState.)
             reset = jax.tree_util.tree_map_with_path(
-                lambda path, x: jnp.zeros_like(x) if getattr(path[-1], "name", "") == "count" else x,
+                lambda path, x: (
+                    jnp.zeros_like(x) if getattr(path[-1], "name", "") == "count" else x
+                ),
                 state,
             )
             _, final_state, trajectory = _train(tx, params, reset, SPLIT, TOTAL)

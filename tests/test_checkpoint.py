@@ -137,7 +137,9 @@ def test_pickle_and_flax_serialization_keep_the_state(row: Row) -> None:
         assert np.array_equal(u1["w"], u2["w"])
         # The packed layout is static: it travels in the tree structure.
         packed = _problems.packed_nodes(restored)
-        assert [node.layout for node in packed] == [node.layout for node in _problems.packed_nodes(state)]
+        assert [node.layout for node in packed] == [
+            node.layout for node in _problems.packed_nodes(state)
+        ]
         assert bool(packed) == (row.layout == "packed")
 
 

@@ -74,7 +74,10 @@ NNX_CASES = [
     for row in rows_named(row_id)
 ]
 EQX_CASES = [
-    case for case in NNX_CASES if (case[0].id, case[1]) not in {
+    case
+    for case in NNX_CASES
+    if (case[0].id, case[1])
+    not in {
         ("keras_sgd_nesterov_weight_decay", "injected"),
         ("nesterov", "multisteps"),
         ("torch_sgd_nesterov[packed]", "plain"),
@@ -186,7 +189,9 @@ def test_equinox_filter_jit_with_an_integer_leaf_matches_optax(row: Row, wrapper
     losses, model = _train_eqx(WRAPPERS[wrapper](row, True))
     # The reference sees the float leaves only: optax before 0.2.5 (our floor is
     # 0.2.4) cannot pair a None gradient with an integer param.
-    expected_losses, expected_model = _train_eqx(WRAPPERS[wrapper](row, False), eqx.is_inexact_array)
+    expected_losses, expected_model = _train_eqx(
+        WRAPPERS[wrapper](row, False), eqx.is_inexact_array
+    )
     chex.assert_trees_all_close(losses, expected_losses, rtol=1e-5, atol=1e-7)
     chex.assert_trees_all_close(
         eqx.filter(model, eqx.is_inexact_array),

@@ -45,7 +45,10 @@ def test_inject_hyperparams_without_params_needs_static_weight_decay() -> None:
     injected = optax.inject_hyperparams(momentum_jax.momentum)(learning_rate=0.1)
     grads = jnp.ones(3)
     state = injected.init(grads)
-    with pytest.raises(ValueError, match=r"weight_decay=.*needs the params.*static_args"):
+    with pytest.raises(
+        ValueError,
+        match=r"weight_decay needs the params: pass them to update\(\), or static_args=\('weight_decay',\) under inject_hyperparams if it is 0\.",
+    ):
         jax.jit(injected.update)(grads, state)
     static = optax.inject_hyperparams(momentum_jax.momentum, static_args=("weight_decay",))(
         learning_rate=0.1

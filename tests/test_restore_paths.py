@@ -114,7 +114,10 @@ def test_restored_counters_are_uncommitted_on_a_mesh() -> None:
     report = _subprocess.run_json(["-c", MESH_SCRIPT], devices=8, timeout=240)
     assert report == {
         **{name: "ok" for name in ("momentum", "injected", "finite", "packed")},
-        **{f"{name}/buffers placed like init": True for name in ("momentum", "injected", "finite", "packed")},
+        **{
+            f"{name}/buffers placed like init": True
+            for name in ("momentum", "injected", "finite", "packed")
+        },
     }
 
 

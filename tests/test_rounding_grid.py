@@ -87,9 +87,7 @@ def test_float16_velocity_keeps_contributions_below_its_normal_range() -> None:
     # lr * g = 1e-8, below float16's smallest normal (6.1e-5) and its subnormal
     # spacing (6e-8): round-to-nearest, or rounding at the value's own exponent,
     # keeps 0 for ever; stochastic rounding onto the subnormal grid keeps the mean.
-    tx = momentum_jax.momentum(
-        1e-3, 0.9, accumulator_dtype=jnp.float16, stochastic_rounding=True
-    )
+    tx = momentum_jax.momentum(1e-3, 0.9, accumulator_dtype=jnp.float16, stochastic_rounding=True)
     params = jnp.zeros(N)
     state = tx.init(params)
     update = jax.jit(tx.update)
@@ -110,3 +108,10 @@ def test_every_nan_pattern_stays_nan(pattern: int) -> None:
     rounder = momentum_jax.stochastic_round_params()
     updates, _ = rounder.update(nan, rounder.init(params), params)
     assert bool(jnp.all(jnp.isnan(optax.apply_updates(params, updates))))
+
+
+def test_rounding_with_nothing_to_round_warns_at_init() -> None:
+    with pytest.warns(UserWarning, match="stochastic_rounding=True has no effect"):
+        momentum_jax.momentum(0.1, 0.9, stochastic_rounding=True).init(jnp.ones(3))
+    with pytest.warns(UserWarning, match=r"stochastic_round_params\(\) has no effect"):
+        momentum_jax.stochastic_round_params().init(jnp.ones(3))

@@ -102,5 +102,7 @@ def test_weight_decay_keeps_the_gradient_dtype_in_both_layouts(make: object) -> 
             assert jax.tree.map(lambda u: u.dtype, updates) == dtypes
             p = optax.apply_updates(p, updates)
         results[layout] = p
-    for a, b in zip(jax.tree.leaves(results["per_leaf"]), jax.tree.leaves(results["packed"]), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(results["per_leaf"]), jax.tree.leaves(results["packed"]), strict=True
+    ):
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))

@@ -26,7 +26,9 @@ def _grads(t: int) -> dict[str, jax.Array]:
 
 def test_a_momentum_rounded_to_one_by_bfloat16_is_refused_eagerly_with_the_fix() -> None:
     tx = optax.inject_hyperparams(momentum_jax.momentum)(learning_rate=1e-3, momentum=0.999)
-    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\).*hyperparam_dtype=jnp.float32"):
+    with pytest.raises(
+        ValueError, match=r"momentum must be in \[0, 1\).*hyperparam_dtype=jnp.float32"
+    ):
         tx.init(PARAMS)
 
 
@@ -54,7 +56,15 @@ def _run(tx: optax.GradientTransformation, steps: int = 3) -> tuple[list[bool], 
         lambda: momentum_jax.momentum(0.1, lambda count: jnp.where(count < 1, 0.9, 1.0)),
         lambda: momentum_jax.scale_by_momentum(lambda count: 0.5 + count * 0.5),
     ],
-    ids=["bf16_momentum_one", "negative_lr", "nu", "dampening", "weight_decay", "momentum_schedule", "block_schedule"],
+    ids=[
+        "bf16_momentum_one",
+        "negative_lr",
+        "nu",
+        "dampening",
+        "weight_decay",
+        "momentum_schedule",
+        "block_schedule",
+    ],
 )
 def test_out_of_range_traced_values_make_the_update_non_finite(make: object) -> None:
     finite, _ = _run(make())  # type: ignore[operator]

@@ -52,7 +52,7 @@ def _weight_decay(weight_decay: Any, learning_rate: Any = None) -> Any:
         scale = hyper(weight_decay, None)
         if learning_rate is not None:
             scale = -hyper(learning_rate, state.count) * scale
-            state = optax.ScaleByScheduleState(optax.safe_increment(state.count))
+            state = optax.ScaleByScheduleState(_tree.safe_increment(state.count))
         step = lambda u, p: None if u is None else (u + scale * p).astype(u.dtype)  # noqa: E731
         return jax.tree.map(step, updates, params, is_leaf=_tree.is_none), state
 

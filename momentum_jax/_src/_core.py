@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from momentum_jax._src import _tree
 from momentum_jax._src._layout import with_layout
 from momentum_jax._src._skeleton import buffer_transform, hyper
 from momentum_jax._src._validation import concrete, is_python_zero, public, state_options
@@ -157,7 +158,7 @@ def momentum(
         mu = hyper(momentum, state.count, 1.0)
         # Nesterov looks one step ahead: mu_{t+1} is the schedule at the next count.
         ahead = (
-            hyper(momentum, optax.safe_increment(state.count), 1.0) if callable(momentum) else mu
+            hyper(momentum, _tree.safe_increment(state.count), 1.0) if callable(momentum) else mu
         )
         return hyper(learning_rate, state.count), mu, ahead
 

@@ -243,6 +243,6 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
             return lax.convert_element_type(r - p.astype(jnp.float32), u.dtype)
 
         out = jax.tree.map(step, updates, like, rounded, is_leaf=_tree.is_none)
-        return out, StochasticRoundParamsState(optax.safe_increment(state.count))  # type: ignore[arg-type]
+        return out, StochasticRoundParamsState(_tree.safe_increment(state.count))  # type: ignore[arg-type]
 
     return optax.GradientTransformationExtraArgs(named(init_fn), named(update_fn))

@@ -143,7 +143,7 @@ def buffer_transform(
         stored = jax.tree.map(lambda n, b: n.astype(b.dtype), new_trees, trees)
         new_trees = stored[0] if num_buffers is None else stored
         fields = () if extra is None else extra(c)
-        count = optax.safe_increment(state[0])
+        count = _tree.safe_increment(state[0])
         return jax.tree.unflatten(treedef, outs), state_type(count, new_trees, *fields)
 
     return optax.GradientTransformationExtraArgs(named(init_fn), named(update_fn))

@@ -12,8 +12,12 @@ from typing import Any, NoReturn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from momentum_jax._src._validation import caller, is_traced
+
+# optax 0.2.4 (the floor) names it safe_int32_increment.
+safe_increment = getattr(optax, "safe_increment", None) or optax.safe_int32_increment
 
 
 def is_none(x: Any) -> bool:
