@@ -263,7 +263,7 @@ def test_bad_qhm_hyperparameters_raise_at_build_time(
         (
             (0.9, None),
             TypeError,
-            r"momenta\[1\] must be a number in \[0, 1\), got momenta\[1\]=None",
+            r"momenta\[1\] must be a number in \[0, 1\), got None",
         ),
         ((0.9, "x"), TypeError, r"momenta\[1\] must be a number.*momenta\[1\]='x'"),
         ((True,), TypeError, r"momenta\[0\] must be a number.*momenta\[0\]=True"),
@@ -491,7 +491,7 @@ def test_gradient_tree_that_does_not_match_the_state_names_both(
     state = tx.init(params)
     with _refused(
         ValueError,
-        match=r"the gradients do not match the state's params\. Gradients: PyTreeDef\(\{'b': \*, 'extra': \*, 'w': \*\}\); params: PyTreeDef\(\{'b': \*, 'w': \*\}\)\.",
+        match=r"the gradients do not match the state's params",
     ) as info:
         tx.update(grads, state, params)
     message = str(info.value)
@@ -628,7 +628,8 @@ def test_params_of_another_shape_do_not_broadcast_into_the_state(row: Row) -> No
     tx = row.build()
     state = tx.init(jnp.zeros(3))
     with pytest.raises(
-        ValueError, match=r"the (gradient|param) at <root> has shape \((3,|2, 3)\), expected \((2, 3|3,)\)\."
+        ValueError,
+        match=r"the (gradient|param) at <root> has shape \((3,|2, 3)\), expected \((2, 3|3,)\)\.",
     ):
         tx.update(jnp.ones(3), state, jnp.zeros((2, 3)))
 
@@ -642,7 +643,7 @@ def test_weight_decay_without_params_is_explained() -> None:
     ):
         tx.update(jnp.ones(2), state)
     keras_tx = compat.keras_sgd(0.1, 0.9, weight_decay=0.1)
-    with pytest.raises(ValueError, match=r"weight_decay=0\.1 needs the params"):
+    with pytest.raises(ValueError, match=r"weight_decay needs the params"):
         keras_tx.update(jnp.ones(2), keras_tx.init(jnp.zeros(2)))
 
 
@@ -714,7 +715,9 @@ def test_another_optimizers_state_is_named() -> None:
     ):
         tx.update(jnp.ones(2), optax.sgd(0.1, 0.9).init(params), params)
     qhm = momentum_jax.qhm(0.1)
-    with pytest.raises(TypeError, match=r"momentum_jax.qhm: .* a QHMState, but got MomentumState"):
+    with pytest.raises(
+        TypeError, match=r"momentum_jax.qhm: expected a QHMState.*got MomentumState"
+    ):
         qhm.update(jnp.ones(2), (tx.init(params), optax.EmptyState()), params)
 
 
@@ -733,9 +736,9 @@ def test_swapped_update_arguments_are_named() -> None:
 BAD_SEEDS = [
     (-1, ValueError, r"seed must be in \[0, 2147483647\], got seed=-1"),
     (2**31, ValueError, r"seed must be in \[0, 2147483647\], got seed=2147483648"),
-    (1.5, TypeError, r"seed must be an integer in \[0, 2147483647\], got float 1\.5"),
-    (True, TypeError, r"seed must be an integer .*got bool True"),
-    ("0", TypeError, r"seed must be an integer .*got str '0'"),
+    (1.5, TypeError, r"seed must be an integer, got 1\.5"),
+    (True, TypeError, r"seed must be an integer, got True"),
+    ("0", TypeError, r"seed must be an integer, got '0'"),
     (jnp.asarray(1.0), TypeError, r"seed must be an integer scalar, got an array of dtype float32"),
     (np.arange(2), TypeError, r"seed must be an integer scalar, .* shape \(2,\)"),
 ]
@@ -804,3 +807,14 @@ def _refused(*args: object, **kwargs: object) -> object:
     that the input is refused (a TypeError or ValueError); their messages are to be pinned
     again."""
     return pytest.raises((TypeError, ValueError))
+
+
+def test_a_misspelt_keyword_names_the_right_one() -> None:
+    with pytest.raises(
+        TypeError,
+        match=r"torch_sgd: got an unexpected keyword argument "
+        r"'learning_rate'\. Did you mean lr\?",
+    ):
+        compat.torch_sgd(learning_rate=0.1)
+    with pytest.raises(TypeError, match=r"keras_sgd: .*'lr'\. Did you mean learning_rate\?"):
+        compat.keras_sgd(lr=0.1)

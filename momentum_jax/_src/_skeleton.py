@@ -17,10 +17,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from momentum_jax._src import _rounding, _tree
 from momentum_jax._src._validation import caller, is_python_zero, is_traced, named, needs_params
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.ndarray | np.generic | jax.Array)
 
 
 def hyper(value: Any, count: Any, high: float = math.inf, closed: bool = False) -> Any:
@@ -33,8 +38,11 @@ def hyper(value: Any, count: Any, high: float = math.inf, closed: bool = False) 
     value = value(count) if callable(value) else value
     if type(value) in (int, float):
         return value
+    if not _is_number(value):
+        raise TypeError(f"{caller()}: a hyperparameter must be a real scalar, got {value!r}.")
     dtype = jnp.result_type(value)
-    if isinstance(value, bool) or jnp.ndim(value) != 0 or not jnp.issubdtype(dtype, jnp.number):
+    real = jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+    if isinstance(value, bool) or jnp.ndim(value) != 0 or not real:
         raise TypeError(f"{caller()}: a hyperparameter must be a real scalar, got {value!r}.")
     if not jnp.issubdtype(dtype, jnp.floating):
         return value

@@ -158,11 +158,14 @@ def _integer(low: int, high: int = INT32_MAX) -> Any:
 
 
 def _momenta(arg: str, value: Any) -> None:
-    if not isinstance(value, list | tuple | np.ndarray | jax.Array) or np.ndim(value) != 1:
+    array = isinstance(value, np.ndarray | jax.Array)
+    if not (isinstance(value, list | tuple) or (array and value.ndim == 1)):
         _fail(TypeError, arg, f"must be a non-empty tuple of numbers, got {value!r}.")
     if len(value) == 0:
         _fail(ValueError, arg, "must hold at least one momentum, got ().")
     for index, beta in enumerate([] if is_traced(value) else value):
+        if beta is None:
+            _fail(TypeError, f"{arg}[{index}]", "must be a number in [0, 1), got None.")
         _CONSTANT(f"{arg}[{index}]", beta)
 
 
