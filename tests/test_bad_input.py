@@ -739,8 +739,8 @@ BAD_SEEDS = [
     (1.5, TypeError, r"seed must be an integer, got 1\.5"),
     (True, TypeError, r"seed must be an integer, got True"),
     ("0", TypeError, r"seed must be an integer, got '0'"),
-    (jnp.asarray(1.0), TypeError, r"seed must be an integer scalar, got an array of dtype float32"),
-    (np.arange(2), TypeError, r"seed must be an integer scalar, .* shape \(2,\)"),
+    (jnp.asarray(1.0), TypeError, r"seed must be an integer scalar, got Array"),
+    (np.arange(2), TypeError, r"seed must be an integer scalar, got array"),
 ]
 
 
