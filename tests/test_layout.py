@@ -187,9 +187,7 @@ def test_errors_in_the_packed_layout_name_the_params_own_path() -> None:
         momentum_jax.qhm(0.1, accumulator_dtype=jnp.float32, layout="packed").init(
             {"c": jnp.zeros(2, jnp.complex64)}
         )
-    with pytest.raises(
-        TypeError, match=r"expected a PackedState from this transform's init"
-    ):
+    with pytest.raises(TypeError, match=r"expected a PackedState from this transform's init"):
         tx.update(jax.tree.map(jnp.ones_like, params), momentum_jax.momentum(0.1).init(params))
 
 
