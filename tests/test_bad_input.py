@@ -768,7 +768,7 @@ def test_bad_seed_for_the_params_stage() -> None:
     params = {"w": jnp.zeros(2, jnp.bfloat16)}
     with pytest.raises(ValueError, match=r"needs the params"):
         stage.update({"w": jnp.ones(2, jnp.bfloat16)}, stage.init(params))
-    with pytest.raises(ValueError, match=r"stochastic_round_params: the gradient at \['w'\]"):
+    with pytest.raises(ValueError, match=r"stochastic_round_params: the update at \['w'\]"):
         stage.update({"w": jnp.ones(3, jnp.bfloat16)}, stage.init(params), params)
     with pytest.raises(TypeError, match=r"stochastic_round_params: update\(\) expected"):
         stage.update({"w": jnp.ones(2, jnp.bfloat16)}, optax.EmptyState(), params)
