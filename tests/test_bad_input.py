@@ -770,7 +770,9 @@ def test_bad_seed_for_the_params_stage() -> None:
         stage.update({"w": jnp.ones(2, jnp.bfloat16)}, stage.init(params))
     with pytest.raises(ValueError, match=r"stochastic_round_params: the update at \['w'\]"):
         stage.update({"w": jnp.ones(3, jnp.bfloat16)}, stage.init(params), params)
-    with pytest.raises(TypeError, match=r"stochastic_round_params: update\(\) expected"):
+    with pytest.raises(
+        TypeError, match=r"stochastic_round_params: expected a StochasticRoundParamsState"
+    ):
         stage.update({"w": jnp.ones(2, jnp.bfloat16)}, optax.EmptyState(), params)
 
 
