@@ -5,7 +5,8 @@ checkpoint does; ``states_0.4.0.pkl`` the whole pickled states (arrays as lists,
 that any NumPy reads them). Both were written by 0.4.0 with
 ``tests/golden/make_states_0_4_0.py``. Without ``restore_state``, each saved state
 must have today's structure (the same key paths, shapes and dtypes), hold exactly
-the values today's code computes, and continue exactly as an uninterrupted run.
+the values today's code computes, and continue exactly as an uninterrupted run
+(within an ulp on other jax versions, whose XLA may fuse differently).
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ def _is_list(x: Any) -> bool:
     return isinstance(x, list)
 
 
-def _assert_same(a: Any, b: Any) -> None:
+def _assert_same(a: Any, b: Any, maxulp: int = 0) -> None:
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         assert (x.dtype, x.shape) == (y.dtype, y.shape)
-        np.testing.assert_array_equal(np.asarray(x, np.float64), np.asarray(y, np.float64))
+        x, y = np.asarray(x), np.asarray(y)
+        if maxulp and np.issubdtype(x.dtype, np.floating):
+            np.testing.assert_array_max_ulp(x, y, maxulp=maxulp)
+        else:
+            np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.parametrize("case", list(saved.cases()))
@@ -61,9 +66,12 @@ def test_a_saved_state_loads_and_continues(case: str) -> None:
         jax.tree.structure(jax.tree.map(lambda _: 0, fresh))
     )
     _, now = saved.run(tx, params, fresh, range(saved.STEPS))
-    _assert_same(from_npz, now)
-    _assert_same(from_pickle, now)
+    # The files were written with jax 0.10.2, where they are exact; another XLA
+    # may fuse a multiply-add differently and land one float32 ulp away.
+    ulps = 0 if jax.__version__ == "0.10.2" else 1
+    _assert_same(from_npz, now, ulps)
+    _assert_same(from_pickle, now, ulps)
     p_mid, _ = saved.run(tx, params, tx.init(params), range(saved.STEPS))
     resumed = saved.run(tx, p_mid, from_npz, range(saved.STEPS, 2 * saved.STEPS))
     straight = saved.run(tx, params, tx.init(params), range(2 * saved.STEPS))
-    _assert_same(resumed, straight)
+    _assert_same(resumed, straight, 4 * ulps)

@@ -60,7 +60,7 @@ def test_momentum_zero_then_not_matches_the_closed_form() -> None:
 @pytest.mark.parametrize("dampening", [0.0, 0.3])
 @pytest.mark.parametrize("injected", [False, True], ids=["schedule", "injected"])
 def test_momentum_zero_at_some_steps_matches_torch(dampening: float, injected: bool) -> None:
-    torch = pytest.importorskip("torch", reason="torch is not installed")
+    torch = pytest.importorskip("torch")
     theta = torch.zeros(3, dtype=torch.float32, requires_grad=True)
     optimizer = torch.optim.SGD([theta], lr=0.1, momentum=0.0, dampening=dampening)
     for t, mu in enumerate(MOMENTA):
