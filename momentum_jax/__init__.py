@@ -23,6 +23,11 @@ param has its own buffer (``layout="per_leaf"``, the default); with
 ``layout="packed"`` the buffers of all small arrays are one flat array per
 dtype (:class:`PackedState`), an option for GPUs and models with many small
 arrays. Both layouts give the same numbers.
+
+Gradient accumulation: ``gradient_accumulation_steps=K`` adds the mean of
+``K`` successive gradients into the buffers one call at a time and updates
+on every ``K``-th call (:class:`AccumulationState`), with no param-sized
+accumulator.
 """
 
 from optax import ScalarOrSchedule as ScalarOrSchedule
@@ -39,6 +44,7 @@ from momentum_jax._src._layout import Slot as Slot
 from momentum_jax._src._restore import restore_state as restore_state
 from momentum_jax._src._rounding import StochasticRoundParamsState as StochasticRoundParamsState
 from momentum_jax._src._rounding import stochastic_round_params as stochastic_round_params
+from momentum_jax._src._skeleton import AccumulationState as AccumulationState
 from momentum_jax._src._variants import AggMoState as AggMoState
 from momentum_jax._src._variants import QHMState as QHMState
 from momentum_jax._src._variants import aggmo as aggmo
@@ -49,6 +55,7 @@ from momentum_jax._src._variants import scale_by_qhm as scale_by_qhm
 __version__ = "0.5.0"
 
 __all__ = [
+    "AccumulationState",
     "AggMoState",
     "Layout",
     "MomentumState",

@@ -35,12 +35,13 @@ def _checked(inner: optax.GradientTransformation) -> optax.GradientTransformatio
     return optax.GradientTransformationExtraArgs(named(inner.init), named(update_fn))
 
 
-def _weight_decay(weight_decay: Any, learning_rate: Any = None) -> Any:
+def _weight_decay(weight_decay: Any, learning_rate: Any = None, steps: int = 1) -> Any:
     """PyTorch's coupled decay ``g + wd * theta`` or, given the learning rate, Keras 3's
     decoupled ``theta -= lr * wd * theta``, in the gradient's dtype.
 
     Keras shrinks the params before its momentum step, which depends only on the
     gradient, so the shrink is added to the update (this stage goes last in the chain).
+    Accumulating ``steps`` gradients per update, it shrinks on the last call of each.
     """
 
     def init(params: Any) -> Any:
@@ -51,9 +52,16 @@ def _weight_decay(weight_decay: Any, learning_rate: Any = None) -> Any:
             raise needs_params()
         scale = hyper(weight_decay, None)
         if learning_rate is not None:
-            scale = -hyper(learning_rate, state.count) * scale
+            last = state.count % steps == steps - 1
+            scale = -hyper(learning_rate, state.count // steps) * scale
             state = optax.ScaleByScheduleState(_tree.safe_increment(state.count))
-        step = lambda u, p: None if u is None else (u + scale * p).astype(u.dtype)  # noqa: E731
+
+        def step(u: Any, p: Any) -> Any:
+            if u is None:
+                return None
+            decayed = (u + scale * p).astype(u.dtype)
+            return decayed if steps == 1 else jax.numpy.where(last, decayed, u)
+
         return jax.tree.map(step, updates, params, is_leaf=_tree.is_none), state
 
     zero = jax.numpy.zeros([], "int32")
@@ -73,6 +81,7 @@ def torch_sgd(
     stochastic_rounding: bool = False,
     seed: int | jax.Array = 0,
     layout: str = "per_leaf",
+    gradient_accumulation_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""``torch.optim.SGD``, step for step.
 
@@ -118,6 +127,16 @@ def torch_sgd(
         bfloat16 or float16 buffer, as in :func:`momentum_jax.momentum`.
       seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
       layout: the state layout, as in :func:`momentum_jax.momentum`.
+      gradient_accumulation_steps: ``K``, the number of calls whose mean
+        gradient :math:`d` makes one update (``None``, the default, or 1:
+        none). With ``K >= 2`` the buffer takes :math:`d / K` at each call as
+        in :func:`momentum_jax.scale_by_momentum` (a Python ``momentum=0``
+        then keeps one, holding the mean), and the update is
+        :math:`-\alpha_t b_t` on the ``K``-th call and 0 on the others, with
+        the schedule at completed updates: ``optax.MultiSteps(torch_sgd(...),
+        K)``'s trajectory. It refuses ``nesterov=True``; with a momentum
+        schedule or array, an update whose momentum is 0 (PyTorch's output
+        is then the mean gradient, kept nowhere) is NaN.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -140,16 +159,18 @@ def torch_sgd(
     if nesterov and ((mu is not None and mu <= 0) or tau not in (None, 0.0)):
         raise ValueError(f"{caller()}: nesterov=True needs momentum > 0 and dampening=0.")
     options = (accumulator_dtype, stochastic_rounding, seed, layout)
+    steps = gradient_accumulation_steps or 1
     parts: list[Any] = [optax.scale(-1.0)] if maximize else []
     if not is_python_zero(weight_decay):
         parts.append(_weight_decay(weight_decay))
-    if not is_python_zero(momentum):
+    if not is_python_zero(momentum) or steps > 1:
+        # Accumulating, a Python momentum 0 keeps a buffer, b = g (PyTorch's dampening is moot).
+        damped = 0.0 if is_python_zero(momentum) else dampening
+        torch_zero = type(momentum) not in (int, float)
         parts.append(
-            _core.gradient_buffer(
-                momentum, nesterov, dampening, *options, type(momentum) not in (int, float)
-            )
+            _core.gradient_buffer(momentum, nesterov, damped, *options, torch_zero, steps)
         )
-    scale = scale_by_learning_rate(lr)
+    scale = scale_by_learning_rate(lr, steps)
     parts.append(scale if len(parts) > int(maximize) else _checked(scale))
     return optax.chain(*parts)
 
@@ -165,6 +186,7 @@ def keras_sgd(
     stochastic_rounding: bool = False,
     seed: int | jax.Array = 0,
     layout: str = "per_leaf",
+    gradient_accumulation_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Keras 3 ``keras.optimizers.SGD``, step for step.
 
@@ -199,6 +221,16 @@ def keras_sgd(
         bfloat16 or float16 buffer, as in :func:`momentum_jax.momentum`.
       seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
       layout: the state layout, as in :func:`momentum_jax.momentum`.
+      gradient_accumulation_steps: Keras' ``K``, the number of calls whose
+        mean gradient makes one update (``None``, the default, or 1: none).
+        With ``K >= 2`` the velocity takes the mean gradient one call at a
+        time as in :func:`momentum_jax.momentum` (a Python ``momentum=0``
+        then keeps one), the decay and the momentum step apply on the
+        ``K``-th call and the update is 0 on the others. As in Keras, a
+        schedule is evaluated at the number of calls, :math:`K n + K - 1` at
+        the ``K``-th call of update :math:`n` (so with a schedule this differs
+        from ``optax.MultiSteps(keras_sgd(...), K)``, which evaluates it at
+        :math:`n`). It refuses ``nesterov=True``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` (a chain of the momentum
@@ -218,17 +250,29 @@ def keras_sgd(
     References:
       `keras.optimizers.SGD <https://keras.io/api/optimizers/sgd/>`_.
     """
-    if is_python_zero(momentum):
+    steps = gradient_accumulation_steps or 1
+    if steps > 1 and callable(learning_rate):
+        learning_rate = _at_last_call(learning_rate, steps)
+    if is_python_zero(momentum) and steps == 1:
         # Keras keeps no momentum variable then; neither do we. (An array zero,
         # as inject_hyperparams passes, keeps the velocity: same numbers.)
         parts = [_checked(scale_by_learning_rate(learning_rate))]
     else:
+        options = state_options(locals())
         parts = [
-            _core.momentum(learning_rate, momentum, nesterov=nesterov, **state_options(locals()))
+            _core.momentum(
+                learning_rate, momentum, nesterov=nesterov, **options, gradient_accumulation_steps=steps
+            )
         ]
     if not (weight_decay is None or is_python_zero(weight_decay)):
-        parts.append(_weight_decay(weight_decay, learning_rate))
+        parts.append(_weight_decay(weight_decay, learning_rate, steps))
     return optax.chain(*parts)
+
+
+def _at_last_call(schedule: Any, steps: int) -> Any:
+    """Keras 3's schedule of the call count as one of completed updates: Keras steps on the
+    last of ``steps`` calls, call ``n * steps + steps - 1`` for the ``n``-th update."""
+    return lambda n: schedule(n * steps + steps - 1)
 
 
 @public("momentum_jax.compat.tf1_momentum")
@@ -241,6 +285,7 @@ def tf1_momentum(
     stochastic_rounding: bool = False,
     seed: int | jax.Array = 0,
     layout: str = "per_leaf",
+    gradient_accumulation_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""``tf.compat.v1.train.MomentumOptimizer``, step for step.
 
@@ -270,6 +315,13 @@ def tf1_momentum(
         bfloat16 or float16 buffer, as in :func:`momentum_jax.momentum`.
       seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
       layout: the state layout, as in :func:`momentum_jax.momentum`.
+      gradient_accumulation_steps: ``K``, the number of calls whose mean
+        gradient makes one update (``None``, the default, or 1: none). With
+        ``K >= 2`` the accumulator takes :math:`g / K` at each call as in
+        :func:`momentum_jax.scale_by_momentum`, and the update is
+        :math:`-\alpha_t a_t` on the ``K``-th call and 0 on the others, with
+        the schedule at completed updates: ``optax.MultiSteps(tf1_momentum(...),
+        K)``'s trajectory. It refuses ``use_nesterov=True``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -288,9 +340,9 @@ def tf1_momentum(
       `tf.compat.v1.train.MomentumOptimizer
       <https://www.tensorflow.org/api_docs/python/tf/compat/v1/train/MomentumOptimizer>`_.
     """
+    options = (accumulator_dtype, stochastic_rounding, seed, layout)
+    steps = gradient_accumulation_steps
     return optax.chain(
-        _core.gradient_buffer(
-            momentum, use_nesterov, 0.0, accumulator_dtype, stochastic_rounding, seed, layout
-        ),
-        scale_by_learning_rate(learning_rate),
+        _core.gradient_buffer(momentum, use_nesterov, 0.0, *options, steps=steps),
+        scale_by_learning_rate(learning_rate, steps or 1),
     )

@@ -10,7 +10,7 @@ import optax
 
 from momentum_jax._src import _tree
 from momentum_jax._src._layout import with_layout
-from momentum_jax._src._skeleton import buffer_transform, hyper
+from momentum_jax._src._skeleton import accumulation, buffer_transform, hyper
 from momentum_jax._src._validation import concrete, is_python_zero, public, state_options
 
 
@@ -58,6 +58,7 @@ def momentum(
     stochastic_rounding: bool = False,
     seed: int | jax.Array = 0,
     layout: str = "per_leaf",
+    gradient_accumulation_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Momentum with the learning rate inside the velocity (heavy ball or Nesterov).
 
@@ -123,10 +124,24 @@ def momentum(
         in one flat array per dtype (:class:`momentum_jax.PackedState`), an
         option for GPUs and models with many small arrays. Both give the same
         numbers.
+      gradient_accumulation_steps: ``K``, the number of calls whose mean
+        gradient makes one update; ``None`` (the default) or 1 for none. With
+        ``K >= 2`` the first call of an update decays the velocity and adds
+        :math:`\alpha_t g / K`, each later call adds :math:`\alpha_t g / K`,
+        and the update is :math:`-v_t` on the ``K``-th call and 0 on the others:
+        ``optax.MultiSteps(momentum(...), K)``'s trajectory, with no
+        param-sized accumulator (the state is a
+        :class:`momentum_jax.AccumulationState`). Schedules see completed
+        updates. It refuses ``nesterov=True`` and ``layout="packed"``. The
+        default is ``None``, not 1: ``optax.inject_hyperparams`` injects every
+        numeric default, which would change the state of existing
+        checkpoints.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a
-      :class:`momentum_jax.MomentumState`.
+      :class:`momentum_jax.MomentumState` (an
+      :class:`momentum_jax.AccumulationState` around it with
+      ``gradient_accumulation_steps >= 2``).
 
     Example:
       >>> import jax
@@ -172,9 +187,16 @@ def momentum(
         # (benchmarks/xla_cpu_probes.py forms).
         return -mu_next * v - lr * g if nesterov else -1 * v
 
+    steps = accumulation(gradient_accumulation_steps, nesterov, layout)
     options = (accumulator_dtype, stochastic_rounding, seed)
     block = buffer_transform(
-        MomentumState, coefficients, velocity, update, *options, weight_decay=weight_decay
+        MomentumState,
+        coefficients,
+        velocity,
+        update,
+        *options,
+        weight_decay=weight_decay,
+        accumulation_steps=steps,
     )
     return with_layout(block, layout)
 
@@ -253,6 +275,7 @@ def scale_by_momentum(
     stochastic_rounding: bool = False,
     seed: int | jax.Array = 0,
     layout: str = "per_leaf",
+    gradient_accumulation_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The learning-rate-free gradient buffer of PyTorch, TF1 and optax.
 
@@ -280,10 +303,19 @@ def scale_by_momentum(
         :func:`momentum`.
       seed: the rounding's seed, as in :func:`momentum`.
       layout: the state layout, as in :func:`momentum`.
+      gradient_accumulation_steps: ``K``, the number of calls whose mean
+        gradient makes one update (``None``, the default, or 1: none). With
+        ``K >= 2`` the first call of an update decays the buffer and adds its
+        share of :math:`g / K`, each later call adds its share of :math:`g / K`,
+        and the output is :math:`b_t` on the ``K``-th call and 0 on the others,
+        as in :func:`momentum`. A learning-rate stage chained after it counts
+        calls: give its schedule ``lambda count: schedule(count // K)``. It
+        refuses ``nesterov=True`` and ``layout="packed"``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a
-      :class:`momentum_jax.MomentumState`.
+      :class:`momentum_jax.MomentumState` (in an
+      :class:`momentum_jax.AccumulationState` with ``K >= 2``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -309,7 +341,9 @@ def scale_by_momentum(
             f"momentum_jax.scale_by_momentum: nesterov=True needs dampening=0, got {dampening!r}."
         )
     options = (accumulator_dtype, stochastic_rounding, seed, layout)
-    return gradient_buffer(momentum, nesterov, dampening, *options)
+    return gradient_buffer(
+        momentum, nesterov, dampening, *options, steps=gradient_accumulation_steps
+    )
 
 
 def gradient_buffer(
@@ -321,13 +355,16 @@ def gradient_buffer(
     seed: Any,
     layout: str,
     torch_zero_momentum: bool = False,
+    steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """:func:`scale_by_momentum`'s rule; with ``torch_zero_momentum``, PyTorch's at momentum 0.
 
     ``torch.optim.SGD`` leaves its buffer alone at a step whose momentum is 0
     (the output is then the gradient) and starts it, undamped, at the first
-    step whose momentum is not 0.
+    step whose momentum is not 0. Accumulating ``steps`` gradients, such a
+    step's output (their mean) is in no state: it is NaN.
     """
+    steps = accumulation(steps, nesterov, layout)
     # b_1 = g_1: the first step (with torch's rule, the first with momentum) is undamped.
     damped = not is_python_zero(dampening)
     started = torch_zero_momentum and damped
@@ -353,7 +390,7 @@ def gradient_buffer(
     def output(c: Any, g: jax.Array, b: jax.Array) -> jax.Array:
         _, mu, _, idle, _ = c
         out = mu * b + g if nesterov else b
-        return out if idle is None else jnp.where(idle, g, out)
+        return out if idle is None else jnp.where(idle, g if steps == 1 else jnp.nan, out)
 
     def extra(c: Any) -> tuple[Any, ...]:
         return (jnp.zeros([], bool) if c is None else c[4],)
@@ -361,6 +398,12 @@ def gradient_buffer(
     state_type = TorchMomentumState if started else MomentumState
     options = (accumulator_dtype, stochastic_rounding, seed)
     block = buffer_transform(
-        state_type, coefficients, buffer, output, *options, extra=extra if started else None
+        state_type,
+        coefficients,
+        buffer,
+        output,
+        *options,
+        extra=extra if started else None,
+        accumulation_steps=steps,
     )
     return with_layout(block, layout)

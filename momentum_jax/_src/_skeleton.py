@@ -5,15 +5,15 @@ state's count, the new buffer(s) of one array, and the output of one array.
 :func:`buffer_transform` adds what every transform shares: zero buffers
 placed like the params, the checks of ``update``, arithmetic in the wider of
 the gradient's and the buffers' dtypes, stochastic rounding of 16-bit buffers
-(one explicit step, when asked), casts back to the stored dtypes, and the
-saturating count.
+(one explicit step, when asked), casts back to the stored dtypes, the
+saturating count and, when asked, gradient accumulation (:class:`AccumulationState`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,48 @@ import optax
 
 from momentum_jax._src import _rounding, _tree
 from momentum_jax._src._validation import caller, is_python_zero, is_traced, named, needs_params
+
+
+class AccumulationState(NamedTuple):
+    r"""State of a transform built with ``gradient_accumulation_steps=K``, ``K >= 2``.
+
+    The buffers are linear in the gradient, :math:`b' = A b + B g`, so the mean
+    of ``K`` gradients is added into them one at a time: on the first call of
+    an update :math:`b \leftarrow A b + B g/K`, on the others
+    :math:`b \leftarrow b + B g/K`. No param-sized accumulator is kept.
+
+    Attributes:
+      micro_step: how many gradients of the current update were added so far,
+        in ``[0, K)``. ``shape=(), dtype=int32``.
+      inner: the transform's own state (:class:`momentum_jax.MomentumState`,
+        :class:`momentum_jax.AggMoState` or
+        :class:`momentum_jax.compat.TorchMomentumState`), whose ``count``
+        counts completed updates.
+    """
+
+    micro_step: jax.Array  # shape=(), dtype=int32
+    inner: Any
+
+
+def accumulation(steps: int | None, nesterov: bool = False, layout: str = "per_leaf") -> int:
+    """``gradient_accumulation_steps`` as a number of calls per update (1 for ``None``).
+
+    Refuses what one buffer cannot accumulate exactly: a Nesterov output adds
+    the mean gradient itself, which no state keeps.
+    """
+    k = steps or 1
+    if k > 1 and nesterov:
+        raise ValueError(
+            f"{caller()}: the Nesterov step needs the mean gradient, which "
+            f"gradient_accumulation_steps={k} does not keep; use optax.MultiSteps(transform, "
+            f"every_k_schedule={k}) around the transform built without it."
+        )
+    if k > 1 and layout == "packed":
+        raise ValueError(
+            f"{caller()}: gradient_accumulation_steps={k} needs layout='per_leaf', got "
+            "layout='packed'."
+        )
+    return k
 
 
 def _is_number(value: Any) -> bool:
@@ -62,6 +104,7 @@ def buffer_transform(
     num_buffers: int | None = None,
     weight_decay: Any = 0.0,
     extra: Callable[[Any], tuple[Any, ...]] | None = None,
+    accumulation_steps: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     """An optax transform from an update rule.
 
@@ -77,6 +120,7 @@ def buffer_transform(
     dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
     decay = not is_python_zero(weight_decay)
     rounding = stochastic_rounding
+    steps = accumulation_steps
 
     def init_fn(params: Any) -> Any:
         zeros = [
@@ -88,9 +132,14 @@ def buffer_transform(
             )
         fields = () if extra is None else extra(None)
         trees = zeros[0] if num_buffers is None else tuple(zeros)
-        return state_type(jnp.zeros([], jnp.int32), trees, *fields)
+        state = state_type(jnp.zeros([], jnp.int32), trees, *fields)
+        return state if steps == 1 else AccumulationState(jnp.zeros([], jnp.int32), state)
 
     def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
+        if steps > 1:
+            _tree.check_state(state, AccumulationState, updates)
+            micro, state = state.micro_step, state.inner
+            first, last = micro == 0, micro == steps - 1
         _tree.check_state(state, state_type, updates)
         trees = (state[1],) if num_buffers is None else tuple(state[1])
         if len(trees) != (num_buffers or 1):
@@ -115,15 +164,23 @@ def buffer_transform(
                 b.astype(jnp.float32) if rounding and _rounding.narrow(b.dtype) else b for b in bs
             ]
             wide = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in wide_bs)))
+            kept = ()
+            if steps > 1:  # b' = A b + B g/K on the first call of an update, b + B g/K after
+                kept = tuple(jnp.where(first, 0, b) for b in wide_bs)
+                wide, wide_bs = wide / steps, [jnp.where(first, b, 0) for b in wide_bs]
             values = buffers(c, wide, *wide_bs)
             values = values if num_buffers else (values,)
+            values = tuple(v + b for v, b in zip(values, kept, strict=True)) if kept else values
             if rounding:  # the output comes after the rounding
                 return wide, values, None
             values = tuple(v.astype(b.dtype) for v, b in zip(values, bs, strict=True))
-            return wide, values, output(c, wide, *values).astype(g.dtype)
+            return wide, values, emit(output(c, wide, *values).astype(g.dtype))
 
         def finish(g: Any, wide: Any, *values: Any) -> Any:
-            return output(c, wide, *values).astype(g.dtype)
+            return emit(output(c, wide, *values).astype(g.dtype))
+
+        def emit(out: Any) -> Any:  # zero before the last call of an update
+            return out if steps == 1 else jnp.where(last, out, 0)
 
         if any(map(is_traced, grads)):
             # Traced once per shape and dtype, not once per array: tracing each jax.numpy
@@ -142,7 +199,9 @@ def buffer_transform(
         )
         outs = [None if r is None else r[2] for r in results]
         if rounding:
-            new_trees = _rounding.round_tree(new_trees, trees, seed, _rounding.BUFFERS, state[0])
+            # Each call of an update draws its own bits: count * K + micro step.
+            at = state[0] if steps == 1 else state[0].astype("uint32") * steps + micro.astype("uint32")
+            new_trees = _rounding.round_tree(new_trees, trees, seed, _rounding.BUFFERS, at)
             new = [jax.tree.leaves(t, is_leaf=_tree.is_none) for t in new_trees]
             outs = [
                 None if r is None else finish(_tree.as_array(g), r[0], *(n[i] for n in new))
@@ -152,13 +211,22 @@ def buffer_transform(
         new_trees = stored[0] if num_buffers is None else stored
         fields = () if extra is None else extra(c)
         count = _tree.safe_increment(state[0])
-        return jax.tree.unflatten(treedef, outs), state_type(count, new_trees, *fields)
+        if steps > 1:
+            count = jnp.where(last, count, state[0])
+            fields = tuple(jnp.where(last, f, old) for f, old in zip(fields, state[2:], strict=True))
+        new_state = state_type(count, new_trees, *fields)
+        if steps > 1:
+            new_state = AccumulationState(jnp.where(last, 0, micro + 1), new_state)
+        return jax.tree.unflatten(treedef, outs), new_state
 
     return optax.GradientTransformationExtraArgs(named(init_fn), named(update_fn))
 
 
-def scale_by_learning_rate(learning_rate: Any) -> optax.GradientTransformation:
-    """``optax.scale_by_learning_rate``, with an out-of-range array or schedule value made NaN."""
+def scale_by_learning_rate(learning_rate: Any, steps: int = 1) -> optax.GradientTransformation:
+    """``optax.scale_by_learning_rate``, with an out-of-range array or schedule value made NaN.
+
+    Its count counts calls: with ``steps`` calls per update, a schedule sees ``count // steps``.
+    """
     if callable(learning_rate):
-        return optax.scale_by_learning_rate(lambda count: hyper(learning_rate, count))
+        return optax.scale_by_learning_rate(lambda count: hyper(learning_rate, count // steps))
     return optax.scale_by_learning_rate(hyper(learning_rate, None))

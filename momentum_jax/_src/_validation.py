@@ -157,6 +157,19 @@ def _integer(low: int, high: int = INT32_MAX) -> Any:
     return check
 
 
+def _steps(arg: str, value: Any) -> None:
+    """``None`` or a Python integer in ``[1, INT32_MAX]``: the state's structure depends on it."""
+    if isinstance(value, np.ndarray | jax.Array):
+        _fail(
+            TypeError,
+            arg,
+            f"must be an integer in [1, {INT32_MAX}] or None, got {value!r}; under "
+            f"optax.inject_hyperparams pass static_args=({arg!r},).",
+        )
+    if value is not None:
+        _integer(1)(arg, value)
+
+
 def _momenta(arg: str, value: Any) -> None:
     array = isinstance(value, np.ndarray | jax.Array)
     if not (isinstance(value, list | tuple) or (array and value.ndim == 1)):
@@ -185,6 +198,7 @@ CHECKS: dict[str, Callable[[str, Any], None]] = {
     "seed": _integer(0),
     "layout": _kind(lambda v: v in LAYOUTS, "'per_leaf' or 'packed'", ValueError),
     **dict.fromkeys(("steps_per_stage", "total_steps"), _integer(1)),
+    "gradient_accumulation_steps": _steps,
 }
 _SYNONYMS = {"learning_rate": "lr", "lr": "learning_rate", "use_nesterov": "nesterov"}
 

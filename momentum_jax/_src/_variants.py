@@ -15,7 +15,12 @@ import jax
 import optax
 
 from momentum_jax._src._layout import with_layout
-from momentum_jax._src._skeleton import buffer_transform, hyper, scale_by_learning_rate
+from momentum_jax._src._skeleton import (
+    accumulation,
+    buffer_transform,
+    hyper,
+    scale_by_learning_rate,
+)
 from momentum_jax._src._validation import public, state_options
 
 
@@ -206,6 +211,7 @@ def scale_by_aggmo(
     stochastic_rounding: bool = False,
     seed: int | jax.Array = 0,
     layout: str = "per_leaf",
+    gradient_accumulation_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The learning-rate-free block of aggregated momentum: the mean of ``K`` buffers.
 
@@ -226,9 +232,17 @@ def scale_by_aggmo(
         :func:`momentum_jax.momentum`.
       seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
       layout: the state layout, as in :func:`momentum_jax.momentum`.
+      gradient_accumulation_steps: the number of calls whose mean gradient
+        makes one update (``None``, the default, or 1: none). With ``N >= 2``
+        the first call of an update decays each buffer and adds :math:`g / N`,
+        each later call adds :math:`g / N`, and the output is
+        :math:`o_t` on the ``N``-th call and 0 on the others, as in
+        :func:`momentum_jax.momentum`. A learning-rate stage chained after it
+        counts calls: give its schedule ``lambda count: schedule(count // N)``.
 
     Returns:
-      The block; its state is an :class:`momentum_jax.AggMoState`.
+      The block; its state is an :class:`momentum_jax.AggMoState` (in an
+      :class:`momentum_jax.AccumulationState` with ``N >= 2``).
 
     Example:
       >>> import momentum_jax
@@ -255,7 +269,16 @@ def scale_by_aggmo(
         return functools.reduce(operator.add, [b.astype(g.dtype) for b in bs]) / count
 
     options = (accumulator_dtype, stochastic_rounding, seed)
-    block = buffer_transform(AggMoState, coefficients, buffers, output, *options, num_buffers=count)
+    steps = accumulation(gradient_accumulation_steps, layout=layout)
+    block = buffer_transform(
+        AggMoState,
+        coefficients,
+        buffers,
+        output,
+        *options,
+        num_buffers=count,
+        accumulation_steps=steps,
+    )
     return with_layout(block, layout)
 
 
@@ -268,6 +291,7 @@ def aggmo(
     stochastic_rounding: bool = False,
     seed: int | jax.Array = 0,
     layout: str = "per_leaf",
+    gradient_accumulation_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Aggregated momentum: the mean of several heavy-ball buffers with different momenta.
 
@@ -301,11 +325,19 @@ def aggmo(
         :func:`momentum_jax.momentum`.
       seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
       layout: the state layout, as in :func:`momentum_jax.momentum`.
+      gradient_accumulation_steps: the number of calls whose mean gradient
+        makes one update (``None``, the default, or 1: none). With ``N >= 2``
+        each buffer takes the mean of ``N`` gradients as in
+        :func:`scale_by_aggmo`, the update is 0 on ``N - 1`` calls out of
+        ``N``, and a learning-rate schedule sees completed updates:
+        ``optax.MultiSteps(aggmo(...), N)``'s trajectory without its
+        param-sized accumulator.
 
     Returns:
       ``optax.chain(scale_by_aggmo(momenta), optax.scale_by_learning_rate(learning_rate))``:
       its state is a tuple whose first element is a :class:`momentum_jax.AggMoState`
-      holding ``K`` param-shaped buffers.
+      holding ``K`` param-shaped buffers (in an :class:`momentum_jax.AccumulationState`
+      with ``N >= 2``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -325,7 +357,8 @@ def aggmo(
       Lucas, Sun, Zemel and Grosse, `Aggregated momentum: stability through
       passive damping <https://arxiv.org/abs/1804.00325>`_, ICLR 2019.
     """
+    steps = gradient_accumulation_steps
     return optax.chain(
-        scale_by_aggmo(momenta, **state_options(locals())),
-        scale_by_learning_rate(learning_rate),
+        scale_by_aggmo(momenta, **state_options(locals()), gradient_accumulation_steps=steps),
+        scale_by_learning_rate(learning_rate, steps or 1),
     )
