@@ -11,7 +11,7 @@ import jax
 import optax
 
 from momentum_jax._src import _core, _tree
-from momentum_jax._src._skeleton import hyper, scale_by_learning_rate
+from momentum_jax._src._skeleton import accumulation, hyper, scale_by_learning_rate
 from momentum_jax._src._validation import (
     caller,
     concrete,
@@ -159,7 +159,7 @@ def torch_sgd(
     if nesterov and ((mu is not None and mu <= 0) or tau not in (None, 0.0)):
         raise ValueError(f"{caller()}: nesterov=True needs momentum > 0 and dampening=0.")
     options = (accumulator_dtype, stochastic_rounding, seed, layout)
-    steps = gradient_accumulation_steps or 1
+    steps = accumulation(gradient_accumulation_steps, nesterov, layout)
     parts: list[Any] = [optax.scale(-1.0)] if maximize else []
     if not is_python_zero(weight_decay):
         parts.append(_weight_decay(weight_decay))
@@ -167,9 +167,7 @@ def torch_sgd(
         # Accumulating, a Python momentum 0 keeps a buffer, b = g (PyTorch's dampening is moot).
         damped = 0.0 if is_python_zero(momentum) else dampening
         torch_zero = type(momentum) not in (int, float)
-        parts.append(
-            _core.gradient_buffer(momentum, nesterov, damped, *options, torch_zero, steps)
-        )
+        parts.append(_core.gradient_buffer(momentum, nesterov, damped, *options, torch_zero, steps))
     scale = scale_by_learning_rate(lr, steps)
     parts.append(scale if len(parts) > int(maximize) else _checked(scale))
     return optax.chain(*parts)
@@ -250,7 +248,7 @@ def keras_sgd(
     References:
       `keras.optimizers.SGD <https://keras.io/api/optimizers/sgd/>`_.
     """
-    steps = gradient_accumulation_steps or 1
+    steps = accumulation(gradient_accumulation_steps, nesterov, layout)
     if steps > 1 and callable(learning_rate):
         learning_rate = _at_last_call(learning_rate, steps)
     if is_python_zero(momentum) and steps == 1:
@@ -261,7 +259,11 @@ def keras_sgd(
         options = state_options(locals())
         parts = [
             _core.momentum(
-                learning_rate, momentum, nesterov=nesterov, **options, gradient_accumulation_steps=steps
+                learning_rate,
+                momentum,
+                nesterov=nesterov,
+                **options,
+                gradient_accumulation_steps=steps,
             )
         ]
     if not (weight_decay is None or is_python_zero(weight_decay)):
@@ -341,8 +343,8 @@ def tf1_momentum(
       <https://www.tensorflow.org/api_docs/python/tf/compat/v1/train/MomentumOptimizer>`_.
     """
     options = (accumulator_dtype, stochastic_rounding, seed, layout)
-    steps = gradient_accumulation_steps
+    steps = accumulation(gradient_accumulation_steps, use_nesterov, layout)
     return optax.chain(
         _core.gradient_buffer(momentum, use_nesterov, 0.0, *options, steps=steps),
-        scale_by_learning_rate(learning_rate, steps or 1),
+        scale_by_learning_rate(learning_rate, steps),
     )

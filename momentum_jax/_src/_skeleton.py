@@ -51,7 +51,7 @@ def accumulation(steps: int | None, nesterov: bool = False, layout: str = "per_l
     Refuses what one buffer cannot accumulate exactly: a Nesterov output adds
     the mean gradient itself, which no state keeps.
     """
-    k = steps or 1
+    k = int(steps or 1)
     if k > 1 and nesterov:
         raise ValueError(
             f"{caller()}: the Nesterov step needs the mean gradient, which "
@@ -164,13 +164,13 @@ def buffer_transform(
                 b.astype(jnp.float32) if rounding and _rounding.narrow(b.dtype) else b for b in bs
             ]
             wide = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in wide_bs)))
-            kept = ()
-            if steps > 1:  # b' = A b + B g/K on the first call of an update, b + B g/K after
-                kept = tuple(jnp.where(first, 0, b) for b in wide_bs)
+            if steps > 1:  # b' = A b + B g/K on an update's first call, b + B g/K on the others
+                kept = [jnp.where(first, 0, b) for b in wide_bs]
                 wide, wide_bs = wide / steps, [jnp.where(first, b, 0) for b in wide_bs]
             values = buffers(c, wide, *wide_bs)
             values = values if num_buffers else (values,)
-            values = tuple(v + b for v, b in zip(values, kept, strict=True)) if kept else values
+            if steps > 1:
+                values = tuple(v + b for v, b in zip(values, kept, strict=True))
             if rounding:  # the output comes after the rounding
                 return wide, values, None
             values = tuple(v.astype(b.dtype) for v, b in zip(values, bs, strict=True))
@@ -199,8 +199,9 @@ def buffer_transform(
         )
         outs = [None if r is None else r[2] for r in results]
         if rounding:
-            # Each call of an update draws its own bits: count * K + micro step.
-            at = state[0] if steps == 1 else state[0].astype("uint32") * steps + micro.astype("uint32")
+            at = state[0]
+            if steps > 1:  # each call draws its own bits: count * K + micro step
+                at = at.astype(jnp.uint32) * steps + micro.astype(jnp.uint32)
             new_trees = _rounding.round_tree(new_trees, trees, seed, _rounding.BUFFERS, at)
             new = [jax.tree.leaves(t, is_leaf=_tree.is_none) for t in new_trees]
             outs = [
@@ -211,9 +212,9 @@ def buffer_transform(
         new_trees = stored[0] if num_buffers is None else stored
         fields = () if extra is None else extra(c)
         count = _tree.safe_increment(state[0])
-        if steps > 1:
+        if steps > 1:  # an update is complete on its last call only
             count = jnp.where(last, count, state[0])
-            fields = tuple(jnp.where(last, f, old) for f, old in zip(fields, state[2:], strict=True))
+            fields = tuple(jnp.where(last, f, o) for f, o in zip(fields, state[2:], strict=True))
         new_state = state_type(count, new_trees, *fields)
         if steps > 1:
             new_state = AccumulationState(jnp.where(last, 0, micro + 1), new_state)

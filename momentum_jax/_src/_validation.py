@@ -158,13 +158,13 @@ def _integer(low: int, high: int = INT32_MAX) -> Any:
 
 
 def _steps(arg: str, value: Any) -> None:
-    """``None`` or a Python integer in ``[1, INT32_MAX]``: the state's structure depends on it."""
-    if isinstance(value, np.ndarray | jax.Array):
+    """``None`` or an integer in ``[1, INT32_MAX]``, never an array: the state's structure
+    depends on it."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer)):
+        array = isinstance(value, np.ndarray | jax.Array)
+        fix = f"; under optax.inject_hyperparams pass static_args=({arg!r},)" * array
         _fail(
-            TypeError,
-            arg,
-            f"must be an integer in [1, {INT32_MAX}] or None, got {value!r}; under "
-            f"optax.inject_hyperparams pass static_args=({arg!r},).",
+            TypeError, arg, f"must be an integer in [1, {INT32_MAX}] or None, got {value!r}{fix}."
         )
     if value is not None:
         _integer(1)(arg, value)

@@ -357,8 +357,8 @@ def aggmo(
       Lucas, Sun, Zemel and Grosse, `Aggregated momentum: stability through
       passive damping <https://arxiv.org/abs/1804.00325>`_, ICLR 2019.
     """
-    steps = gradient_accumulation_steps
+    steps = accumulation(gradient_accumulation_steps, layout=layout)
     return optax.chain(
         scale_by_aggmo(momenta, **state_options(locals()), gradient_accumulation_steps=steps),
-        scale_by_learning_rate(learning_rate, steps or 1),
+        scale_by_learning_rate(learning_rate, steps),
     )
