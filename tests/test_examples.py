@@ -29,6 +29,7 @@ if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))
 
 import _common  # noqa: E402
+import accumulation  # noqa: E402
 import convergence_rates  # noqa: E402
 import landscapes  # noqa: E402
 import low_precision  # noqa: E402
@@ -312,8 +313,41 @@ def test_low_precision(tmp_path: Path) -> None:
             assert said == low_precision.verdict(final[i, column(name)], final[i, 0])
 
 
+def test_accumulation(tmp_path: Path) -> None:
+    result = accumulation.main(["--quick", "--out", str(tmp_path)])
+    names = list(accumulation.optimizers())
+    loss, final = result["loss"], result["final"]  # (optimizer, seed, evaluation)
+    assert loss.shape == (4, accumulation.QUICK["seeds"], accumulation.QUICK["steps"] // 40 + 1)
+    assert np.isfinite(loss).all()
+    assert (final < 0.1 * loss[..., 0]).all()  # every run trained
+    rows = read_csv(tmp_path / "accumulation.csv")
+    assert list(rows[0]) == accumulation.CSV_HEADER
+    assert [r["optimizer"] for r in rows] == names
+    assert_png(tmp_path / "accumulation_loss.png")
+    # The same runs as MultiSteps, up to float32 rounding (and the bits of stochastic rounding).
+    ours, theirs = (final[names.index(f"{who} float32")] for who in ("ours", "MultiSteps"))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4)
+    ours, theirs = (final[names.index(f"{who} bf16 SR")] for who in ("ours", "MultiSteps"))
+    np.testing.assert_allclose(ours, theirs, rtol=0.05)
+    # Bytes per param measured from the states: no accumulator, 4 bytes less than MultiSteps.
+    expected = {
+        "MultiSteps float32": (4, 4, 4),
+        "ours float32": (4, 4, 0),
+        "MultiSteps bf16 SR": (4, 2, 4),
+        "ours bf16 SR": (4, 2, 0),
+    }
+    for name, sizes in expected.items():
+        assert result["memory"][name] == pytest.approx(sizes, abs=0.01), name
+    # Each printed verdict follows from the numbers.
+    reference = final[names.index(accumulation.REFERENCE)]
+    for name, said in result["verdicts"].items():
+        if name != accumulation.REFERENCE:
+            assert said == accumulation.verdict(final[names.index(name)], reference)
+            assert said == "same within the seed spread"
+
+
 @pytest.mark.parametrize(
-    "name", ["momentum_sweep", "landscapes", "convergence_rates", "low_precision"]
+    "name", ["momentum_sweep", "landscapes", "convergence_rates", "low_precision", "accumulation"]
 )
 def test_help_runs_as_a_script(name: str) -> None:
     result = subprocess.run(
@@ -333,6 +367,7 @@ def test_help_runs_as_a_script(name: str) -> None:
         "landscapes",
         "convergence_rates",
         "low_precision",
+        "accumulation",
         "variants",
         "quickstart",
         "flax_nnx",
