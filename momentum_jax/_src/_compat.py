@@ -167,7 +167,7 @@ def torch_sgd(
         # Accumulating, a Python momentum 0 keeps a buffer, b = g (PyTorch's dampening is moot).
         damped = 0.0 if is_python_zero(momentum) else dampening
         torch_zero = type(momentum) not in (int, float)
-        parts.append(_core.gradient_buffer(momentum, nesterov, damped, *options, torch_zero, steps))
+        parts.append(_core.gradient_buffer(momentum, nesterov, damped, *options, steps, torch_zero))
     scale = scale_by_learning_rate(lr, steps)
     parts.append(scale if len(parts) > int(maximize) else _checked(scale))
     return optax.chain(*parts)
@@ -256,15 +256,8 @@ def keras_sgd(
         # as inject_hyperparams passes, keeps the velocity: same numbers.)
         parts = [_checked(scale_by_learning_rate(learning_rate))]
     else:
-        options = state_options(locals())
         parts = [
-            _core.momentum(
-                learning_rate,
-                momentum,
-                nesterov=nesterov,
-                **options,
-                gradient_accumulation_steps=steps,
-            )
+            _core.momentum(learning_rate, momentum, nesterov=nesterov, **state_options(locals()))
         ]
     if not (weight_decay is None or is_python_zero(weight_decay)):
         parts.append(_weight_decay(weight_decay, learning_rate, steps))
@@ -342,9 +335,8 @@ def tf1_momentum(
       `tf.compat.v1.train.MomentumOptimizer
       <https://www.tensorflow.org/api_docs/python/tf/compat/v1/train/MomentumOptimizer>`_.
     """
-    options = (accumulator_dtype, stochastic_rounding, seed, layout)
-    steps = accumulation(gradient_accumulation_steps, use_nesterov, layout)
+    options = (accumulator_dtype, stochastic_rounding, seed, layout, gradient_accumulation_steps)
     return optax.chain(
-        _core.gradient_buffer(momentum, use_nesterov, 0.0, *options, steps=steps),
-        scale_by_learning_rate(learning_rate, steps),
+        _core.gradient_buffer(momentum, use_nesterov, 0.0, *options),
+        scale_by_learning_rate(learning_rate, gradient_accumulation_steps),
     )

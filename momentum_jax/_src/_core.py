@@ -188,15 +188,9 @@ def momentum(
         return -mu_next * v - lr * g if nesterov else -1 * v
 
     steps = accumulation(gradient_accumulation_steps, nesterov, layout)
-    options = (accumulator_dtype, stochastic_rounding, seed)
+    options = (accumulator_dtype, stochastic_rounding, seed, steps)
     block = buffer_transform(
-        MomentumState,
-        coefficients,
-        velocity,
-        update,
-        *options,
-        weight_decay=weight_decay,
-        accumulation_steps=steps,
+        MomentumState, coefficients, velocity, update, *options, weight_decay=weight_decay
     )
     return with_layout(block, layout)
 
@@ -340,10 +334,8 @@ def scale_by_momentum(
         raise ValueError(
             f"momentum_jax.scale_by_momentum: nesterov=True needs dampening=0, got {dampening!r}."
         )
-    options = (accumulator_dtype, stochastic_rounding, seed, layout)
-    return gradient_buffer(
-        momentum, nesterov, dampening, *options, steps=gradient_accumulation_steps
-    )
+    options = (accumulator_dtype, stochastic_rounding, seed, layout, gradient_accumulation_steps)
+    return gradient_buffer(momentum, nesterov, dampening, *options)
 
 
 def gradient_buffer(
@@ -354,8 +346,8 @@ def gradient_buffer(
     stochastic_rounding: bool,
     seed: Any,
     layout: str,
-    torch_zero_momentum: bool = False,
     steps: int | None = None,
+    torch_zero_momentum: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """:func:`scale_by_momentum`'s rule; with ``torch_zero_momentum``, PyTorch's at momentum 0.
 
@@ -396,14 +388,8 @@ def gradient_buffer(
         return (jnp.zeros([], bool) if c is None else c[4],)
 
     state_type = TorchMomentumState if started else MomentumState
-    options = (accumulator_dtype, stochastic_rounding, seed)
+    options = (accumulator_dtype, stochastic_rounding, seed, steps)
     block = buffer_transform(
-        state_type,
-        coefficients,
-        buffer,
-        output,
-        *options,
-        extra=extra if started else None,
-        accumulation_steps=steps,
+        state_type, coefficients, buffer, output, *options, extra=extra if started else None
     )
     return with_layout(block, layout)

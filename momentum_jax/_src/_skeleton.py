@@ -100,11 +100,11 @@ def buffer_transform(
     accumulator_dtype: Any,
     stochastic_rounding: bool,
     seed: Any,
+    accumulation_steps: int = 1,
     *,
     num_buffers: int | None = None,
     weight_decay: Any = 0.0,
     extra: Callable[[Any], tuple[Any, ...]] | None = None,
-    accumulation_steps: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     """An optax transform from an update rule.
 
@@ -223,11 +223,12 @@ def buffer_transform(
     return optax.GradientTransformationExtraArgs(named(init_fn), named(update_fn))
 
 
-def scale_by_learning_rate(learning_rate: Any, steps: int = 1) -> optax.GradientTransformation:
+def scale_by_learning_rate(learning_rate: Any, steps: Any = None) -> optax.GradientTransformation:
     """``optax.scale_by_learning_rate``, with an out-of-range array or schedule value made NaN.
 
     Its count counts calls: with ``steps`` calls per update, a schedule sees ``count // steps``.
     """
+    steps = int(steps or 1)
     if callable(learning_rate):
         return optax.scale_by_learning_rate(lambda count: hyper(learning_rate, count // steps))
     return optax.scale_by_learning_rate(hyper(learning_rate, None))

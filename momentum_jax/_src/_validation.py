@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 INT32_MAX = 2**31 - 1
+ACCUMULATION = "gradient_accumulation_steps"
 LAYOUTS = ("per_leaf", "packed")
 _CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("caller", default=None)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,7 +74,8 @@ def concrete(value: Any) -> float | None:
 
 def state_options(arguments: dict[str, Any]) -> dict[str, Any]:
     """The state options of a public factory's ``arguments`` (its ``locals()``), to pass on."""
-    return {k: arguments[k] for k in ("accumulator_dtype", "stochastic_rounding", "seed", "layout")}
+    keys = ("accumulator_dtype", "stochastic_rounding", "seed", "layout", ACCUMULATION)
+    return {k: arguments[k] for k in keys if k in arguments}
 
 
 def needs_params() -> ValueError:
@@ -198,7 +200,7 @@ CHECKS: dict[str, Callable[[str, Any], None]] = {
     "seed": _integer(0),
     "layout": _kind(lambda v: v in LAYOUTS, "'per_leaf' or 'packed'", ValueError),
     **dict.fromkeys(("steps_per_stage", "total_steps"), _integer(1)),
-    "gradient_accumulation_steps": _steps,
+    ACCUMULATION: _steps,
 }
 _SYNONYMS = {"learning_rate": "lr", "lr": "learning_rate", "use_nesterov": "nesterov"}
 

@@ -268,17 +268,9 @@ def scale_by_aggmo(
     def output(betas: Any, g: jax.Array, *bs: jax.Array) -> jax.Array:
         return functools.reduce(operator.add, [b.astype(g.dtype) for b in bs]) / count
 
-    options = (accumulator_dtype, stochastic_rounding, seed)
     steps = accumulation(gradient_accumulation_steps, layout=layout)
-    block = buffer_transform(
-        AggMoState,
-        coefficients,
-        buffers,
-        output,
-        *options,
-        num_buffers=count,
-        accumulation_steps=steps,
-    )
+    options = (accumulator_dtype, stochastic_rounding, seed, steps)
+    block = buffer_transform(AggMoState, coefficients, buffers, output, *options, num_buffers=count)
     return with_layout(block, layout)
 
 
@@ -357,8 +349,7 @@ def aggmo(
       Lucas, Sun, Zemel and Grosse, `Aggregated momentum: stability through
       passive damping <https://arxiv.org/abs/1804.00325>`_, ICLR 2019.
     """
-    steps = accumulation(gradient_accumulation_steps, layout=layout)
     return optax.chain(
-        scale_by_aggmo(momenta, **state_options(locals()), gradient_accumulation_steps=steps),
-        scale_by_learning_rate(learning_rate, steps),
+        scale_by_aggmo(momenta, **state_options(locals())),
+        scale_by_learning_rate(learning_rate, gradient_accumulation_steps),
     )
