@@ -299,10 +299,10 @@ def scale_by_momentum(
       layout: the state layout, as in :func:`momentum`.
       gradient_accumulation_steps: ``K``, the number of calls whose mean
         gradient makes one update (``None``, the default, or 1: none). With
-        ``K >= 2`` the first call of an update decays the buffer and adds its
-        share of :math:`g / K`, each later call adds its share of :math:`g / K`,
-        and the output is :math:`b_t` on the ``K``-th call and 0 on the others,
-        as in :func:`momentum`. A learning-rate stage chained after it counts
+        ``K >= 2`` the first call of an update gives :math:`\mu_t b + (1 - \tau)
+        g / K`, each later call adds :math:`(1 - \tau) g / K` (the first update
+        undamped), and the output is :math:`b_t` on the ``K``-th call and 0 on
+        the others, as in :func:`momentum`. A learning-rate stage chained after it counts
         calls: give its schedule ``lambda count: schedule(count // K)``. It
         refuses ``nesterov=True`` and ``layout="packed"``.
 
