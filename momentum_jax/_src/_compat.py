@@ -10,17 +10,9 @@ from typing import Any
 import jax
 import optax
 
-from momentum_jax._src import _core, _tree
+from momentum_jax._src import _checks, _core
+from momentum_jax._src._checks import public
 from momentum_jax._src._skeleton import hyper, scale_by_learning_rate
-from momentum_jax._src._validation import (
-    caller,
-    concrete,
-    is_python_zero,
-    named,
-    needs_params,
-    public,
-    state_options,
-)
 
 
 def _checked(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
@@ -28,11 +20,13 @@ def _checked(inner: optax.GradientTransformation) -> optax.GradientTransformatio
 
     def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
         if params is not None:
-            trainable = jax.tree.map(lambda p: p if _tree.trains(p) else None, params)
-            _tree.check_tree(updates, trainable)
+            trainable = jax.tree.map(lambda p: p if _checks.trains(p) else None, params)
+            _checks.check_tree(updates, trainable)
         return inner.update(updates, state, params)
 
-    return optax.GradientTransformationExtraArgs(named(inner.init), named(update_fn))
+    return optax.GradientTransformationExtraArgs(
+        _checks.named(inner.init), _checks.named(update_fn)
+    )
 
 
 def _weight_decay(weight_decay: Any, learning_rate: Any = None) -> Any:
@@ -48,13 +42,13 @@ def _weight_decay(weight_decay: Any, learning_rate: Any = None) -> Any:
 
     def update(updates: Any, state: Any, params: Any = None) -> Any:
         if params is None:
-            raise needs_params()
+            raise _checks.needs_params()
         scale = hyper(weight_decay, None)
         if learning_rate is not None:
             scale = -hyper(learning_rate, state.count) * scale
-            state = optax.ScaleByScheduleState(_tree.safe_increment(state.count))
+            state = optax.ScaleByScheduleState(_checks.safe_increment(state.count))
         step = lambda u, p: None if u is None else (u + scale * p).astype(u.dtype)  # noqa: E731
-        return jax.tree.map(step, updates, params, is_leaf=_tree.is_none), state
+        return jax.tree.map(step, updates, params, is_leaf=_checks.is_none), state
 
     zero = jax.numpy.zeros([], "int32")
     return _checked(optax.GradientTransformation(init, update))
@@ -136,14 +130,14 @@ def torch_sgd(
     References:
       `torch.optim.SGD <https://pytorch.org/docs/stable/generated/torch.optim.SGD.html>`_.
     """
-    mu, tau = concrete(momentum), concrete(dampening)
+    mu, tau = _checks.concrete(momentum), _checks.concrete(dampening)
     if nesterov and ((mu is not None and mu <= 0) or tau not in (None, 0.0)):
-        raise ValueError(f"{caller()}: nesterov=True needs momentum > 0 and dampening=0.")
+        raise ValueError(f"{_checks.caller()}: nesterov=True needs momentum > 0 and dampening=0.")
     options = (accumulator_dtype, stochastic_rounding, seed, layout)
     parts: list[Any] = [optax.scale(-1.0)] if maximize else []
-    if not is_python_zero(weight_decay):
+    if not _checks.is_python_zero(weight_decay):
         parts.append(_weight_decay(weight_decay))
-    if not is_python_zero(momentum):
+    if not _checks.is_python_zero(momentum):
         parts.append(
             _core.gradient_buffer(
                 momentum, nesterov, dampening, *options, type(momentum) not in (int, float)
@@ -218,15 +212,17 @@ def keras_sgd(
     References:
       `keras.optimizers.SGD <https://keras.io/api/optimizers/sgd/>`_.
     """
-    if is_python_zero(momentum):
+    if _checks.is_python_zero(momentum):
         # Keras keeps no momentum variable then; neither do we. (An array zero,
         # as inject_hyperparams passes, keeps the velocity: same numbers.)
         parts = [_checked(scale_by_learning_rate(learning_rate))]
     else:
         parts = [
-            _core.momentum(learning_rate, momentum, nesterov=nesterov, **state_options(locals()))
+            _core.momentum(
+                learning_rate, momentum, nesterov=nesterov, **_checks.state_options(locals())
+            )
         ]
-    if not (weight_decay is None or is_python_zero(weight_decay)):
+    if not (weight_decay is None or _checks.is_python_zero(weight_decay)):
         parts.append(_weight_decay(weight_decay, learning_rate))
     return optax.chain(*parts)
 

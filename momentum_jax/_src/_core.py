@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax._src import _tree
+from momentum_jax._src import _checks
+from momentum_jax._src._checks import public
 from momentum_jax._src._layout import with_layout
 from momentum_jax._src._skeleton import buffer_transform, hyper
-from momentum_jax._src._validation import concrete, is_python_zero, public, state_options
 
 
 class MomentumState(NamedTuple):
@@ -158,7 +158,7 @@ def momentum(
         mu = hyper(momentum, state.count, 1.0)
         # Nesterov looks one step ahead: mu_{t+1} is the schedule at the next count.
         ahead = (
-            hyper(momentum, _tree.safe_increment(state.count), 1.0) if callable(momentum) else mu
+            hyper(momentum, _checks.safe_increment(state.count), 1.0) if callable(momentum) else mu
         )
         return hyper(learning_rate, state.count), mu, ahead
 
@@ -239,7 +239,7 @@ def nesterov(
       and momentum in deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_,
       ICML 2013.
     """
-    options = state_options(locals())
+    options = _checks.state_options(locals())
     return _momentum(learning_rate, momentum, nesterov=True, weight_decay=weight_decay, **options)
 
 
@@ -304,7 +304,7 @@ def scale_by_momentum(
       learning library <https://arxiv.org/abs/1912.01703>`_, 2019
       (``torch.optim.SGD``).
     """
-    if nesterov and concrete(dampening) not in (None, 0.0):
+    if nesterov and _checks.concrete(dampening) not in (None, 0.0):
         raise ValueError(
             f"momentum_jax.scale_by_momentum: nesterov=True needs dampening=0, got {dampening!r}."
         )
@@ -329,7 +329,7 @@ def gradient_buffer(
     step whose momentum is not 0.
     """
     # b_1 = g_1: the first step (with torch's rule, the first with momentum) is undamped.
-    damped = not is_python_zero(dampening)
+    damped = not _checks.is_python_zero(dampening)
     started = torch_zero_momentum and damped
 
     def coefficients(state: Any) -> tuple[Any, ...]:

@@ -24,8 +24,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from momentum_jax._src import _tree
-from momentum_jax._src._validation import caller, named
+from momentum_jax._src import _checks
 
 #: Arrays with at most this many elements are packed.
 MAX_PACKED_SIZE = 2**16
@@ -60,11 +59,11 @@ class Layout(NamedTuple):
         leaf indices)."""
         if type(params).__name__ == "_ParamsPlaceholder":
             raise TypeError(
-                f"{caller()}: tree_map_params cannot map a packed state; use layout='per_leaf'."
+                f"{_checks.caller()}: tree_map_params cannot map a packed state; use layout='per_leaf'."
             )
         sizes: dict[str, int] = {}
         slots: list[Slot | None] = []
-        for index, leaf in enumerate(jax.tree.leaves(params, is_leaf=_tree.is_none)):
+        for index, leaf in enumerate(jax.tree.leaves(params, is_leaf=_checks.is_none)):
             if index in own or not _packs(leaf):
                 slots.append(None)
                 continue
@@ -80,7 +79,7 @@ class Layout(NamedTuple):
         the error); buffers may have any. Shape-only leaves pack into a
         ``jax.ShapeDtypeStruct``.
         """
-        leaves, treedef = jax.tree.flatten(tree, is_leaf=_tree.is_none)
+        leaves, treedef = jax.tree.flatten(tree, is_leaf=_checks.is_none)
         pieces: dict[str, list[Any]] = {name: [] for name, _ in self.groups}
         rest: list[Any] = []
         for index, (leaf, slot) in enumerate(zip(leaves, self.slots, strict=True)):
@@ -90,7 +89,7 @@ class Layout(NamedTuple):
             if what != "buffer" and _group(leaf) != slot.group:
                 path = jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(tree)[0][index][0])
                 raise TypeError(
-                    f"{caller()}: the {what} at {path} is {_group(leaf)}, its param "
+                    f"{_checks.caller()}: the {what} at {path} is {_group(leaf)}, its param "
                     f"{slot.group}; cast it, or use layout='per_leaf'."
                 )
             pieces[slot.group].append(leaf)
@@ -109,7 +108,7 @@ class Layout(NamedTuple):
                 flat = lax.slice_in_dim(flat, slot.offset, slot.offset + size, axis=flat.ndim - 1)
             return flat.reshape((*flat.shape[:-1], *slot.shape))
 
-        leaves, treedef = jax.tree.flatten(rest, is_leaf=_tree.is_none)
+        leaves, treedef = jax.tree.flatten(rest, is_leaf=_checks.is_none)
         return jax.tree.unflatten(
             treedef,
             [x if s is None else piece(s) for x, s in zip(leaves, self.slots, strict=True)],
@@ -136,7 +135,7 @@ def _packs(leaf: Any) -> bool:
     # An array split over explicit mesh axes keeps its own buffer: packing it would
     # gather it every step. (Auto axes are invisible in the type, eagerly and under jit,
     # so the layout is the same for init and jax.jit(init).)
-    if not _tree.trains(leaf) or math.prod(jnp.shape(leaf)) > MAX_PACKED_SIZE:
+    if not _checks.trains(leaf) or math.prod(jnp.shape(leaf)) > MAX_PACKED_SIZE:
         return False
     typeof = getattr(jax, "typeof", None)  # JAX 0.4 has no explicit axes
     spec = getattr(getattr(typeof(leaf), "sharding", None), "spec", None) if typeof else None
@@ -201,19 +200,19 @@ def packed(block: optax.GradientTransformation) -> optax.GradientTransformationE
         return PackedState(block.init(layout.pack(params, "param")), layout)
 
     def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
-        _tree.check_state(state, PackedState, updates)
+        _checks.check_state(state, PackedState, updates)
         layout, buffers = state.layout, state.inner[1]
         reference = layout.unpack(
             *(buffers[0] if state.inner._fields[1] == "buffers" else buffers), shapes_only=True
         )
-        _tree.check_tree(updates, reference)
+        _checks.check_tree(updates, reference)
         if params is not None:
-            _tree.check_tree(params, reference, "param")
+            _checks.check_tree(params, reference, "param")
             params = layout.pack(params, "param")
         out, inner = block.update(layout.pack(updates, "gradient"), state.inner, params)
         return layout.unpack(*out), PackedState(inner, layout)  # type: ignore[misc]
 
-    return optax.GradientTransformationExtraArgs(named(init_fn), named(update_fn))
+    return optax.GradientTransformationExtraArgs(_checks.named(init_fn), _checks.named(update_fn))
 
 
 def with_layout(block: optax.GradientTransformationExtraArgs, layout: str) -> Any:

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from momentum_jax._src import _checks
+from momentum_jax._src._checks import public
 from momentum_jax._src._layout import BUFFER_FIELDS, Layout, PackedState, repack
-from momentum_jax._src._tree import is_none
-from momentum_jax._src._validation import caller, is_traced, public
 
 
 @public("momentum_jax.restore_state")
@@ -68,7 +68,7 @@ def restore_state(
 
 
 def _place_like(value: Any, fresh: Any) -> Any:
-    if not isinstance(fresh, jax.Array) or is_traced(fresh) or is_traced(value):
+    if not isinstance(fresh, jax.Array) or _checks.is_traced(fresh) or _checks.is_traced(value):
         return value
     if getattr(fresh, "_committed", True):  # a buffer: sharded like its param, never gathered
         return jax.device_put(value, fresh.sharding)
@@ -142,12 +142,12 @@ def _written_layout(raw: Any, block: Any, params: Any) -> Layout:
     """The layout of a raw packed block: an array that its ``rest`` holds was not packed."""
     field = block._fields[1]
     first = getattr(block, field)[0] if field == "buffers" else getattr(block, field)
-    same = str(jax.tree.structure(first, is_leaf=is_none)) == str(
-        jax.tree.structure(params, is_leaf=is_none)
+    same = str(jax.tree.structure(first, is_leaf=_checks.is_none)) == str(
+        jax.tree.structure(params, is_leaf=_checks.is_none)
     )
     template = params if same else first  # packs are grouped by the params' dtypes
     rest = _lookup(raw, (field, "0", "0") if field == "buffers" else (field, "0"))
-    paths = jax.tree_util.tree_flatten_with_path(template, is_leaf=is_none)[0]
+    paths = jax.tree_util.tree_flatten_with_path(template, is_leaf=_checks.is_none)[0]
     own = [i for i, (keys, _) in enumerate(paths) if _is_value(_lookup(rest, map(_name, keys)))]
     return Layout.of(template, own)
 
@@ -183,5 +183,5 @@ def _describe(value: Any) -> str:
 
 def _error(path: str, what: str) -> ValueError:
     return ValueError(
-        f"{caller()}: the field {path} {what}; rebuild the transform as it was saved."
+        f"{_checks.caller()}: the field {path} {what}; rebuild the transform as it was saved."
     )

@@ -26,8 +26,8 @@ import numpy as np
 import optax
 from jax import lax
 
-from momentum_jax._src import _tree
-from momentum_jax._src._validation import caller, named, public
+from momentum_jax._src import _checks
+from momentum_jax._src._checks import public
 
 # Bits dropped from a float32 pattern to reach each 16-bit format's precision.
 _DROPPED = {jnp.dtype(jnp.bfloat16): 16, jnp.dtype(jnp.float16): 13}
@@ -109,7 +109,7 @@ def leaf_keys(seed: Any, stage: int, count: Any, num_leaves: int) -> list[jax.Ar
 
 def warn_no_effect(what: str, nothing: str, fix: str) -> None:
     warnings.warn(
-        f"{caller()}: {what} has no effect: {nothing} is bfloat16 or float16. {fix}, or leave "
+        f"{_checks.caller()}: {what} has no effect: {nothing} is bfloat16 or float16. {fix}, or leave "
         "it out.",
         UserWarning,
         stacklevel=4,
@@ -222,15 +222,17 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
         return StochasticRoundParamsState(jnp.zeros([], jnp.int32))
 
     def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
-        _tree.check_state(state, StochasticRoundParamsState, updates)
+        _checks.check_state(state, StochasticRoundParamsState, updates)
         if params is None:
             raise ValueError(
-                f"{caller()}: update() needs the params: call update(updates, state, params)."
+                f"{_checks.caller()}: update() needs the params: call update(updates, state, params)."
             )
-        trainable = jax.tree.map(lambda p: _tree.as_array(p) if _tree.trains(p) else None, params)
-        _tree.check_tree(updates, trainable, what="update")
+        trainable = jax.tree.map(
+            lambda p: _checks.as_array(p) if _checks.trains(p) else None, params
+        )
+        _checks.check_tree(updates, trainable, what="update")
         like = jax.tree.map(
-            lambda u, p: p if u is not None else None, updates, trainable, is_leaf=_tree.is_none
+            lambda u, p: p if u is not None else None, updates, trainable, is_leaf=_checks.is_none
         )
         exact = jax.tree.map(
             lambda u, p: p.astype(jnp.float32) + u if narrow(p.dtype) else u, updates, like
@@ -242,7 +244,7 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
                 return u
             return lax.convert_element_type(r - p.astype(jnp.float32), u.dtype)
 
-        out = jax.tree.map(step, updates, like, rounded, is_leaf=_tree.is_none)
-        return out, StochasticRoundParamsState(_tree.safe_increment(state.count))  # type: ignore[arg-type]
+        out = jax.tree.map(step, updates, like, rounded, is_leaf=_checks.is_none)
+        return out, StochasticRoundParamsState(_checks.safe_increment(state.count))  # type: ignore[arg-type]
 
-    return optax.GradientTransformationExtraArgs(named(init_fn), named(update_fn))
+    return optax.GradientTransformationExtraArgs(_checks.named(init_fn), _checks.named(update_fn))

@@ -14,9 +14,10 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
+from momentum_jax._src import _checks
+from momentum_jax._src._checks import public
 from momentum_jax._src._layout import with_layout
 from momentum_jax._src._skeleton import buffer_transform, hyper, scale_by_learning_rate
-from momentum_jax._src._validation import public, state_options
 
 
 class QHMState(NamedTuple):
@@ -193,7 +194,7 @@ def qhm(
       <https://arxiv.org/abs/1810.06801>`_, ICLR 2019.
     """
     return optax.chain(
-        scale_by_qhm(momentum, nu, **state_options(locals())),
+        scale_by_qhm(momentum, nu, **_checks.state_options(locals())),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -326,6 +327,6 @@ def aggmo(
       passive damping <https://arxiv.org/abs/1804.00325>`_, ICLR 2019.
     """
     return optax.chain(
-        scale_by_aggmo(momenta, **state_options(locals())),
+        scale_by_aggmo(momenta, **_checks.state_options(locals())),
         scale_by_learning_rate(learning_rate),
     )

@@ -1,10 +1,15 @@
-"""Build-time checks: one table of arguments and their valid values.
+"""Every check: one table of arguments and their valid values, and the checks of ``update``.
 
 Every public factory is wrapped by :func:`public`, which binds its arguments,
 checks each one named in :data:`CHECKS` (concrete values only: schedules and
 traced arrays pass), and records the factory's name for the errors raised
 later by the transform it builds (:func:`caller`). A factory called from
 inside another one (a preset building its blocks) is not checked again.
+
+``update`` checks trees, shapes and dtypes, which are static: they cost only
+tracing time. Integer and boolean params (Equinox keeps them in
+``eqx.filter(model, eqx.is_array)``) get no buffer: ``None`` in the state, as
+optax does.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-INT32_MAX = 2**31 - 1
+# optax 0.2.4 (the floor) names it safe_int32_increment.
+safe_increment = getattr(optax, "safe_increment", None) or optax.safe_int32_increment
 LAYOUTS = ("per_leaf", "packed")
 _CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("caller", default=None)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,6 +66,14 @@ def is_traced(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)
 
 
+def is_real(value: Any) -> bool:
+    """A real number, or an array of them (not bool, not complex)."""
+    if not isinstance(value, int | float | np.ndarray | np.generic | jax.Array):
+        return False
+    dtype = jnp.result_type(value)
+    return bool(jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
+
+
 def is_python_zero(value: Any) -> bool:
     """Only a Python ``0`` removes a stage: an array (inject_hyperparams) never does."""
     return type(value) in (int, float) and value == 0
@@ -83,8 +98,13 @@ def needs_params() -> ValueError:
     )
 
 
-def _fail(error: type[Exception], arg: str, message: str) -> None:
-    raise error(f"{caller()}: {arg} {message}")
+def error(kind: type[Exception], message: str) -> Exception:
+    """A ``kind`` error whose message names the public function being built or run."""
+    return kind(f"{caller()}: {message}")
+
+
+def _fail(kind: type[Exception], arg: str, message: str) -> NoReturn:
+    raise error(kind, f"{arg} {message}")
 
 
 def in_range(high: float, closed: bool = False, schedule: bool = True) -> Any:
@@ -97,25 +117,13 @@ def in_range(high: float, closed: bool = False, schedule: bool = True) -> Any:
     def check(arg: str, value: Any) -> None:
         if (callable(value) and schedule) or is_traced(value) or value is None:
             return
-        dtype = getattr(value, "dtype", None)
-        real = (
-            dtype is None
-            or jnp.issubdtype(dtype, jnp.floating)
-            or jnp.issubdtype(dtype, jnp.integer)
-        )
-        if (
-            isinstance(value, bool | np.bool_)
-            or not isinstance(value, int | float | np.ndarray | np.generic | jax.Array)
-            or not real
-        ):
-            _fail(
-                TypeError,
-                arg,
-                f"must be a real number{' or a schedule' * schedule}, got {value!r}.",
-            )
+        if not is_real(value):
+            kind = "a real number" + " or a schedule" * schedule
+            _fail(TypeError, arg, f"must be {kind}, got {value!r}.")
         if np.ndim(value) != 0:
             _fail(ValueError, arg, f"must be a scalar, got shape {np.shape(value)}.")
-        seen = jax.dtypes.canonicalize_dtype(jnp.result_type(float) if dtype is None else dtype)
+        dtype = getattr(value, "dtype", jnp.result_type(float))  # a Python number: float32
+        seen = jax.dtypes.canonicalize_dtype(dtype)
         with np.errstate(over="ignore"):
             number = float(np.asarray(value).astype(seen))
         if number >= 0 and (number <= high if closed else number < high):
@@ -142,7 +150,7 @@ def _dtype(value: Any) -> bool:
         return False
 
 
-def _integer(low: int, high: int = INT32_MAX) -> Any:
+def _integer(low: int, high: int = 2**31 - 1) -> Any:
     """A check for an integer (or integer scalar array, which may be traced) in ``[low, high]``."""
 
     def check(arg: str, value: Any) -> None:
@@ -224,3 +232,83 @@ def public(name: str) -> Callable[[F], F]:
         return checked  # type: ignore[return-value]
 
     return wrap
+
+
+# --- the checks of update ----------------------------------------------------
+
+
+def is_none(x: Any) -> bool:
+    return x is None
+
+
+def trains(leaf: Any) -> bool:
+    """A floating (or complex) param trains; integer and boolean ones do not."""
+    return leaf is not None and bool(jnp.issubdtype(jnp.result_type(leaf), jnp.inexact))
+
+
+def _path(tree: Any, index: int) -> str:
+    paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)[0]
+    return jax.tree_util.keystr(paths[index][0]) or "<root>"
+
+
+def check_tree(tree: Any, reference: Any, what: str = "gradient") -> list[Any]:
+    """``tree``'s leaves, paired with ``reference``'s (``None`` where no buffer); else an error.
+
+    Checks the structure and each leaf's shape, that gradients are inexact, and
+    that no gradient arrives for a param that does not train.
+    """
+    ref_leaves, ref_def = jax.tree.flatten(reference, is_leaf=is_none)
+    try:
+        leaves = ref_def.flatten_up_to(tree)  # type: ignore[attr-defined]
+    except (ValueError, TypeError):
+        _mismatch(tree, ref_def, what)
+    for index, (x, ref) in enumerate(zip(leaves, ref_leaves, strict=True)):
+        if ref is None:
+            if x is not None and what == "gradient":
+                raise TypeError(
+                    f"{caller()}: the param at {_path(reference, index)} does not train "
+                    "(integer or bool); give it a None gradient."
+                )
+            continue
+        if not hasattr(x, "shape") and not isinstance(x, int | float | complex):
+            _mismatch(tree, ref_def, what)
+        dtype, shape = jnp.result_type(x), jnp.shape(x)
+        if what == "gradient" and not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(f"{caller()}: the gradient at {_path(reference, index)} is {dtype}.")
+        if (
+            what == "gradient"
+            and jnp.issubdtype(dtype, jnp.complexfloating)
+            and not jnp.issubdtype(ref.dtype, jnp.complexfloating)
+        ):
+            raise TypeError(
+                f"{caller()}: the gradient at {_path(reference, index)} is complex but its "
+                f"buffer is {ref.dtype}; init with complex params."
+            )
+        if shape != ref.shape:
+            raise ValueError(
+                f"{caller()}: the {what} at {_path(reference, index)} has shape {shape}, "
+                f"expected {ref.shape}."
+            )
+    return leaves
+
+
+def _mismatch(tree: Any, ref_def: Any, what: str) -> NoReturn:
+    raise ValueError(
+        f"{caller()}: the {what}s do not match the state's params. {what.capitalize()}s: "
+        f"{jax.tree.structure(tree, is_leaf=is_none)}; params: {ref_def}."
+    )
+
+
+def check_state(state: Any, expected: type, updates: Any) -> None:
+    """Refuse a state that is not this transform's (or arguments passed in the wrong order)."""
+    if not isinstance(state, expected):
+        swapped = isinstance(updates, expected)
+        raise TypeError(
+            f"{caller()}: expected a {expected.__name__} from this transform's init, got "
+            f"{type(state).__name__}"
+            + ("; call update(updates, state, params)." if swapped else ".")
+        )
+
+
+def as_array(x: Any) -> Any:
+    return x if x is None or isinstance(x, jax.Array) else jnp.asarray(x)
