@@ -25,26 +25,21 @@ dtype (:class:`PackedState`), an option for GPUs and models with many small
 arrays. Both layouts give the same numbers.
 """
 
-from optax import ScalarOrSchedule as ScalarOrSchedule
+from optax import ScalarOrSchedule
 
-from momentum_jax import compat as compat
-from momentum_jax import schedules as schedules
-from momentum_jax._src._core import MomentumState as MomentumState
-from momentum_jax._src._core import momentum as momentum
-from momentum_jax._src._core import nesterov as nesterov
-from momentum_jax._src._core import scale_by_momentum as scale_by_momentum
-from momentum_jax._src._layout import Layout as Layout
-from momentum_jax._src._layout import PackedState as PackedState
-from momentum_jax._src._layout import Slot as Slot
-from momentum_jax._src._restore import restore_state as restore_state
-from momentum_jax._src._rounding import StochasticRoundParamsState as StochasticRoundParamsState
-from momentum_jax._src._rounding import stochastic_round_params as stochastic_round_params
-from momentum_jax._src._variants import AggMoState as AggMoState
-from momentum_jax._src._variants import QHMState as QHMState
-from momentum_jax._src._variants import aggmo as aggmo
-from momentum_jax._src._variants import qhm as qhm
-from momentum_jax._src._variants import scale_by_aggmo as scale_by_aggmo
-from momentum_jax._src._variants import scale_by_qhm as scale_by_qhm
+from momentum_jax import compat, schedules
+from momentum_jax._src._core import MomentumState, momentum, nesterov, scale_by_momentum
+from momentum_jax._src._layout import Layout, PackedState, Slot
+from momentum_jax._src._restore import restore_state
+from momentum_jax._src._rounding import StochasticRoundParamsState, stochastic_round_params
+from momentum_jax._src._variants import (
+    AggMoState,
+    QHMState,
+    aggmo,
+    qhm,
+    scale_by_aggmo,
+    scale_by_qhm,
+)
 
 __version__ = "0.5.0"
 

@@ -47,14 +47,7 @@ def calling(name: str) -> Iterator[None]:
 
 def named(fn: F) -> F:
     """``fn``, a transform's ``init`` or ``update``, naming the factory that built it in errors."""
-    name = caller()
-
-    @functools.wraps(fn)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with calling(name):
-            return fn(*args, **kwargs)
-
-    return wrapped  # type: ignore[return-value]
+    return calling(caller())(fn)
 
 
 def caller() -> str:
@@ -91,10 +84,11 @@ def state_options(arguments: dict[str, Any]) -> dict[str, Any]:
     return {k: arguments[k] for k in ("accumulator_dtype", "stochastic_rounding", "seed", "layout")}
 
 
-def needs_params() -> ValueError:
-    return ValueError(
-        f"{caller()}: weight_decay needs the params: pass them to update(), or "
-        "static_args=('weight_decay',) under inject_hyperparams if it is 0."
+def needs_params() -> Exception:
+    return error(
+        ValueError,
+        "weight_decay needs the params: pass them to update(), or "
+        "static_args=('weight_decay',) under inject_hyperparams if it is 0.",
     )
 
 
@@ -115,7 +109,7 @@ def in_range(high: float, closed: bool = False, schedule: bool = True) -> Any:
     """
 
     def check(arg: str, value: Any) -> None:
-        if (callable(value) and schedule) or is_traced(value) or value is None:
+        if (callable(value) and schedule) or is_traced(value):
             return
         if not is_real(value):
             kind = "a real number" + " or a schedule" * schedule
@@ -154,10 +148,10 @@ def _integer(low: int, high: int = 2**31 - 1) -> Any:
     """A check for an integer (or integer scalar array, which may be traced) in ``[low, high]``."""
 
     def check(arg: str, value: Any) -> None:
-        array = isinstance(value, np.ndarray | jax.Array)
-        if array and (value.shape != () or not jnp.issubdtype(value.dtype, jnp.integer)):
-            _fail(TypeError, arg, f"must be an integer scalar, got {value!r}.")
-        if not array and (isinstance(value, bool) or not isinstance(value, int | np.integer)):
+        if isinstance(value, np.ndarray | jax.Array):
+            if value.shape != () or not jnp.issubdtype(value.dtype, jnp.integer):
+                _fail(TypeError, arg, f"must be an integer scalar, got {value!r}.")
+        elif isinstance(value, bool) or not isinstance(value, int | np.integer):
             _fail(TypeError, arg, f"must be an integer, got {value!r}.")
         if not is_traced(value) and not low <= int(value) <= high:
             _fail(ValueError, arg, f"must be in [{low}, {high}], got {arg}={value!r}.")
@@ -166,24 +160,21 @@ def _integer(low: int, high: int = 2**31 - 1) -> Any:
 
 
 def _momenta(arg: str, value: Any) -> None:
-    array = isinstance(value, np.ndarray | jax.Array)
-    if not (isinstance(value, list | tuple) or (array and value.ndim == 1)):
+    if not (isinstance(value, list | tuple) or (np.ndim(value) == 1 and hasattr(value, "dtype"))):
         _fail(TypeError, arg, f"must be a non-empty tuple of numbers, got {value!r}.")
     if len(value) == 0:
         _fail(ValueError, arg, "must hold at least one momentum, got ().")
     for index, beta in enumerate([] if is_traced(value) else value):
-        if beta is None:
-            _fail(TypeError, f"{arg}[{index}]", "must be a number in [0, 1), got None.")
         _CONSTANT(f"{arg}[{index}]", beta)
 
 
-_CONSTANT = in_range(1.0, schedule=False)
-CHECKS: dict[str, Callable[[str, Any], None]] = {
+_CONSTANT, _DECAY = in_range(1.0, schedule=False), in_range(math.inf, schedule=False)
+CHECKS: dict[str, Callable[[str, Any], object]] = {
     **dict.fromkeys(("learning_rate", "lr"), in_range(math.inf)),
     **dict.fromkeys(("max_momentum", "init_momentum", "dampening", "b1", "b2"), _CONSTANT),
     "momentum": in_range(1.0),
     "nu": in_range(1.0, closed=True),
-    "weight_decay": in_range(math.inf, schedule=False),
+    "weight_decay": lambda arg, value: value is None or _DECAY(arg, value),
     "momenta": _momenta,
     **dict.fromkeys(
         ("nesterov", "use_nesterov", "maximize", "stochastic_rounding"),
@@ -246,9 +237,27 @@ def trains(leaf: Any) -> bool:
     return leaf is not None and bool(jnp.issubdtype(jnp.result_type(leaf), jnp.inexact))
 
 
-def _path(tree: Any, index: int) -> str:
+def path(tree: Any, index: int) -> str:
+    """The key path of ``tree``'s ``index``-th leaf (``None`` leaves counted)."""
     paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)[0]
     return jax.tree_util.keystr(paths[index][0]) or "<root>"
+
+
+def _leaf_problem(x: Any, ref: Any, what: str) -> tuple[type[Exception], str] | None:
+    gradient = what == "gradient"
+    if ref is None:
+        wrong = gradient and x is not None
+        return (
+            (TypeError, "does not train (integer or bool); give it a None gradient.")
+            if wrong
+            else None
+        )
+    dtype, shape = jnp.result_type(x), jnp.shape(x)
+    if gradient and not jnp.issubdtype(dtype, jnp.inexact):
+        return TypeError, f"is {dtype}."
+    if gradient and jnp.iscomplexobj(x) and not jnp.issubdtype(ref.dtype, jnp.complexfloating):
+        return TypeError, f"is complex but its buffer is {ref.dtype}; init with complex params."
+    return None if shape == ref.shape else (ValueError, f"has shape {shape}, expected {ref.shape}.")
 
 
 def check_tree(tree: Any, reference: Any, what: str = "gradient") -> list[Any]:
@@ -261,52 +270,31 @@ def check_tree(tree: Any, reference: Any, what: str = "gradient") -> list[Any]:
     try:
         leaves = ref_def.flatten_up_to(tree)  # type: ignore[attr-defined]
     except (ValueError, TypeError):
-        _mismatch(tree, ref_def, what)
+        leaves = None
+    if leaves is None or any(
+        r is not None and not hasattr(x, "shape") and not isinstance(x, int | float | complex)
+        for x, r in zip(leaves, ref_leaves, strict=True)
+    ):
+        raise error(
+            ValueError,
+            f"the {what}s do not match the state's params. {what.capitalize()}s: "
+            f"{jax.tree.structure(tree, is_leaf=is_none)}; params: {ref_def}.",
+        )
     for index, (x, ref) in enumerate(zip(leaves, ref_leaves, strict=True)):
-        if ref is None:
-            if x is not None and what == "gradient":
-                raise TypeError(
-                    f"{caller()}: the param at {_path(reference, index)} does not train "
-                    "(integer or bool); give it a None gradient."
-                )
-            continue
-        if not hasattr(x, "shape") and not isinstance(x, int | float | complex):
-            _mismatch(tree, ref_def, what)
-        dtype, shape = jnp.result_type(x), jnp.shape(x)
-        if what == "gradient" and not jnp.issubdtype(dtype, jnp.inexact):
-            raise TypeError(f"{caller()}: the gradient at {_path(reference, index)} is {dtype}.")
-        if (
-            what == "gradient"
-            and jnp.issubdtype(dtype, jnp.complexfloating)
-            and not jnp.issubdtype(ref.dtype, jnp.complexfloating)
-        ):
-            raise TypeError(
-                f"{caller()}: the gradient at {_path(reference, index)} is complex but its "
-                f"buffer is {ref.dtype}; init with complex params."
-            )
-        if shape != ref.shape:
-            raise ValueError(
-                f"{caller()}: the {what} at {_path(reference, index)} has shape {shape}, "
-                f"expected {ref.shape}."
-            )
+        if problem := _leaf_problem(x, ref, what):
+            kind = "param" if ref is None else what
+            raise error(problem[0], f"the {kind} at {path(reference, index)} {problem[1]}")
     return leaves
-
-
-def _mismatch(tree: Any, ref_def: Any, what: str) -> NoReturn:
-    raise ValueError(
-        f"{caller()}: the {what}s do not match the state's params. {what.capitalize()}s: "
-        f"{jax.tree.structure(tree, is_leaf=is_none)}; params: {ref_def}."
-    )
 
 
 def check_state(state: Any, expected: type, updates: Any) -> None:
     """Refuse a state that is not this transform's (or arguments passed in the wrong order)."""
     if not isinstance(state, expected):
-        swapped = isinstance(updates, expected)
-        raise TypeError(
-            f"{caller()}: expected a {expected.__name__} from this transform's init, got "
-            f"{type(state).__name__}"
-            + ("; call update(updates, state, params)." if swapped else ".")
+        hint = "; call update(updates, state, params)" * isinstance(updates, expected)
+        raise error(
+            TypeError,
+            f"expected a {expected.__name__} from this transform's init, got "
+            f"{type(state).__name__}{hint}.",
         )
 
 

@@ -133,14 +133,14 @@ def torch_sgd(
     mu, tau = _checks.concrete(momentum), _checks.concrete(dampening)
     if nesterov and ((mu is not None and mu <= 0) or tau not in (None, 0.0)):
         raise ValueError(f"{_checks.caller()}: nesterov=True needs momentum > 0 and dampening=0.")
-    options = (accumulator_dtype, stochastic_rounding, seed, layout)
+    options = _checks.state_options(locals())
     parts: list[Any] = [optax.scale(-1.0)] if maximize else []
     if not _checks.is_python_zero(weight_decay):
         parts.append(_weight_decay(weight_decay))
     if not _checks.is_python_zero(momentum):
         parts.append(
             _core.gradient_buffer(
-                momentum, nesterov, dampening, *options, type(momentum) not in (int, float)
+                momentum, nesterov, dampening, options, type(momentum) not in (int, float)
             )
         )
     scale = scale_by_learning_rate(lr)
@@ -285,8 +285,6 @@ def tf1_momentum(
       <https://www.tensorflow.org/api_docs/python/tf/compat/v1/train/MomentumOptimizer>`_.
     """
     return optax.chain(
-        _core.gradient_buffer(
-            momentum, use_nesterov, 0.0, accumulator_dtype, stochastic_rounding, seed, layout
-        ),
+        _core.gradient_buffer(momentum, use_nesterov, 0.0, _checks.state_options(locals())),
         scale_by_learning_rate(learning_rate),
     )

@@ -172,9 +172,9 @@ def momentum(
         # (benchmarks/xla_cpu_probes.py forms).
         return -mu_next * v - lr * g if nesterov else -1 * v
 
-    options = (accumulator_dtype, stochastic_rounding, seed)
+    options = _checks.state_options(locals())
     block = buffer_transform(
-        MomentumState, coefficients, velocity, update, *options, weight_decay=weight_decay
+        MomentumState, coefficients, velocity, update, options, weight_decay=weight_decay
     )
     return with_layout(block, layout)
 
@@ -308,21 +308,14 @@ def scale_by_momentum(
         raise ValueError(
             f"momentum_jax.scale_by_momentum: nesterov=True needs dampening=0, got {dampening!r}."
         )
-    options = (accumulator_dtype, stochastic_rounding, seed, layout)
-    return gradient_buffer(momentum, nesterov, dampening, *options)
+    return gradient_buffer(momentum, nesterov, dampening, _checks.state_options(locals()))
 
 
 def gradient_buffer(
-    momentum: Any,
-    nesterov: bool,
-    dampening: Any,
-    accumulator_dtype: Any,
-    stochastic_rounding: bool,
-    seed: Any,
-    layout: str,
-    torch_zero_momentum: bool = False,
+    momentum: Any, nesterov: bool, dampening: Any, options: dict[str, Any], torch_rule: bool = False
 ) -> optax.GradientTransformationExtraArgs:
-    """:func:`scale_by_momentum`'s rule; with ``torch_zero_momentum``, PyTorch's at momentum 0.
+    """:func:`scale_by_momentum`'s rule (``options``: the state options); with ``torch_rule``,
+    PyTorch's at momentum 0.
 
     ``torch.optim.SGD`` leaves its buffer alone at a step whose momentum is 0
     (the output is then the gradient) and starts it, undamped, at the first
@@ -330,7 +323,7 @@ def gradient_buffer(
     """
     # b_1 = g_1: the first step (with torch's rule, the first with momentum) is undamped.
     damped = not _checks.is_python_zero(dampening)
-    started = torch_zero_momentum and damped
+    started = torch_rule and damped
 
     def coefficients(state: Any) -> tuple[Any, ...]:
         mu = hyper(momentum, state.count, 1.0)
@@ -338,7 +331,7 @@ def gradient_buffer(
         if damped:
             fresh = (state.count == 0) | (~state.started if started else False)
             scale = jnp.where(fresh, 1.0, 1.0 - jnp.asarray(hyper(dampening, state.count, 1.0)))
-        if not torch_zero_momentum:
+        if not torch_rule:
             return mu, mu, scale, None, None
         # At momentum 0 the buffer is kept (b = 1 * b + 0 * g) and the output is g.
         idle = jnp.asarray(mu) == 0
@@ -359,8 +352,7 @@ def gradient_buffer(
         return (jnp.zeros([], bool) if c is None else c[4],)
 
     state_type = TorchMomentumState if started else MomentumState
-    options = (accumulator_dtype, stochastic_rounding, seed)
     block = buffer_transform(
-        state_type, coefficients, buffer, output, *options, extra=extra if started else None
+        state_type, coefficients, buffer, output, options, extra=extra if started else None
     )
-    return with_layout(block, layout)
+    return with_layout(block, options["layout"])

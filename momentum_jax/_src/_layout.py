@@ -58,8 +58,8 @@ class Layout(NamedTuple):
         """The layout packing each small floating-point array of ``params`` (but those in ``own``,
         leaf indices)."""
         if type(params).__name__ == "_ParamsPlaceholder":
-            raise TypeError(
-                f"{_checks.caller()}: tree_map_params cannot map a packed state; use layout='per_leaf'."
+            raise _checks.error(
+                TypeError, "tree_map_params cannot map a packed state; use layout='per_leaf'."
             )
         sizes: dict[str, int] = {}
         slots: list[Slot | None] = []
@@ -87,10 +87,11 @@ class Layout(NamedTuple):
             if slot is None:
                 continue
             if what != "buffer" and _group(leaf) != slot.group:
-                path = jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(tree)[0][index][0])
-                raise TypeError(
-                    f"{_checks.caller()}: the {what} at {path} is {_group(leaf)}, its param "
-                    f"{slot.group}; cast it, or use layout='per_leaf'."
+                path = _checks.path(tree, index)
+                raise _checks.error(
+                    TypeError,
+                    f"the {what} at {path} is {_group(leaf)}, its param "
+                    f"{slot.group}; cast it, or use layout='per_leaf'.",
                 )
             pieces[slot.group].append(leaf)
         packs = {name: _concatenate(parts) for name, parts in pieces.items()}
@@ -165,10 +166,7 @@ class PackedState(NamedTuple):
     def __getattr__(self, name: str) -> Any:
         if name not in getattr(self.inner, "_fields", ()):
             raise AttributeError(f"{type(self).__name__} has no field {name!r}")
-        value = getattr(self.inner, name)
-        if name == "buffers":
-            return tuple(self.layout.unpack(*b) for b in value)
-        return self.layout.unpack(*value) if name in BUFFER_FIELDS else value
+        return getattr(self.unpacked(), name)
 
     @property
     def count(self) -> Any:
@@ -177,19 +175,20 @@ class PackedState(NamedTuple):
 
     def unpacked(self) -> Any:
         """The inner state with params-shaped buffers."""
-        fields = self.inner._fields
-        return self.inner._replace(**{f: getattr(self, f) for f in BUFFER_FIELDS if f in fields})
+        return _map_buffers(self.inner, lambda tree: self.layout.unpack(*tree))
+
+
+def _map_buffers(state: Any, fn: Any) -> Any:
+    """``state`` with ``fn`` applied to each of its buffer trees."""
+    changes = {f: getattr(state, f) for f in BUFFER_FIELDS if f in state._fields}
+    return state._replace(
+        **{f: tuple(map(fn, v)) if f == "buffers" else fn(v) for f, v in changes.items()}
+    )
 
 
 def repack(inner: Any, layout: Layout) -> PackedState:
     """A :class:`PackedState` of ``inner``, a state with params-shaped buffers."""
-    changes = {}
-    for field in set(BUFFER_FIELDS) & set(inner._fields):
-        value = getattr(inner, field)
-        changes[field] = (
-            tuple(map(layout.pack, value)) if field == "buffers" else layout.pack(value)
-        )
-    return PackedState(inner._replace(**changes), layout)
+    return PackedState(_map_buffers(inner, layout.pack), layout)
 
 
 def packed(block: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:

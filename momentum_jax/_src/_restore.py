@@ -84,10 +84,8 @@ def _children(node: Any) -> dict[str, Any] | None:
 
 
 def _name(key: Any) -> str:
-    for attribute in ("name", "key", "idx"):
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
+    """A key path entry's field name, dict key or index."""
+    return str(next((getattr(key, a) for a in ("name", "key", "idx") if hasattr(key, a)), key))
 
 
 def _is_block(state: Any) -> bool:
@@ -142,10 +140,8 @@ def _written_layout(raw: Any, block: Any, params: Any) -> Layout:
     """The layout of a raw packed block: an array that its ``rest`` holds was not packed."""
     field = block._fields[1]
     first = getattr(block, field)[0] if field == "buffers" else getattr(block, field)
-    same = str(jax.tree.structure(first, is_leaf=_checks.is_none)) == str(
-        jax.tree.structure(params, is_leaf=_checks.is_none)
-    )
-    template = params if same else first  # packs are grouped by the params' dtypes
+    structures = {str(jax.tree.structure(x, is_leaf=_checks.is_none)) for x in (first, params)}
+    template = params if len(structures) == 1 else first  # packs are grouped by the params' dtypes
     rest = _lookup(raw, (field, "0", "0") if field == "buffers" else (field, "0"))
     paths = jax.tree_util.tree_flatten_with_path(template, is_leaf=_checks.is_none)[0]
     own = [i for i, (keys, _) in enumerate(paths) if _is_value(_lookup(rest, map(_name, keys)))]
@@ -181,7 +177,7 @@ def _describe(value: Any) -> str:
     return "None" if value is None else f"a {type(value).__name__}"
 
 
-def _error(path: str, what: str) -> ValueError:
-    return ValueError(
-        f"{_checks.caller()}: the field {path} {what}; rebuild the transform as it was saved."
+def _error(path: str, what: str) -> Exception:
+    return _checks.error(
+        ValueError, f"the field {path} {what}; rebuild the transform as it was saved."
     )

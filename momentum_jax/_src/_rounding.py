@@ -109,8 +109,8 @@ def leaf_keys(seed: Any, stage: int, count: Any, num_leaves: int) -> list[jax.Ar
 
 def warn_no_effect(what: str, nothing: str, fix: str) -> None:
     warnings.warn(
-        f"{_checks.caller()}: {what} has no effect: {nothing} is bfloat16 or float16. {fix}, or leave "
-        "it out.",
+        f"{_checks.caller()}: {what} has no effect: {nothing} is bfloat16 or float16. "
+        f"{fix}, or leave it out.",
         UserWarning,
         stacklevel=4,
     )
@@ -224,8 +224,8 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
     def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
         _checks.check_state(state, StochasticRoundParamsState, updates)
         if params is None:
-            raise ValueError(
-                f"{_checks.caller()}: update() needs the params: call update(updates, state, params)."
+            raise _checks.error(
+                ValueError, "update() needs the params: call update(updates, state, params)."
             )
         trainable = jax.tree.map(
             lambda p: _checks.as_array(p) if _checks.trains(p) else None, params

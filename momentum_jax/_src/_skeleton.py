@@ -79,9 +79,7 @@ def buffer_transform(
     coefficients: Callable[[Any], Any],
     buffers: Callable[..., Any],
     output: Callable[..., Any],
-    accumulator_dtype: Any,
-    stochastic_rounding: bool,
-    seed: Any,
+    options: dict[str, Any],
     *,
     num_buffers: int | None = None,
     weight_decay: Any = 0.0,
@@ -89,8 +87,10 @@ def buffer_transform(
 ) -> optax.GradientTransformationExtraArgs:
     """An optax transform from an update rule.
 
-    The state is ``state_type(count, buffers, *fields)``: one params-shaped
-    buffer tree (a tuple of ``num_buffers`` of them when that is given).
+    ``options`` holds the factory's ``accumulator_dtype``, ``stochastic_rounding``
+    and ``seed`` (:func:`momentum_jax._src._checks.state_options`). The state is
+    ``state_type(count, buffers, *fields)``: one params-shaped buffer tree (a
+    tuple of ``num_buffers`` of them when that is given).
     ``coefficients(state)`` gives the update's hyperparameters; for each array,
     ``buffers(c, g, *b)`` the new buffer (a tuple when ``num_buffers``) and
     ``output(c, g, *new_b)`` its output. ``g`` arrives as ``g + weight_decay *
@@ -98,9 +98,10 @@ def buffer_transform(
     the buffers. ``extra(c)``, if given, gives the state's fields after the
     buffers, and ``extra(None)`` their initial values.
     """
+    accumulator_dtype, seed = options["accumulator_dtype"], options["seed"]
     dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
     decay = not _checks.is_python_zero(weight_decay)
-    rounding, size = stochastic_rounding, num_buffers or 1
+    rounding, size = options["stochastic_rounding"], num_buffers or 1
 
     def init_fn(params: Any) -> Any:
         trees = tuple(jax.tree.map(lambda p: zeros(p, dtype), params) for _ in range(size))

@@ -119,8 +119,9 @@ def scale_by_qhm(
         _, _, nu, one_minus_nu = c
         return nu * b + one_minus_nu * g
 
-    options = (accumulator_dtype, stochastic_rounding, seed)
-    block = buffer_transform(QHMState, coefficients, buffer, output, *options)
+    block = buffer_transform(
+        QHMState, coefficients, buffer, output, _checks.state_options(locals())
+    )
     return with_layout(block, layout)
 
 
@@ -255,8 +256,8 @@ def scale_by_aggmo(
     def output(betas: Any, g: jax.Array, *bs: jax.Array) -> jax.Array:
         return functools.reduce(operator.add, [b.astype(g.dtype) for b in bs]) / count
 
-    options = (accumulator_dtype, stochastic_rounding, seed)
-    block = buffer_transform(AggMoState, coefficients, buffers, output, *options, num_buffers=count)
+    options = _checks.state_options(locals())
+    block = buffer_transform(AggMoState, coefficients, buffers, output, options, num_buffers=count)
     return with_layout(block, layout)
 
 
