@@ -131,16 +131,12 @@ def buffer_transform(
 
         def step(g: Any, p: Any, *bs: Any) -> Any:
             g = (g + wd * p).astype(g.dtype) if decay else g
-            wide_bs = [
+            bs = tuple(
                 b.astype(jnp.float32) if rounding and _rounding.narrow(b.dtype) else b for b in bs
-            ]
-            wide = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in wide_bs)))
-            values = buffers(c, wide, *wide_bs)
-            values = values if num_buffers else (values,)
-            if rounding:  # the output comes after the rounding
-                return wide, values, None
-            values = tuple(v.astype(b.dtype) for v, b in zip(values, bs, strict=True))
-            return wide, values, output(c, wide, *values).astype(g.dtype)
+            )
+            wide = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in bs)))
+            values = buffers(c, wide, *bs)
+            return wide, values if num_buffers else (values,)
 
         def finish(g: Any, wide: Any, *values: Any) -> Any:
             return output(c, wide, *values).astype(g.dtype)
@@ -159,15 +155,14 @@ def buffer_transform(
             jax.tree.unflatten(treedef, [None if r is None else r[1][k] for r in results])
             for k in range(size)
         )
-        outs = [None if r is None else r[2] for r in results]
-        if rounding:
-            # Trees, not leaves: positions count optax.MaskedNode (see round_tree).
+        if rounding:  # on trees, whose positions count optax.MaskedNode (see round_tree)
             new = _rounding.round_tree(new, trees, seed, _rounding.BUFFERS, state[0])
-            outs = [
-                None if r is None else finish(g, r[0], *b)
-                for g, r, *b in zip(grads, results, *map(leaves_of, new), strict=True)
-            ]
         stored = jax.tree.map(lambda n, b: n.astype(b.dtype), new, trees)
+        values = map(leaves_of, new if rounding else stored)  # rounded: in float32
+        outs = [
+            None if r is None else finish(g, r[0], *b)
+            for g, r, *b in zip(grads, results, *values, strict=True)
+        ]
         fields = () if extra is None else extra(c)
         count = _checks.safe_increment(state[0])
         new_state = state_type(count, stored if num_buffers else stored[0], *fields)
