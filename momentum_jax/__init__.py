@@ -29,8 +29,7 @@ from optax import ScalarOrSchedule
 
 from momentum_jax import compat, schedules
 from momentum_jax._src._core import MomentumState, momentum, nesterov, scale_by_momentum
-from momentum_jax._src._layout import Layout, PackedState, Slot
-from momentum_jax._src._restore import restore_state
+from momentum_jax._src._layout import Layout, PackedState, Slot, restore_state
 from momentum_jax._src._rounding import StochasticRoundParamsState, stochastic_round_params
 from momentum_jax._src._variants import (
     AggMoState,

@@ -133,13 +133,10 @@ def round_tree(new: Any, like: Any, seed: Any, stage: int, count: Any) -> Any:
     dtypes = [getattr(b, "dtype", None) for b in jax.tree.leaves(like, is_leaf=_position)]
     keys = leaf_keys(seed, stage, count, len(leaves))
     out = [
-        lax.convert_element_type(
-            lax.convert_element_type(stochastic_round(x.astype(jnp.float32), dtype, key), dtype),
-            jnp.float32,
-        )
-        if dtype is not None and narrow(dtype)
+        stochastic_round(x.astype(jnp.float32), d, key).astype(d).astype(jnp.float32)
+        if d is not None and narrow(d)
         else x
-        for x, dtype, key in zip(leaves, dtypes, keys, strict=True)
+        for x, d, key in zip(leaves, dtypes, keys, strict=True)
     ]
     return jax.tree.unflatten(treedef, out)
 
@@ -227,12 +224,10 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
             raise _checks.error(
                 ValueError, "update() needs the params: call update(updates, state, params)."
             )
-        trainable = jax.tree.map(
-            lambda p: _checks.as_array(p) if _checks.trains(p) else None, params
-        )
-        _checks.check_tree(updates, trainable, what="update")
+        like = jax.tree.map(lambda p: _checks.as_array(p) if _checks.trains(p) else None, params)
+        _checks.check_tree(updates, like, what="update")
         like = jax.tree.map(
-            lambda u, p: p if u is not None else None, updates, trainable, is_leaf=_checks.is_none
+            lambda u, p: None if u is None else p, updates, like, is_leaf=_checks.is_none
         )
         exact = jax.tree.map(
             lambda u, p: p.astype(jnp.float32) + u if narrow(p.dtype) else u, updates, like
@@ -240,9 +235,11 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
         rounded = round_tree(exact, like, seed, PARAMS, state.count)
 
         def step(u: Any, p: Any, r: Any) -> Any:
-            if u is None or not narrow(p.dtype):
-                return u
-            return lax.convert_element_type(r - p.astype(jnp.float32), u.dtype)
+            return (
+                u
+                if u is None or not narrow(p.dtype)
+                else (r - p.astype(jnp.float32)).astype(u.dtype)
+            )
 
         out = jax.tree.map(step, updates, like, rounded, is_leaf=_checks.is_none)
         return out, StochasticRoundParamsState(_checks.safe_increment(state.count))  # type: ignore[arg-type]
