@@ -42,24 +42,12 @@ from momentum_jax._src._variants import (
 
 __version__ = "0.5.0"
 
+# One line per name would make this list the longest part of the file.
+# fmt: off
 __all__ = [
-    "AggMoState",
-    "Layout",
-    "MomentumState",
-    "PackedState",
-    "QHMState",
-    "ScalarOrSchedule",
-    "Slot",
-    "StochasticRoundParamsState",
-    "aggmo",
-    "compat",
-    "momentum",
-    "nesterov",
-    "qhm",
-    "restore_state",
-    "scale_by_aggmo",
-    "scale_by_momentum",
-    "scale_by_qhm",
-    "schedules",
+    "AggMoState", "Layout", "MomentumState", "PackedState", "QHMState", "ScalarOrSchedule", "Slot",
+    "StochasticRoundParamsState", "aggmo", "compat", "momentum", "nesterov", "qhm",
+    "restore_state", "scale_by_aggmo", "scale_by_momentum", "scale_by_qhm", "schedules",
     "stochastic_round_params",
 ]
+# fmt: on

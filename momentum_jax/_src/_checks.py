@@ -129,10 +129,10 @@ def in_range(high: float, closed: bool = False, schedule: bool = True) -> Any:
     return check
 
 
-def _kind(test: Callable[[Any], bool], wanted: str, error: type[Exception] = TypeError) -> Any:
+def _kind(test: Callable[[Any], bool], wanted: str, kind: type[Exception] = TypeError) -> Any:
     def check(arg: str, value: Any) -> None:
         if not test(value):
-            _fail(error, arg, f"must be {wanted}, got {value!r}.")
+            _fail(kind, arg, f"must be {wanted}, got {value!r}.")
 
     return check
 
@@ -169,17 +169,15 @@ def _momenta(arg: str, value: Any) -> None:
 
 
 _CONSTANT, _DECAY = in_range(1.0, schedule=False), in_range(math.inf, schedule=False)
+_FLAG = _kind(lambda v: isinstance(v, bool | np.bool_), "True or False")
 CHECKS: dict[str, Callable[[str, Any], object]] = {
     **dict.fromkeys(("learning_rate", "lr"), in_range(math.inf)),
-    **dict.fromkeys(("max_momentum", "init_momentum", "dampening", "b1", "b2"), _CONSTANT),
+    **dict.fromkeys(("max_momentum", "init_momentum", "dampening"), _CONSTANT),
     "momentum": in_range(1.0),
     "nu": in_range(1.0, closed=True),
     "weight_decay": lambda arg, value: value is None or _DECAY(arg, value),
     "momenta": _momenta,
-    **dict.fromkeys(
-        ("nesterov", "use_nesterov", "maximize", "stochastic_rounding"),
-        _kind(lambda v: isinstance(v, bool | np.bool_), "True or False"),
-    ),
+    **dict.fromkeys(("nesterov", "use_nesterov", "maximize", "stochastic_rounding"), _FLAG),
     "accumulator_dtype": _kind(_dtype, "None or a float dtype"),
     "seed": _integer(0),
     "layout": _kind(lambda v: v in LAYOUTS, "'per_leaf' or 'packed'", ValueError),

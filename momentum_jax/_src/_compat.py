@@ -132,17 +132,14 @@ def torch_sgd(
     """
     mu, tau = _checks.concrete(momentum), _checks.concrete(dampening)
     if nesterov and ((mu is not None and mu <= 0) or tau not in (None, 0.0)):
-        raise ValueError(f"{_checks.caller()}: nesterov=True needs momentum > 0 and dampening=0.")
+        raise _checks.error(ValueError, "nesterov=True needs momentum > 0 and dampening=0.")
     options = _checks.state_options(locals())
     parts: list[Any] = [optax.scale(-1.0)] if maximize else []
     if not _checks.is_python_zero(weight_decay):
         parts.append(_weight_decay(weight_decay))
     if not _checks.is_python_zero(momentum):
-        parts.append(
-            _core.gradient_buffer(
-                momentum, nesterov, dampening, options, type(momentum) not in (int, float)
-            )
-        )
+        torch_rule = type(momentum) not in (int, float)  # momentum 0 at some steps
+        parts.append(_core.gradient_buffer(momentum, nesterov, dampening, options, torch_rule))
     scale = scale_by_learning_rate(lr)
     parts.append(scale if len(parts) > int(maximize) else _checked(scale))
     return optax.chain(*parts)

@@ -157,9 +157,8 @@ def momentum(
     def coefficients(state: MomentumState) -> tuple[Any, Any, Any]:
         mu = hyper(momentum, state.count, 1.0)
         # Nesterov looks one step ahead: mu_{t+1} is the schedule at the next count.
-        ahead = (
-            hyper(momentum, _checks.safe_increment(state.count), 1.0) if callable(momentum) else mu
-        )
+        next_count = _checks.safe_increment(state.count)
+        ahead = hyper(momentum, next_count, 1.0) if callable(momentum) else mu
         return hyper(learning_rate, state.count), mu, ahead
 
     def velocity(c: Any, g: jax.Array, v: jax.Array) -> jax.Array:
@@ -305,9 +304,7 @@ def scale_by_momentum(
       (``torch.optim.SGD``).
     """
     if nesterov and _checks.concrete(dampening) not in (None, 0.0):
-        raise ValueError(
-            f"momentum_jax.scale_by_momentum: nesterov=True needs dampening=0, got {dampening!r}."
-        )
+        raise _checks.error(ValueError, f"nesterov=True needs dampening=0, got {dampening!r}.")
     return gradient_buffer(momentum, nesterov, dampening, _checks.state_options(locals()))
 
 

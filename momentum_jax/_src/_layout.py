@@ -91,11 +91,10 @@ class Layout(NamedTuple):
             if slot is None:
                 continue
             if what != "buffer" and _group(leaf) != slot.group:
-                path = _checks.path(tree, index)
+                at, dtype = _checks.path(tree, index), _group(leaf)
+                fix = "cast it, or use layout='per_leaf'"
                 raise _checks.error(
-                    TypeError,
-                    f"the {what} at {path} is {_group(leaf)}, its param "
-                    f"{slot.group}; cast it, or use layout='per_leaf'.",
+                    TypeError, f"the {what} at {at} is {dtype}, its param {slot.group}; {fix}."
                 )
             pieces[slot.group].append(leaf)
         packs = {name: _concatenate(parts) for name, parts in pieces.items()}
@@ -204,10 +203,9 @@ def packed(block: optax.GradientTransformation) -> optax.GradientTransformationE
 
     def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
         _checks.check_state(state, PackedState, updates)
-        layout, buffers = state.layout, state.inner[1]
-        reference = layout.unpack(
-            *(buffers[0] if state.inner._fields[1] == "buffers" else buffers), shapes_only=True
-        )
+        layout, inner = state.layout, state.inner
+        first = inner[1][0] if inner._fields[1] == "buffers" else inner[1]
+        reference = layout.unpack(*first, shapes_only=True)
         _checks.check_tree(updates, reference)
         if params is not None:
             _checks.check_tree(params, reference, "param")

@@ -111,7 +111,6 @@ def warn_no_effect(what: str, nothing: str, fix: str) -> None:
     warnings.warn(
         f"{_checks.caller()}: {what} has no effect: {nothing} is bfloat16 or float16. "
         f"{fix}, or leave it out.",
-        UserWarning,
         stacklevel=4,
     )
 
