@@ -372,8 +372,8 @@ def _carry_leaf(old: Any, new: Any, path: str) -> Any:
         raise _error(path, f"is {_describe(old)} in the old state, but an array in the new one")
     if jnp.shape(old) != jnp.shape(new):
         stacked = jnp.shape(old)[1:] == jnp.shape(new)
-        hint = " (a stacked state: jax.vmap restore_state over it)" if stacked else ""
-        raise _error(path, f"has shape {jnp.shape(old)}, expected {jnp.shape(new)}{hint}")
+        fix = "a stacked state? jax.vmap restore_state over it" if stacked else None
+        raise _error(path, f"has shape {jnp.shape(old)}, expected {jnp.shape(new)}", fix)
     return jnp.asarray(old, jnp.result_type(new))
 
 
@@ -385,7 +385,6 @@ def _describe(value: Any) -> str:
     return "None" if value is None else f"a {type(value).__name__}"
 
 
-def _error(path: str, what: str) -> Exception:
-    return _checks.error(
-        ValueError, f"the field {path} {what}; rebuild the transform as it was saved."
-    )
+def _error(path: str, what: str, fix: str | None = None) -> Exception:
+    fix = fix or "rebuild the transform as it was saved"
+    return _checks.error(ValueError, f"the field {path} {what}; {fix}.")
