@@ -114,7 +114,9 @@ def torch_sgd(
       layout: the state layout, as in :func:`momentum_jax.momentum`.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``.
+      The chain above, an ``optax.GradientTransformationExtraArgs``; its buffer
+      stage's state is a :class:`momentum_jax.MomentumState` (or
+      :class:`momentum_jax.compat.TorchMomentumState`).
 
     Example:
       >>> import jax.numpy as jnp
@@ -257,15 +259,17 @@ def tf1_momentum(
       learning_rate: :math:`\alpha_t \ge 0`, or a schedule.
       momentum: :math:`\mu \in [0, 1)`, or a schedule.
       use_nesterov: TF1's Nesterov form.
-      accumulator_dtype: dtype of the accumulator; ``None`` keeps each param's
-        dtype (the framework's behaviour).
-      stochastic_rounding: round the new accumulator stochastically into a
-        bfloat16 or float16 buffer, as in :func:`momentum_jax.momentum`.
-      seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
-      layout: the state layout, as in :func:`momentum_jax.momentum`.
+      accumulator_dtype: the accumulator's dtype (``None``: each param's own, as
+        in TF1).
+      stochastic_rounding: with a bfloat16 or float16 accumulator, round each new
+        one stochastically (see :func:`momentum_jax.momentum`).
+      seed: the seed of that rounding's random bits.
+      layout: ``"per_leaf"`` or ``"packed"`` (see :func:`momentum_jax.momentum`).
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``.
+      ``optax.chain(scale_by_momentum(momentum, nesterov=use_nesterov),
+      optax.scale_by_learning_rate(learning_rate))``: its first state is a
+      :class:`momentum_jax.MomentumState`.
 
     Example:
       >>> import jax.numpy as jnp

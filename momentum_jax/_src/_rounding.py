@@ -184,8 +184,8 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
         another seed draws other bits.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` whose state is a
-      :class:`momentum_jax.StochasticRoundParamsState`.
+      The stage; its state, a :class:`momentum_jax.StochasticRoundParamsState`,
+      holds only the update count.
 
     Example:
       >>> import jax.numpy as jnp
