@@ -38,7 +38,9 @@ def _weight_decay(weight_decay: Any, learning_rate: Any = None) -> Any:
     """
 
     def init(params: Any) -> Any:
-        return optax.EmptyState() if learning_rate is None else optax.ScaleByScheduleState(zero)
+        if learning_rate is None:
+            return optax.EmptyState()
+        return optax.ScaleByScheduleState(jax.numpy.zeros([], "int32"))  # new: it may be donated
 
     def update(updates: Any, state: Any, params: Any = None) -> Any:
         if params is None:
@@ -50,7 +52,6 @@ def _weight_decay(weight_decay: Any, learning_rate: Any = None) -> Any:
         step = lambda u, p: None if u is None else (u + scale * p).astype(u.dtype)  # noqa: E731
         return jax.tree.map(step, updates, params, is_leaf=_checks.is_none), state
 
-    zero = jax.numpy.zeros([], "int32")
     return _checked(optax.GradientTransformation(init, update))
 
 
