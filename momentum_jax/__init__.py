@@ -30,49 +30,30 @@ on every ``K``-th call (:class:`AccumulationState`), with no param-sized
 accumulator.
 """
 
-from optax import ScalarOrSchedule as ScalarOrSchedule
+from optax import ScalarOrSchedule
 
-from momentum_jax import compat as compat
-from momentum_jax import schedules as schedules
-from momentum_jax._src._core import MomentumState as MomentumState
-from momentum_jax._src._core import momentum as momentum
-from momentum_jax._src._core import nesterov as nesterov
-from momentum_jax._src._core import scale_by_momentum as scale_by_momentum
-from momentum_jax._src._layout import Layout as Layout
-from momentum_jax._src._layout import PackedState as PackedState
-from momentum_jax._src._layout import Slot as Slot
-from momentum_jax._src._restore import restore_state as restore_state
-from momentum_jax._src._rounding import StochasticRoundParamsState as StochasticRoundParamsState
-from momentum_jax._src._rounding import stochastic_round_params as stochastic_round_params
-from momentum_jax._src._skeleton import AccumulationState as AccumulationState
-from momentum_jax._src._variants import AggMoState as AggMoState
-from momentum_jax._src._variants import QHMState as QHMState
-from momentum_jax._src._variants import aggmo as aggmo
-from momentum_jax._src._variants import qhm as qhm
-from momentum_jax._src._variants import scale_by_aggmo as scale_by_aggmo
-from momentum_jax._src._variants import scale_by_qhm as scale_by_qhm
+from momentum_jax import compat, schedules
+from momentum_jax._src._core import MomentumState, momentum, nesterov, scale_by_momentum
+from momentum_jax._src._layout import Layout, PackedState, Slot, restore_state
+from momentum_jax._src._rounding import StochasticRoundParamsState, stochastic_round_params
+from momentum_jax._src._skeleton import AccumulationState
+from momentum_jax._src._variants import (
+    AggMoState,
+    QHMState,
+    aggmo,
+    qhm,
+    scale_by_aggmo,
+    scale_by_qhm,
+)
 
 __version__ = "0.5.0"
 
+# One line per name would make this list the longest part of the file.
+# fmt: off
 __all__ = [
-    "AccumulationState",
-    "AggMoState",
-    "Layout",
-    "MomentumState",
-    "PackedState",
-    "QHMState",
-    "ScalarOrSchedule",
-    "Slot",
-    "StochasticRoundParamsState",
-    "aggmo",
-    "compat",
-    "momentum",
-    "nesterov",
-    "qhm",
-    "restore_state",
-    "scale_by_aggmo",
-    "scale_by_momentum",
-    "scale_by_qhm",
-    "schedules",
-    "stochastic_round_params",
+    "AccumulationState", "AggMoState", "Layout", "MomentumState", "PackedState", "QHMState",
+    "ScalarOrSchedule", "Slot", "StochasticRoundParamsState", "aggmo", "compat", "momentum",
+    "nesterov", "qhm", "restore_state", "scale_by_aggmo", "scale_by_momentum", "scale_by_qhm",
+    "schedules", "stochastic_round_params",
 ]
+# fmt: on

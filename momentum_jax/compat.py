@@ -9,9 +9,7 @@ preset                 reproduces                                   learning rat
 =====================  ===========================================  ==================
 """
 
-from momentum_jax._src._compat import keras_sgd as keras_sgd
-from momentum_jax._src._compat import tf1_momentum as tf1_momentum
-from momentum_jax._src._compat import torch_sgd as torch_sgd
-from momentum_jax._src._core import TorchMomentumState as TorchMomentumState
+from momentum_jax._src._compat import keras_sgd, tf1_momentum, torch_sgd
+from momentum_jax._src._core import TorchMomentumState
 
 __all__ = ["TorchMomentumState", "keras_sgd", "tf1_momentum", "torch_sgd"]

@@ -11,7 +11,6 @@ schedule               momentum
 =====================  ==========================================================
 """
 
-from momentum_jax._src._schedules import demon as demon
-from momentum_jax._src._schedules import sutskever as sutskever
+from momentum_jax._src._schedules import demon, sutskever
 
 __all__ = ["demon", "sutskever"]

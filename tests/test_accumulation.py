@@ -448,8 +448,7 @@ NESTEROV = {
 def test_nesterov_refuses_to_accumulate_and_names_multisteps(name: str) -> None:
     message = (
         f"{name}: the Nesterov step needs the mean gradient, which gradient_accumulation_steps=4 "
-        "does not keep; use optax.MultiSteps(transform, every_k_schedule=4) around the "
-        "transform built without it."
+        "does not keep; use optax.MultiSteps(transform, every_k_schedule=4) instead."
     )
     with pytest.raises(ValueError, match=re.escape(message)):
         NESTEROV[name](4)
@@ -458,7 +457,7 @@ def test_nesterov_refuses_to_accumulate_and_names_multisteps(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(TAKERS))
 def test_the_packed_layout_is_refused_with_the_fix(name: str) -> None:
-    message = f"{name}: gradient_accumulation_steps=2 needs layout='per_leaf', got layout='packed'."
+    message = f"{name}: gradient_accumulation_steps=2 needs layout='per_leaf', got 'packed'."
     with pytest.raises(ValueError, match=re.escape(message)):
         TAKERS[name](gradient_accumulation_steps=2, layout="packed")
 

@@ -206,6 +206,18 @@ def test_state_is_a_stable_scan_and_cond_carry_for_every_dtype(row: Row, x64: bo
 
 
 @rows
+def test_a_donated_state_leaves_the_next_init_alive(row: Row) -> None:
+    """A donated step deletes the arrays of the state it is given, so ``init`` must build
+    new ones on every call, never hand out an array it keeps (a shared step counter, say)."""
+    tx = row.build()
+    params = _problems.initial_params()
+    step = jax.jit(_problems.step_fn(tx), donate_argnums=(0, 1))
+    step(jax.tree.map(jnp.copy, params), tx.init(params))
+    deleted = [x for x in jax.tree.leaves(tx.init(params)) if x.is_deleted()]
+    assert not deleted, f"{row.id}: init returned {len(deleted)} deleted arrays"
+
+
+@rows
 def test_eval_shape_of_init_matches_init(row: Row) -> None:
     tx = row.build()
     params = _mixed_params(row, x64=False)

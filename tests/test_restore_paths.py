@@ -137,7 +137,9 @@ def test_a_stacked_state_is_refused_with_the_vmap_fix() -> None:
     tx = momentum_jax.momentum(0.1, 0.9)
     members = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), _params())
     states = jax.vmap(tx.init)(members)
-    with pytest.raises(ValueError, match="vmap"):
+    with pytest.raises(ValueError, match="stacked") as refused:
         momentum_jax.restore_state(states, tx, _params())
+    assert "a stacked state? jax.vmap restore_state over it." in str(refused.value)
+    assert "rebuild" not in str(refused.value)
     restored = jax.vmap(lambda s, p: momentum_jax.restore_state(s, tx, p))(states, members)
     _same(restored, states)

@@ -67,8 +67,9 @@ def test_a_saved_state_loads_and_continues(case: str) -> None:
     )
     _, now = saved.run(tx, params, fresh, range(saved.STEPS))
     # The files were written with jax 0.10.2, where they are exact; another XLA
-    # may fuse a multiply-add differently and land one float32 ulp away.
-    ulps = 0 if jax.__version__ == "0.10.2" else 1
+    # may fuse a multiply-add differently: a few float32 ulps away after 5 steps
+    # (AggMo's sum of three buffers, 2 ulps on jax 0.4.35).
+    ulps = 0 if jax.__version__ == "0.10.2" else 4
     _assert_same(from_npz, now, ulps)
     _assert_same(from_pickle, now, ulps)
     p_mid, _ = saved.run(tx, params, tx.init(params), range(saved.STEPS))

@@ -10,17 +10,9 @@ from typing import Any
 import jax
 import optax
 
-from momentum_jax._src import _core, _tree
+from momentum_jax._src import _checks, _core
+from momentum_jax._src._checks import public
 from momentum_jax._src._skeleton import accumulation, hyper, scale_by_learning_rate
-from momentum_jax._src._validation import (
-    caller,
-    concrete,
-    is_python_zero,
-    named,
-    needs_params,
-    public,
-    state_options,
-)
 
 
 def _checked(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
@@ -28,11 +20,13 @@ def _checked(inner: optax.GradientTransformation) -> optax.GradientTransformatio
 
     def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
         if params is not None:
-            trainable = jax.tree.map(lambda p: p if _tree.trains(p) else None, params)
-            _tree.check_tree(updates, trainable)
+            trainable = jax.tree.map(lambda p: p if _checks.trains(p) else None, params)
+            _checks.check_tree(updates, trainable)
         return inner.update(updates, state, params)
 
-    return optax.GradientTransformationExtraArgs(named(inner.init), named(update_fn))
+    return optax.GradientTransformationExtraArgs(
+        _checks.named(inner.init), _checks.named(update_fn)
+    )
 
 
 def _weight_decay(weight_decay: Any, learning_rate: Any = None, steps: int = 1) -> Any:
@@ -45,16 +39,20 @@ def _weight_decay(weight_decay: Any, learning_rate: Any = None, steps: int = 1) 
     """
 
     def init(params: Any) -> Any:
-        return optax.EmptyState() if learning_rate is None else optax.ScaleByScheduleState(zero)
+        if learning_rate is None:
+            return optax.EmptyState()
+        return optax.ScaleByScheduleState(jax.numpy.zeros([], "int32"))  # new: it may be donated
 
     def update(updates: Any, state: Any, params: Any = None) -> Any:
         if params is None:
-            raise needs_params()
+            raise _checks.needs_params()
         scale = hyper(weight_decay, None)
         if learning_rate is not None:
             last = state.count % steps == steps - 1
-            scale = -hyper(learning_rate, state.count // steps) * scale
-            state = optax.ScaleByScheduleState(_tree.safe_increment(state.count))
+            scale = (
+                -hyper(learning_rate, state.count // steps if steps > 1 else state.count) * scale
+            )
+            state = optax.ScaleByScheduleState(_checks.safe_increment(state.count))
 
         def step(u: Any, p: Any) -> Any:
             if u is None:
@@ -62,9 +60,8 @@ def _weight_decay(weight_decay: Any, learning_rate: Any = None, steps: int = 1) 
             decayed = (u + scale * p).astype(u.dtype)
             return decayed if steps == 1 else jax.numpy.where(last, decayed, u)
 
-        return jax.tree.map(step, updates, params, is_leaf=_tree.is_none), state
+        return jax.tree.map(step, updates, params, is_leaf=_checks.is_none), state
 
-    zero = jax.numpy.zeros([], "int32")
     return _checked(optax.GradientTransformation(init, update))
 
 
@@ -139,7 +136,9 @@ def torch_sgd(
         is then the mean gradient, kept nowhere) is NaN.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``.
+      The chain above, an ``optax.GradientTransformationExtraArgs``; its buffer
+      stage's state is a :class:`momentum_jax.MomentumState` (or
+      :class:`momentum_jax.compat.TorchMomentumState`).
 
     Example:
       >>> import jax.numpy as jnp
@@ -155,19 +154,19 @@ def torch_sgd(
     References:
       `torch.optim.SGD <https://pytorch.org/docs/stable/generated/torch.optim.SGD.html>`_.
     """
-    mu, tau = concrete(momentum), concrete(dampening)
+    mu, tau = _checks.concrete(momentum), _checks.concrete(dampening)
     if nesterov and ((mu is not None and mu <= 0) or tau not in (None, 0.0)):
-        raise ValueError(f"{caller()}: nesterov=True needs momentum > 0 and dampening=0.")
-    options = (accumulator_dtype, stochastic_rounding, seed, layout)
+        raise _checks.error(ValueError, "nesterov=True needs momentum > 0 and dampening=0.")
+    options = _checks.state_options(locals())
     steps = accumulation(gradient_accumulation_steps, nesterov, layout)
     parts: list[Any] = [optax.scale(-1.0)] if maximize else []
-    if not is_python_zero(weight_decay):
+    if not _checks.is_python_zero(weight_decay):
         parts.append(_weight_decay(weight_decay))
-    if not is_python_zero(momentum) or steps > 1:
-        # Accumulating, a Python momentum 0 keeps a buffer, b = g (PyTorch's dampening is moot).
-        damped = 0.0 if is_python_zero(momentum) else dampening
-        torch_zero = type(momentum) not in (int, float)
-        parts.append(_core.gradient_buffer(momentum, nesterov, damped, *options, steps, torch_zero))
+    if not _checks.is_python_zero(momentum) or steps > 1:
+        # Accumulating, a Python momentum 0 keeps a buffer, b = g (torch's dampening is moot).
+        damped = 0.0 if _checks.is_python_zero(momentum) else dampening
+        torch_rule = type(momentum) not in (int, float)  # momentum 0 at some steps
+        parts.append(_core.gradient_buffer(momentum, nesterov, damped, options, torch_rule))
     scale = scale_by_learning_rate(lr, steps)
     parts.append(scale if len(parts) > int(maximize) else _checked(scale))
     return optax.chain(*parts)
@@ -251,15 +250,17 @@ def keras_sgd(
     steps = accumulation(gradient_accumulation_steps, nesterov, layout)
     if steps > 1 and callable(learning_rate):
         learning_rate = _at_last_call(learning_rate, steps)
-    if is_python_zero(momentum) and steps == 1:
+    if _checks.is_python_zero(momentum) and steps == 1:
         # Keras keeps no momentum variable then; neither do we. (An array zero,
         # as inject_hyperparams passes, keeps the velocity: same numbers.)
         parts = [_checked(scale_by_learning_rate(learning_rate))]
     else:
         parts = [
-            _core.momentum(learning_rate, momentum, nesterov=nesterov, **state_options(locals()))
+            _core.momentum(
+                learning_rate, momentum, nesterov=nesterov, **_checks.state_options(locals())
+            )
         ]
-    if not (weight_decay is None or is_python_zero(weight_decay)):
+    if not (weight_decay is None or _checks.is_python_zero(weight_decay)):
         parts.append(_weight_decay(weight_decay, learning_rate, steps))
     return optax.chain(*parts)
 
@@ -304,12 +305,12 @@ def tf1_momentum(
       learning_rate: :math:`\alpha_t \ge 0`, or a schedule.
       momentum: :math:`\mu \in [0, 1)`, or a schedule.
       use_nesterov: TF1's Nesterov form.
-      accumulator_dtype: dtype of the accumulator; ``None`` keeps each param's
-        dtype (the framework's behaviour).
-      stochastic_rounding: round the new accumulator stochastically into a
-        bfloat16 or float16 buffer, as in :func:`momentum_jax.momentum`.
-      seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
-      layout: the state layout, as in :func:`momentum_jax.momentum`.
+      accumulator_dtype: the accumulator's dtype (``None``: each param's own, as
+        in TF1).
+      stochastic_rounding: with a bfloat16 or float16 accumulator, round each new
+        one stochastically (see :func:`momentum_jax.momentum`).
+      seed: the seed of that rounding's random bits.
+      layout: ``"per_leaf"`` or ``"packed"`` (see :func:`momentum_jax.momentum`).
       gradient_accumulation_steps: ``K``, the number of calls whose mean
         gradient makes one update (``None``, the default, or 1: none). With
         ``K >= 2`` the accumulator takes :math:`g / K` at each call as in
@@ -319,7 +320,9 @@ def tf1_momentum(
         K)``'s trajectory. It refuses ``use_nesterov=True``.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``.
+      ``optax.chain(scale_by_momentum(momentum, nesterov=use_nesterov),
+      optax.scale_by_learning_rate(learning_rate))``: its first state is a
+      :class:`momentum_jax.MomentumState`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -335,8 +338,7 @@ def tf1_momentum(
       `tf.compat.v1.train.MomentumOptimizer
       <https://www.tensorflow.org/api_docs/python/tf/compat/v1/train/MomentumOptimizer>`_.
     """
-    options = (accumulator_dtype, stochastic_rounding, seed, layout, gradient_accumulation_steps)
     return optax.chain(
-        _core.gradient_buffer(momentum, use_nesterov, 0.0, *options),
+        _core.gradient_buffer(momentum, use_nesterov, 0.0, _checks.state_options(locals())),
         scale_by_learning_rate(learning_rate, gradient_accumulation_steps),
     )

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax._src import _tree
+from momentum_jax._src import _checks
+from momentum_jax._src._checks import public
 from momentum_jax._src._layout import with_layout
 from momentum_jax._src._skeleton import accumulation, buffer_transform, hyper
-from momentum_jax._src._validation import concrete, is_python_zero, public, state_options
 
 
 class MomentumState(NamedTuple):
@@ -172,9 +172,8 @@ def momentum(
     def coefficients(state: MomentumState) -> tuple[Any, Any, Any]:
         mu = hyper(momentum, state.count, 1.0)
         # Nesterov looks one step ahead: mu_{t+1} is the schedule at the next count.
-        ahead = (
-            hyper(momentum, _tree.safe_increment(state.count), 1.0) if callable(momentum) else mu
-        )
+        next_count = _checks.safe_increment(state.count)
+        ahead = hyper(momentum, next_count, 1.0) if callable(momentum) else mu
         return hyper(learning_rate, state.count), mu, ahead
 
     def velocity(c: Any, g: jax.Array, v: jax.Array) -> jax.Array:
@@ -187,10 +186,10 @@ def momentum(
         # (benchmarks/xla_cpu_probes.py forms).
         return -mu_next * v - lr * g if nesterov else -1 * v
 
-    steps = accumulation(gradient_accumulation_steps, nesterov, layout)
-    options = (accumulator_dtype, stochastic_rounding, seed, steps)
+    accumulation(gradient_accumulation_steps, nesterov, layout)
+    options = _checks.state_options(locals())
     block = buffer_transform(
-        MomentumState, coefficients, velocity, update, *options, weight_decay=weight_decay
+        MomentumState, coefficients, velocity, update, options, weight_decay=weight_decay
     )
     return with_layout(block, layout)
 
@@ -255,7 +254,7 @@ def nesterov(
       and momentum in deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_,
       ICML 2013.
     """
-    options = state_options(locals())
+    options = _checks.state_options(locals())
     return _momentum(learning_rate, momentum, nesterov=True, weight_decay=weight_decay, **options)
 
 
@@ -330,36 +329,26 @@ def scale_by_momentum(
       learning library <https://arxiv.org/abs/1912.01703>`_, 2019
       (``torch.optim.SGD``).
     """
-    if nesterov and concrete(dampening) not in (None, 0.0):
-        raise ValueError(
-            f"momentum_jax.scale_by_momentum: nesterov=True needs dampening=0, got {dampening!r}."
-        )
-    options = (accumulator_dtype, stochastic_rounding, seed, layout, gradient_accumulation_steps)
-    return gradient_buffer(momentum, nesterov, dampening, *options)
+    if nesterov and _checks.concrete(dampening) not in (None, 0.0):
+        raise _checks.error(ValueError, f"nesterov=True needs dampening=0, got {dampening!r}.")
+    return gradient_buffer(momentum, nesterov, dampening, _checks.state_options(locals()))
 
 
 def gradient_buffer(
-    momentum: Any,
-    nesterov: bool,
-    dampening: Any,
-    accumulator_dtype: Any,
-    stochastic_rounding: bool,
-    seed: Any,
-    layout: str,
-    steps: int | None = None,
-    torch_zero_momentum: bool = False,
+    momentum: Any, nesterov: bool, dampening: Any, options: dict[str, Any], torch_rule: bool = False
 ) -> optax.GradientTransformationExtraArgs:
-    """:func:`scale_by_momentum`'s rule; with ``torch_zero_momentum``, PyTorch's at momentum 0.
+    """:func:`scale_by_momentum`'s rule (``options``: the state options); with ``torch_rule``,
+    PyTorch's at momentum 0.
 
     ``torch.optim.SGD`` leaves its buffer alone at a step whose momentum is 0
     (the output is then the gradient) and starts it, undamped, at the first
-    step whose momentum is not 0. Accumulating ``steps`` gradients, such a
-    step's output (their mean) is in no state: it is NaN.
+    step whose momentum is not 0. Accumulating gradients, such a step's output (their
+    mean) is in no state: it is NaN.
     """
-    steps = accumulation(steps, nesterov, layout)
+    steps = accumulation(options.get(_checks.ACCUMULATION), nesterov, options["layout"])
     # b_1 = g_1: the first step (with torch's rule, the first with momentum) is undamped.
-    damped = not is_python_zero(dampening)
-    started = torch_zero_momentum and damped
+    damped = not _checks.is_python_zero(dampening)
+    started = torch_rule and damped
 
     def coefficients(state: Any) -> tuple[Any, ...]:
         mu = hyper(momentum, state.count, 1.0)
@@ -367,7 +356,7 @@ def gradient_buffer(
         if damped:
             fresh = (state.count == 0) | (~state.started if started else False)
             scale = jnp.where(fresh, 1.0, 1.0 - jnp.asarray(hyper(dampening, state.count, 1.0)))
-        if not torch_zero_momentum:
+        if not torch_rule:
             return mu, mu, scale, None, None
         # At momentum 0 the buffer is kept (b = 1 * b + 0 * g) and the output is g.
         idle = jnp.asarray(mu) == 0
@@ -388,8 +377,7 @@ def gradient_buffer(
         return (jnp.zeros([], bool) if c is None else c[4],)
 
     state_type = TorchMomentumState if started else MomentumState
-    options = (accumulator_dtype, stochastic_rounding, seed, steps)
     block = buffer_transform(
-        state_type, coefficients, buffer, output, *options, extra=extra if started else None
+        state_type, coefficients, buffer, output, options, extra=extra if started else None
     )
-    return with_layout(block, layout)
+    return with_layout(block, options["layout"])

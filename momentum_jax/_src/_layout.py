@@ -1,4 +1,6 @@
-"""The packed state layout, opt-in: the buffers of all small arrays in one flat array per dtype.
+"""The packed state layout, opt-in, and :func:`restore_state`, which moves states between layouts.
+
+The packed layout: the buffers of all small arrays in one flat array per dtype.
 
 On a GPU every array of a per-array update is its own kernel launch, so a
 model with many small arrays (biases, norms, small kernels) spends much of
@@ -16,6 +18,7 @@ split over explicit mesh axes, their sharding types), never of the backend:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -24,8 +27,8 @@ import numpy as np
 import optax
 from jax import lax
 
-from momentum_jax._src import _tree
-from momentum_jax._src._validation import caller, named
+from momentum_jax._src import _checks
+from momentum_jax._src._checks import public
 
 #: Arrays with at most this many elements are packed.
 MAX_PACKED_SIZE = 2**16
@@ -59,12 +62,12 @@ class Layout(NamedTuple):
         """The layout packing each small floating-point array of ``params`` (but those in ``own``,
         leaf indices)."""
         if type(params).__name__ == "_ParamsPlaceholder":
-            raise TypeError(
-                f"{caller()}: tree_map_params cannot map a packed state; use layout='per_leaf'."
+            raise _checks.error(
+                TypeError, "tree_map_params cannot map a packed state; use layout='per_leaf'."
             )
         sizes: dict[str, int] = {}
         slots: list[Slot | None] = []
-        for index, leaf in enumerate(jax.tree.leaves(params, is_leaf=_tree.is_none)):
+        for index, leaf in enumerate(jax.tree.leaves(params, is_leaf=_checks.is_none)):
             if index in own or not _packs(leaf):
                 slots.append(None)
                 continue
@@ -80,7 +83,7 @@ class Layout(NamedTuple):
         the error); buffers may have any. Shape-only leaves pack into a
         ``jax.ShapeDtypeStruct``.
         """
-        leaves, treedef = jax.tree.flatten(tree, is_leaf=_tree.is_none)
+        leaves, treedef = jax.tree.flatten(tree, is_leaf=_checks.is_none)
         pieces: dict[str, list[Any]] = {name: [] for name, _ in self.groups}
         rest: list[Any] = []
         for index, (leaf, slot) in enumerate(zip(leaves, self.slots, strict=True)):
@@ -88,10 +91,10 @@ class Layout(NamedTuple):
             if slot is None:
                 continue
             if what != "buffer" and _group(leaf) != slot.group:
-                path = jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(tree)[0][index][0])
-                raise TypeError(
-                    f"{caller()}: the {what} at {path} is {_group(leaf)}, its param "
-                    f"{slot.group}; cast it, or use layout='per_leaf'."
+                at, dtype = _checks.path(tree, index), _group(leaf)
+                fix = "cast it, or use layout='per_leaf'"
+                raise _checks.error(
+                    TypeError, f"the {what} at {at} is {dtype}, its param {slot.group}; {fix}."
                 )
             pieces[slot.group].append(leaf)
         packs = {name: _concatenate(parts) for name, parts in pieces.items()}
@@ -109,7 +112,7 @@ class Layout(NamedTuple):
                 flat = lax.slice_in_dim(flat, slot.offset, slot.offset + size, axis=flat.ndim - 1)
             return flat.reshape((*flat.shape[:-1], *slot.shape))
 
-        leaves, treedef = jax.tree.flatten(rest, is_leaf=_tree.is_none)
+        leaves, treedef = jax.tree.flatten(rest, is_leaf=_checks.is_none)
         return jax.tree.unflatten(
             treedef,
             [x if s is None else piece(s) for x, s in zip(leaves, self.slots, strict=True)],
@@ -136,7 +139,7 @@ def _packs(leaf: Any) -> bool:
     # An array split over explicit mesh axes keeps its own buffer: packing it would
     # gather it every step. (Auto axes are invisible in the type, eagerly and under jit,
     # so the layout is the same for init and jax.jit(init).)
-    if not _tree.trains(leaf) or math.prod(jnp.shape(leaf)) > MAX_PACKED_SIZE:
+    if not _checks.trains(leaf) or math.prod(jnp.shape(leaf)) > MAX_PACKED_SIZE:
         return False
     typeof = getattr(jax, "typeof", None)  # JAX 0.4 has no explicit axes
     spec = getattr(getattr(typeof(leaf), "sharding", None), "spec", None) if typeof else None
@@ -166,10 +169,7 @@ class PackedState(NamedTuple):
     def __getattr__(self, name: str) -> Any:
         if name not in getattr(self.inner, "_fields", ()):
             raise AttributeError(f"{type(self).__name__} has no field {name!r}")
-        value = getattr(self.inner, name)
-        if name == "buffers":
-            return tuple(self.layout.unpack(*b) for b in value)
-        return self.layout.unpack(*value) if name in BUFFER_FIELDS else value
+        return getattr(self.unpacked(), name)
 
     @property
     def count(self) -> Any:
@@ -178,19 +178,20 @@ class PackedState(NamedTuple):
 
     def unpacked(self) -> Any:
         """The inner state with params-shaped buffers."""
-        fields = self.inner._fields
-        return self.inner._replace(**{f: getattr(self, f) for f in BUFFER_FIELDS if f in fields})
+        return _map_buffers(self.inner, lambda tree: self.layout.unpack(*tree))
+
+
+def _map_buffers(state: Any, fn: Any) -> Any:
+    """``state`` with ``fn`` applied to each of its buffer trees."""
+    changes = {f: getattr(state, f) for f in BUFFER_FIELDS if f in state._fields}
+    return state._replace(
+        **{f: tuple(map(fn, v)) if f == "buffers" else fn(v) for f, v in changes.items()}
+    )
 
 
 def repack(inner: Any, layout: Layout) -> PackedState:
     """A :class:`PackedState` of ``inner``, a state with params-shaped buffers."""
-    changes = {}
-    for field in set(BUFFER_FIELDS) & set(inner._fields):
-        value = getattr(inner, field)
-        changes[field] = (
-            tuple(map(layout.pack, value)) if field == "buffers" else layout.pack(value)
-        )
-    return PackedState(inner._replace(**changes), layout)
+    return PackedState(_map_buffers(inner, layout.pack), layout)
 
 
 def packed(block: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
@@ -201,20 +202,189 @@ def packed(block: optax.GradientTransformation) -> optax.GradientTransformationE
         return PackedState(block.init(layout.pack(params, "param")), layout)
 
     def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
-        _tree.check_state(state, PackedState, updates)
-        layout, buffers = state.layout, state.inner[1]
-        reference = layout.unpack(
-            *(buffers[0] if state.inner._fields[1] == "buffers" else buffers), shapes_only=True
-        )
-        _tree.check_tree(updates, reference)
+        _checks.check_state(state, PackedState, updates)
+        layout, inner = state.layout, state.inner
+        first = inner[1][0] if inner._fields[1] == "buffers" else inner[1]
+        reference = layout.unpack(*first, shapes_only=True)
+        _checks.check_tree(updates, reference)
         if params is not None:
-            _tree.check_tree(params, reference, "param")
+            _checks.check_tree(params, reference, "param")
             params = layout.pack(params, "param")
         out, inner = block.update(layout.pack(updates, "gradient"), state.inner, params)
         return layout.unpack(*out), PackedState(inner, layout)  # type: ignore[misc]
 
-    return optax.GradientTransformationExtraArgs(named(init_fn), named(update_fn))
+    return optax.GradientTransformationExtraArgs(_checks.named(init_fn), _checks.named(update_fn))
 
 
 def with_layout(block: optax.GradientTransformationExtraArgs, layout: str) -> Any:
     return packed(block) if layout == "packed" else block
+
+
+# --- moving a saved state into a transform's layout ----------------------------
+
+
+@public("momentum_jax.restore_state")
+def restore_state(
+    old_state: Any, transform: optax.GradientTransformation, params: optax.Params
+) -> optax.OptState:
+    """Carry a saved state into ``transform.init(params)``: every field, or an error naming it.
+
+    The saved state may be in the other layout (written with
+    ``layout="packed"`` and resumed with ``layout="per_leaf"``, or the other
+    way round), or a checkpoint restored without a target (nested dicts and
+    lists). Fields are matched by their key paths in the new state: a packed
+    block is recognised where the new state has a block, never by a name.
+    Every field of every stage is carried, momentum_jax's and optax's alike
+    (``optax.inject_hyperparams``, ``MultiSteps``, ``apply_if_finite``,
+    ``masked``, ``partition``...), matched by its name: each stage keeps its
+    own count. Values take the dtypes of ``transform.init(params)`` and its
+    placement: each buffer sharded like its param, and counters left
+    uncommitted where a fresh init leaves them. A field the new state has
+    and the old one lacks, a field that would be dropped, or a shape that
+    differs raises a ``ValueError`` naming the field; the one exception is an
+    ``inject_hyperparams`` hyperparameter that the old state did not inject
+    (it was static then), which takes the value ``transform`` is built with.
+
+    Under ``jax.vmap`` (an ensemble's stacked states) map it over the members:
+    ``jax.vmap(lambda s, p: restore_state(s, tx, p))(states, params)``.
+
+    Args:
+      old_state: the saved state, of the same optimizer for the same params.
+      transform: the optimizer, rebuilt with the same arguments (its layout may
+        differ).
+      params: the params the state belongs to (only their structure, shapes,
+        dtypes and shardings are used).
+
+    Returns:
+      A state for ``transform`` that continues the saved run step for step.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import momentum_jax
+      >>> params = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}
+      >>> packed = momentum_jax.qhm(0.1, 0.9, layout="packed")
+      >>> state = packed.init(params)
+      >>> for _ in range(3):
+      ...   _, state = packed.update({"w": jnp.ones((2, 2)), "b": jnp.ones(2)}, state)
+      >>> per_leaf = momentum_jax.qhm(0.1, 0.9)
+      >>> moved = momentum_jax.restore_state(state, per_leaf, params)
+      >>> print(moved[0].buffer["b"], moved[0].count)
+      [0.271 0.271] 3
+    """
+    fresh = transform.init(params)
+    return jax.tree.map(_place_like, _carry(old_state, fresh, "state", params), fresh)
+
+
+def _place_like(value: Any, fresh: Any) -> Any:
+    if not isinstance(fresh, jax.Array) or _checks.is_traced(fresh) or _checks.is_traced(value):
+        return value
+    if getattr(fresh, "_committed", True):  # a buffer: sharded like its param, never gathered
+        return jax.device_put(value, fresh.sharding)
+    return jnp.asarray(value, fresh.dtype)  # a counter: uncommitted, as init leaves it
+
+
+def _children(node: Any) -> dict[str, Any] | None:
+    """A pytree node's children by name (a field, key or index), or ``None`` for a leaf."""
+    pairs = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)[0]
+    if len(pairs) == 1 and pairs[0][0] == ():
+        return None
+    return {_name(path[0]): child for path, child in pairs}
+
+
+def _name(key: Any) -> str:
+    """A key path entry's field name, dict key or index."""
+    return str(next((getattr(key, a) for a in ("name", "key", "idx") if hasattr(key, a)), key))
+
+
+def _is_block(state: Any) -> bool:
+    return bool(set(getattr(state, "_fields", ())) & set(BUFFER_FIELDS))
+
+
+def _packed_raw(old: Any) -> Any:
+    """A packed block read without a target: its ``inner``, else ``None``."""
+    children = _children(old) if isinstance(old, Mapping | list | tuple) else None
+    if children is not None and set(children) in ({"inner"}, {"inner", "layout"}):
+        return children["inner"]
+    return None
+
+
+def _carry(old: Any, new: Any, path: str, params: Any) -> Any:
+    """``old``'s values in ``new``'s structure, matched by name, cast to ``new``'s dtypes."""
+    if isinstance(old, PackedState):
+        old = old.unpacked()
+    raw = _packed_raw(old)
+    if raw is not None and (isinstance(new, PackedState) or _is_block(new)):
+        # A packed block read without a target: carried in the layout it was written in.
+        block = new.unpacked() if isinstance(new, PackedState) else new
+        layout = _written_layout(raw, block, params)
+        inner = _carry(raw, repack(block, layout).inner, f"{path}.inner", params)
+        carried = PackedState(inner, layout).unpacked()
+        return repack(carried, new.layout) if isinstance(new, PackedState) else carried
+    if isinstance(new, PackedState):
+        return repack(_carry(old, new.unpacked(), path, params), new.layout)
+    new_children = _children(new)
+    if new_children is None:
+        return _carry_leaf(old, new, path)
+    old_children = _children(old)
+    if old_children is None:
+        raise _error(path, f"is {_describe(old)} in the old state, but has fields in the new one")
+    lost = [k for k in old_children if k not in new_children and jax.tree.leaves(old_children[k])]
+    if lost:
+        raise _error(_where(path, lost[0]), "has no place in the new state")
+    carried = []
+    for key, child in new_children.items():
+        where = _where(path, key)
+        if key in old_children:
+            carried.append(_carry(old_children[key], child, where, params))
+        elif not jax.tree.leaves(child) or path.endswith(".hyperparams"):
+            carried.append(child)  # a hyperparameter injected now but static then: as built
+        else:
+            raise _error(where, "is missing from the old state")
+    treedef = jax.tree_util.tree_structure(new, is_leaf=lambda x: x is not new)
+    return jax.tree_util.tree_unflatten(treedef, carried)
+
+
+def _written_layout(raw: Any, block: Any, params: Any) -> Layout:
+    """The layout of a raw packed block: an array that its ``rest`` holds was not packed."""
+    field = block._fields[1]
+    first = getattr(block, field)[0] if field == "buffers" else getattr(block, field)
+    structures = {str(jax.tree.structure(x, is_leaf=_checks.is_none)) for x in (first, params)}
+    template = params if len(structures) == 1 else first  # packs are grouped by the params' dtypes
+    rest = _lookup(raw, (field, "0", "0") if field == "buffers" else (field, "0"))
+    paths = jax.tree_util.tree_flatten_with_path(template, is_leaf=_checks.is_none)[0]
+    own = [i for i, (keys, _) in enumerate(paths) if _is_value(_lookup(rest, map(_name, keys)))]
+    return Layout.of(template, own)
+
+
+def _lookup(node: Any, names: Any) -> Any:
+    for name in names:
+        children = None if node is None else _children(node)
+        node = None if children is None else children.get(name)
+    return node
+
+
+def _is_value(x: Any) -> bool:
+    return isinstance(x, jax.Array | np.ndarray | np.generic | int | float | complex | bool)
+
+
+def _carry_leaf(old: Any, new: Any, path: str) -> Any:
+    if not _is_value(old):
+        raise _error(path, f"is {_describe(old)} in the old state, but an array in the new one")
+    if jnp.shape(old) != jnp.shape(new):
+        stacked = jnp.shape(old)[1:] == jnp.shape(new)
+        fix = "a stacked state? jax.vmap restore_state over it" if stacked else None
+        raise _error(path, f"has shape {jnp.shape(old)}, expected {jnp.shape(new)}", fix)
+    return jnp.asarray(old, jnp.result_type(new))
+
+
+def _where(path: str, name: str) -> str:
+    return f"{path}[{name}]" if name.isdigit() else f"{path}.{name}"
+
+
+def _describe(value: Any) -> str:
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
+def _error(path: str, what: str, fix: str | None = None) -> Exception:
+    fix = fix or "rebuild the transform as it was saved"
+    return _checks.error(ValueError, f"the field {path} {what}; {fix}.")

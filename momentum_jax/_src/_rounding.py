@@ -26,8 +26,8 @@ import numpy as np
 import optax
 from jax import lax
 
-from momentum_jax._src import _tree
-from momentum_jax._src._validation import caller, named, public
+from momentum_jax._src import _checks
+from momentum_jax._src._checks import public
 
 # Bits dropped from a float32 pattern to reach each 16-bit format's precision.
 _DROPPED = {jnp.dtype(jnp.bfloat16): 16, jnp.dtype(jnp.float16): 13}
@@ -109,9 +109,8 @@ def leaf_keys(seed: Any, stage: int, count: Any, num_leaves: int) -> list[jax.Ar
 
 def warn_no_effect(what: str, nothing: str, fix: str) -> None:
     warnings.warn(
-        f"{caller()}: {what} has no effect: {nothing} is bfloat16 or float16. {fix}, or leave "
-        "it out.",
-        UserWarning,
+        f"{_checks.caller()}: {what} has no effect: {nothing} is bfloat16 or float16. "
+        f"{fix}, or leave it out.",
         stacklevel=4,
     )
 
@@ -133,13 +132,10 @@ def round_tree(new: Any, like: Any, seed: Any, stage: int, count: Any) -> Any:
     dtypes = [getattr(b, "dtype", None) for b in jax.tree.leaves(like, is_leaf=_position)]
     keys = leaf_keys(seed, stage, count, len(leaves))
     out = [
-        lax.convert_element_type(
-            lax.convert_element_type(stochastic_round(x.astype(jnp.float32), dtype, key), dtype),
-            jnp.float32,
-        )
-        if dtype is not None and narrow(dtype)
+        stochastic_round(x.astype(jnp.float32), d, key).astype(d).astype(jnp.float32)
+        if d is not None and narrow(d)
         else x
-        for x, dtype, key in zip(leaves, dtypes, keys, strict=True)
+        for x, d, key in zip(leaves, dtypes, keys, strict=True)
     ]
     return jax.tree.unflatten(treedef, out)
 
@@ -188,8 +184,8 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
         another seed draws other bits.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` whose state is a
-      :class:`momentum_jax.StochasticRoundParamsState`.
+      The stage; its state, a :class:`momentum_jax.StochasticRoundParamsState`,
+      holds only the update count.
 
     Example:
       >>> import jax.numpy as jnp
@@ -222,15 +218,15 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
         return StochasticRoundParamsState(jnp.zeros([], jnp.int32))
 
     def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
-        _tree.check_state(state, StochasticRoundParamsState, updates)
+        _checks.check_state(state, StochasticRoundParamsState, updates)
         if params is None:
-            raise ValueError(
-                f"{caller()}: update() needs the params: call update(updates, state, params)."
+            raise _checks.error(
+                ValueError, "update() needs the params: call update(updates, state, params)."
             )
-        trainable = jax.tree.map(lambda p: _tree.as_array(p) if _tree.trains(p) else None, params)
-        _tree.check_tree(updates, trainable, what="update")
+        like = jax.tree.map(lambda p: _checks.as_array(p) if _checks.trains(p) else None, params)
+        _checks.check_tree(updates, like, what="update")
         like = jax.tree.map(
-            lambda u, p: p if u is not None else None, updates, trainable, is_leaf=_tree.is_none
+            lambda u, p: None if u is None else p, updates, like, is_leaf=_checks.is_none
         )
         exact = jax.tree.map(
             lambda u, p: p.astype(jnp.float32) + u if narrow(p.dtype) else u, updates, like
@@ -238,11 +234,13 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
         rounded = round_tree(exact, like, seed, PARAMS, state.count)
 
         def step(u: Any, p: Any, r: Any) -> Any:
-            if u is None or not narrow(p.dtype):
-                return u
-            return lax.convert_element_type(r - p.astype(jnp.float32), u.dtype)
+            return (
+                u
+                if u is None or not narrow(p.dtype)
+                else (r - p.astype(jnp.float32)).astype(u.dtype)
+            )
 
-        out = jax.tree.map(step, updates, like, rounded, is_leaf=_tree.is_none)
-        return out, StochasticRoundParamsState(_tree.safe_increment(state.count))  # type: ignore[arg-type]
+        out = jax.tree.map(step, updates, like, rounded, is_leaf=_checks.is_none)
+        return out, StochasticRoundParamsState(_checks.safe_increment(state.count))  # type: ignore[arg-type]
 
-    return optax.GradientTransformationExtraArgs(named(init_fn), named(update_fn))
+    return optax.GradientTransformationExtraArgs(_checks.named(init_fn), _checks.named(update_fn))

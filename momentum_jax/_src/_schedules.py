@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax._src._validation import public
+from momentum_jax._src._checks import public
 
 
 @public("momentum_jax.schedules.sutskever")

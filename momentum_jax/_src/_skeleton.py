@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from momentum_jax._src import _rounding, _tree
-from momentum_jax._src._validation import caller, is_python_zero, is_traced, named, needs_params
+from momentum_jax._src import _checks, _rounding
 
 
 class AccumulationState(NamedTuple):
@@ -53,21 +52,49 @@ def accumulation(steps: int | None, nesterov: bool = False, layout: str = "per_l
     """
     k = int(steps or 1)
     if k > 1 and nesterov:
-        raise ValueError(
-            f"{caller()}: the Nesterov step needs the mean gradient, which "
-            f"gradient_accumulation_steps={k} does not keep; use optax.MultiSteps(transform, "
-            f"every_k_schedule={k}) around the transform built without it."
+        raise _checks.error(
+            ValueError,
+            f"the Nesterov step needs the mean gradient, which gradient_accumulation_steps={k} "
+            f"does not keep; use optax.MultiSteps(transform, every_k_schedule={k}) instead.",
         )
     if k > 1 and layout == "packed":
-        raise ValueError(
-            f"{caller()}: gradient_accumulation_steps={k} needs layout='per_leaf', got "
-            "layout='packed'."
+        raise _checks.error(
+            ValueError, f"gradient_accumulation_steps={k} needs layout='per_leaf', got 'packed'."
         )
     return k
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.ndarray | np.generic | jax.Array)
+def zeros(param: Any, dtype: Any) -> Any:
+    """A zero buffer for ``param`` (``None`` if it does not train), sharded like it.
+
+    Under ``jit`` on a mesh with auto axes a constant would be replicated or put
+    on one device, so the zeros are computed *from* the param, elementwise:
+    ``param * 0`` is the one such expression XLA does not fold away before
+    sharding propagation (it is not 0 for inf or NaN), and ``abs(where(isnan))``
+    then makes it exactly +0. Eagerly, ``zeros_like`` copies the sharding.
+    """
+    if not _checks.trains(param):
+        return None
+    real = dtype is not None and not jnp.issubdtype(dtype, jnp.complexfloating)
+    if real and jnp.issubdtype(jnp.result_type(param), jnp.complexfloating):
+        name = np.dtype(dtype).name
+        raise _checks.error(
+            TypeError,
+            f"a param is complex; accumulator_dtype={name} would drop its imaginary part.",
+        )
+    dtype = dtype or jnp.result_type(param)
+    if not _checks.is_traced(param):
+        buffer = jnp.zeros_like(param, dtype)
+    else:
+        product = param * jnp.zeros((), param.dtype)
+        buffer = jnp.abs(jnp.where(jnp.isnan(product), 0, product)).astype(dtype)
+    # A Python-scalar param gives a weakly typed buffer, which the first update would make strong.
+    return jax.lax.convert_element_type(buffer, buffer.dtype)
+
+
+def leaves_of(tree: Any) -> list[Any]:
+    """``tree``'s leaves, with ``None`` where a param does not train."""
+    return jax.tree.leaves(tree, is_leaf=_checks.is_none)
 
 
 def hyper(value: Any, count: Any, high: float = math.inf, closed: bool = False) -> Any:
@@ -80,13 +107,9 @@ def hyper(value: Any, count: Any, high: float = math.inf, closed: bool = False) 
     value = value(count) if callable(value) else value
     if type(value) in (int, float):
         return value
-    if not _is_number(value):
-        raise TypeError(f"{caller()}: a hyperparameter must be a real scalar, got {value!r}.")
-    dtype = jnp.result_type(value)
-    real = jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
-    if isinstance(value, bool) or jnp.ndim(value) != 0 or not real:
-        raise TypeError(f"{caller()}: a hyperparameter must be a real scalar, got {value!r}.")
-    if not jnp.issubdtype(dtype, jnp.floating):
+    if not _checks.is_real(value) or jnp.ndim(value) != 0:
+        raise _checks.error(TypeError, f"a hyperparameter must be a real scalar, got {value!r}.")
+    if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
         return value
     inside = (value >= 0) & ((value <= high) if closed else (value < high))
     return jnp.where(inside, value, jnp.nan)
@@ -97,10 +120,7 @@ def buffer_transform(
     coefficients: Callable[[Any], Any],
     buffers: Callable[..., Any],
     output: Callable[..., Any],
-    accumulator_dtype: Any,
-    stochastic_rounding: bool,
-    seed: Any,
-    accumulation_steps: int = 1,
+    options: dict[str, Any],
     *,
     num_buffers: int | None = None,
     weight_decay: Any = 0.0,
@@ -108,8 +128,10 @@ def buffer_transform(
 ) -> optax.GradientTransformationExtraArgs:
     """An optax transform from an update rule.
 
-    The state is ``state_type(count, buffers, *fields)``: one params-shaped
-    buffer tree (a tuple of ``num_buffers`` of them when that is given).
+    ``options`` holds the factory's ``accumulator_dtype``, ``stochastic_rounding``
+    and ``seed`` (:func:`momentum_jax._src._checks.state_options`). The state is
+    ``state_type(count, buffers, *fields)``: one params-shaped buffer tree (a
+    tuple of ``num_buffers`` of them when that is given).
     ``coefficients(state)`` gives the update's hyperparameters; for each array,
     ``buffers(c, g, *b)`` the new buffer (a tuple when ``num_buffers``) and
     ``output(c, g, *new_b)`` its output. ``g`` arrives as ``g + weight_decay *
@@ -117,110 +139,98 @@ def buffer_transform(
     the buffers. ``extra(c)``, if given, gives the state's fields after the
     buffers, and ``extra(None)`` their initial values.
     """
+    accumulator_dtype, seed = options["accumulator_dtype"], options["seed"]
     dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
-    decay = not is_python_zero(weight_decay)
-    rounding = stochastic_rounding
-    steps = accumulation_steps
+    decay = not _checks.is_python_zero(weight_decay)
+    rounding, size = options["stochastic_rounding"], num_buffers or 1
+    steps = int(options.get(_checks.ACCUMULATION) or 1)
 
     def init_fn(params: Any) -> Any:
-        zeros = [
-            jax.tree.map(lambda p: _tree.zeros(p, dtype), params) for _ in range(num_buffers or 1)
-        ]
-        if rounding and not any(_rounding.narrow(b.dtype) for b in jax.tree.leaves(zeros)):
+        trees = tuple(jax.tree.map(lambda p: zeros(p, dtype), params) for _ in range(size))
+        if rounding and not any(_rounding.narrow(b.dtype) for b in jax.tree.leaves(trees)):
             _rounding.warn_no_effect(
                 "stochastic_rounding=True", "no buffer", "Pass accumulator_dtype=jnp.bfloat16"
             )
         fields = () if extra is None else extra(None)
-        trees = zeros[0] if num_buffers is None else tuple(zeros)
-        state = state_type(jnp.zeros([], jnp.int32), trees, *fields)
+        state = state_type(jnp.zeros([], jnp.int32), trees if num_buffers else trees[0], *fields)
         return state if steps == 1 else AccumulationState(jnp.zeros([], jnp.int32), state)
 
     def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
         if steps > 1:
-            _tree.check_state(state, AccumulationState, updates)
+            _checks.check_state(state, AccumulationState, updates)
             micro, state = state.micro_step, state.inner
             first, last = micro == 0, micro == steps - 1
-        _tree.check_state(state, state_type, updates)
-        trees = (state[1],) if num_buffers is None else tuple(state[1])
-        if len(trees) != (num_buffers or 1):
-            raise ValueError(
-                f"{caller()}: the state holds {len(trees)} buffers, expected {num_buffers}."
+        _checks.check_state(state, state_type, updates)
+        trees = tuple(state[1]) if num_buffers else (state[1],)
+        if len(trees) != size:
+            raise _checks.error(
+                ValueError, f"the state holds {len(trees)} buffers, expected {size}."
             )
-        reference = trees[0]
-        grads = _tree.check_tree(updates, reference)
+        grads = _checks.check_tree(updates, trees[0])
+        thetas = [None] * len(grads)
         if decay:
             if params is None:
-                raise needs_params()
-            thetas = _tree.check_tree(params, reference, "param")
-            wd = hyper(weight_decay, None)
+                raise _checks.needs_params()
+            thetas, wd = _checks.check_tree(params, trees[0], "param"), hyper(weight_decay, None)
         c = coefficients(state)
-        leaves = [jax.tree.leaves(t, is_leaf=_tree.is_none) for t in trees]
-        treedef = jax.tree.structure(reference, is_leaf=_tree.is_none)
+        leaves = [leaves_of(t) for t in trees]
+        treedef = jax.tree.structure(trees[0], is_leaf=_checks.is_none)
 
         def step(g: Any, p: Any, *bs: Any) -> Any:
-            if decay:
-                g = (g + wd * p).astype(g.dtype)
-            wide_bs = [
+            g = (g + wd * p).astype(g.dtype) if decay else g
+            bs = tuple(
                 b.astype(jnp.float32) if rounding and _rounding.narrow(b.dtype) else b for b in bs
-            ]
-            wide = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in wide_bs)))
+            )
+            wide = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in bs)))
             if steps > 1:  # b' = A b + B g/K on an update's first call, b + B g/K on the others
-                kept = [jnp.where(first, 0, b) for b in wide_bs]
-                wide, wide_bs = wide / steps, [jnp.where(first, b, 0) for b in wide_bs]
-            values = buffers(c, wide, *wide_bs)
+                kept = [jnp.where(first, 0, b) for b in bs]
+                wide, bs = wide / steps, tuple(jnp.where(first, b, 0) for b in bs)
+            values = buffers(c, wide, *bs)
             values = values if num_buffers else (values,)
             if steps > 1:
                 values = tuple(v + b for v, b in zip(values, kept, strict=True))
-            if rounding:  # the output comes after the rounding
-                return wide, values, None
-            values = tuple(v.astype(b.dtype) for v, b in zip(values, bs, strict=True))
-            return wide, values, emit(output(c, wide, *values).astype(g.dtype))
+            return wide, values
 
         def finish(g: Any, wide: Any, *values: Any) -> Any:
-            return emit(output(c, wide, *values).astype(g.dtype))
+            out = output(c, wide, *values).astype(g.dtype)
+            return out if steps == 1 else jnp.where(last, out, 0)  # 0 before an update's last call
 
-        def emit(out: Any) -> Any:  # zero before the last call of an update
-            return out if steps == 1 else jnp.where(last, out, 0)
-
-        if any(map(is_traced, grads)):
+        if any(map(_checks.is_traced, grads)):
             # Traced once per shape and dtype, not once per array: tracing each jax.numpy
             # operator of a thousand arrays costs more than compiling them
             # (benchmarks/compile_time.py). The compiled program is the same.
             step, finish = jax.jit(step), jax.jit(finish)
+        grads = [_checks.as_array(g) for g in grads]
         results = [
-            None
-            if leaves[0][i] is None
-            else step(_tree.as_array(g), thetas[i] if decay else None, *(b[i] for b in leaves))
-            for i, g in enumerate(grads)
+            None if b[0] is None else step(g, p, *b)
+            for g, p, *b in zip(grads, thetas, *leaves, strict=True)
         ]
-        new_trees = tuple(
+        new = tuple(
             jax.tree.unflatten(treedef, [None if r is None else r[1][k] for r in results])
-            for k in range(len(trees))
+            for k in range(size)
         )
-        outs = [None if r is None else r[2] for r in results]
-        if rounding:
+        if rounding:  # on trees, whose positions count optax.MaskedNode (see round_tree)
             at = state[0]
             if steps > 1:  # each call draws its own bits: count * K + micro step
                 at = at.astype(jnp.uint32) * steps + micro.astype(jnp.uint32)
-            new_trees = _rounding.round_tree(new_trees, trees, seed, _rounding.BUFFERS, at)
-            new = [jax.tree.leaves(t, is_leaf=_tree.is_none) for t in new_trees]
-            outs = [
-                None if r is None else finish(_tree.as_array(g), r[0], *(n[i] for n in new))
-                for i, (g, r) in enumerate(zip(grads, results, strict=True))
-            ]
-        stored = jax.tree.map(lambda n, b: n.astype(b.dtype), new_trees, trees)
-        new_trees = stored[0] if num_buffers is None else stored
+            new = _rounding.round_tree(new, trees, seed, _rounding.BUFFERS, at)
+        stored = jax.tree.map(lambda n, b: n.astype(b.dtype), new, trees)
+        values = map(leaves_of, new if rounding else stored)  # rounded: in float32
+        outs = [
+            None if r is None else finish(g, r[0], *b)
+            for g, r, *b in zip(grads, results, *values, strict=True)
+        ]
         fields = () if extra is None else extra(c)
-        count = _tree.safe_increment(state[0])
+        count = _checks.safe_increment(state[0])
         if steps > 1:  # an update is complete on its last call only
             count = jnp.where(last, count, state[0])
             fields = tuple(jnp.where(last, f, o) for f, o in zip(fields, state[2:], strict=True))
-        new_state = state_type(count, new_trees, *fields)
+        new_state = state_type(count, stored if num_buffers else stored[0], *fields)
         if steps > 1:
             new_state = AccumulationState(jnp.where(last, 0, micro + 1), new_state)
         return jax.tree.unflatten(treedef, outs), new_state
 
-    return optax.GradientTransformationExtraArgs(named(init_fn), named(update_fn))
+    return optax.GradientTransformationExtraArgs(_checks.named(init_fn), _checks.named(update_fn))
 
 
 def scale_by_learning_rate(learning_rate: Any, steps: Any = None) -> optax.GradientTransformation:
@@ -229,6 +239,10 @@ def scale_by_learning_rate(learning_rate: Any, steps: Any = None) -> optax.Gradi
     Its count counts calls: with ``steps`` calls per update, a schedule sees ``count // steps``.
     """
     steps = int(steps or 1)
+
+    def schedule(count: Any) -> Any:
+        return hyper(learning_rate, count if steps == 1 else count // steps)
+
     if callable(learning_rate):
-        return optax.scale_by_learning_rate(lambda count: hyper(learning_rate, count // steps))
+        return optax.scale_by_learning_rate(schedule)
     return optax.scale_by_learning_rate(hyper(learning_rate, None))

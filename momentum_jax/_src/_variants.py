@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
+from momentum_jax._src import _checks
+from momentum_jax._src._checks import public
 from momentum_jax._src._layout import with_layout
 from momentum_jax._src._skeleton import (
     accumulation,
@@ -21,7 +23,6 @@ from momentum_jax._src._skeleton import (
     hyper,
     scale_by_learning_rate,
 )
-from momentum_jax._src._validation import public, state_options
 
 
 class QHMState(NamedTuple):
@@ -123,8 +124,9 @@ def scale_by_qhm(
         _, _, nu, one_minus_nu = c
         return nu * b + one_minus_nu * g
 
-    options = (accumulator_dtype, stochastic_rounding, seed)
-    block = buffer_transform(QHMState, coefficients, buffer, output, *options)
+    block = buffer_transform(
+        QHMState, coefficients, buffer, output, _checks.state_options(locals())
+    )
     return with_layout(block, layout)
 
 
@@ -198,7 +200,7 @@ def qhm(
       <https://arxiv.org/abs/1810.06801>`_, ICLR 2019.
     """
     return optax.chain(
-        scale_by_qhm(momentum, nu, **state_options(locals())),
+        scale_by_qhm(momentum, nu, **_checks.state_options(locals())),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -268,9 +270,9 @@ def scale_by_aggmo(
     def output(betas: Any, g: jax.Array, *bs: jax.Array) -> jax.Array:
         return functools.reduce(operator.add, [b.astype(g.dtype) for b in bs]) / count
 
-    steps = accumulation(gradient_accumulation_steps, layout=layout)
-    options = (accumulator_dtype, stochastic_rounding, seed, steps)
-    block = buffer_transform(AggMoState, coefficients, buffers, output, *options, num_buffers=count)
+    options = _checks.state_options(locals())
+    accumulation(gradient_accumulation_steps, layout=layout)
+    block = buffer_transform(AggMoState, coefficients, buffers, output, options, num_buffers=count)
     return with_layout(block, layout)
 
 
@@ -350,6 +352,6 @@ def aggmo(
       passive damping <https://arxiv.org/abs/1804.00325>`_, ICLR 2019.
     """
     return optax.chain(
-        scale_by_aggmo(momenta, **state_options(locals())),
+        scale_by_aggmo(momenta, **_checks.state_options(locals())),
         scale_by_learning_rate(learning_rate, gradient_accumulation_steps),
     )

@@ -1,10 +1,15 @@
-"""Build-time checks: one table of arguments and their valid values.
+"""Every check: one table of arguments and their valid values, and the checks of ``update``.
 
 Every public factory is wrapped by :func:`public`, which binds its arguments,
 checks each one named in :data:`CHECKS` (concrete values only: schedules and
 traced arrays pass), and records the factory's name for the errors raised
 later by the transform it builds (:func:`caller`). A factory called from
 inside another one (a preset building its blocks) is not checked again.
+
+``update`` checks trees, shapes and dtypes, which are static: they cost only
+tracing time. Integer and boolean params (Equinox keeps them in
+``eqx.filter(model, eqx.is_array)``) get no buffer: ``None`` in the state, as
+optax does.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-INT32_MAX = 2**31 - 1
+# optax 0.2.4 (the floor) names it safe_int32_increment.
+safe_increment = getattr(optax, "safe_increment", None) or optax.safe_int32_increment
 ACCUMULATION = "gradient_accumulation_steps"
 LAYOUTS = ("per_leaf", "packed")
 _CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("caller", default=None)
@@ -41,14 +48,7 @@ def calling(name: str) -> Iterator[None]:
 
 def named(fn: F) -> F:
     """``fn``, a transform's ``init`` or ``update``, naming the factory that built it in errors."""
-    name = caller()
-
-    @functools.wraps(fn)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with calling(name):
-            return fn(*args, **kwargs)
-
-    return wrapped  # type: ignore[return-value]
+    return calling(caller())(fn)
 
 
 def caller() -> str:
@@ -58,6 +58,14 @@ def caller() -> str:
 
 def is_traced(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)
+
+
+def is_real(value: Any) -> bool:
+    """A real number, or an array of them (not bool, not complex)."""
+    if not isinstance(value, int | float | np.ndarray | np.generic | jax.Array):
+        return False
+    dtype = jnp.result_type(value)
+    return bool(jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
 
 
 def is_python_zero(value: Any) -> bool:
@@ -78,15 +86,21 @@ def state_options(arguments: dict[str, Any]) -> dict[str, Any]:
     return {k: arguments[k] for k in keys if k in arguments}
 
 
-def needs_params() -> ValueError:
-    return ValueError(
-        f"{caller()}: weight_decay needs the params: pass them to update(), or "
-        "static_args=('weight_decay',) under inject_hyperparams if it is 0."
+def needs_params() -> Exception:
+    return error(
+        ValueError,
+        "weight_decay needs the params: pass them to update(), or "
+        "static_args=('weight_decay',) under inject_hyperparams if it is 0.",
     )
 
 
-def _fail(error: type[Exception], arg: str, message: str) -> None:
-    raise error(f"{caller()}: {arg} {message}")
+def error(kind: type[Exception], message: str) -> Exception:
+    """A ``kind`` error whose message names the public function being built or run."""
+    return kind(f"{caller()}: {message}")
+
+
+def _fail(kind: type[Exception], arg: str, message: str) -> NoReturn:
+    raise error(kind, f"{arg} {message}")
 
 
 def in_range(high: float, closed: bool = False, schedule: bool = True) -> Any:
@@ -97,27 +111,15 @@ def in_range(high: float, closed: bool = False, schedule: bool = True) -> Any:
     """
 
     def check(arg: str, value: Any) -> None:
-        if (callable(value) and schedule) or is_traced(value) or value is None:
+        if (callable(value) and schedule) or is_traced(value):
             return
-        dtype = getattr(value, "dtype", None)
-        real = (
-            dtype is None
-            or jnp.issubdtype(dtype, jnp.floating)
-            or jnp.issubdtype(dtype, jnp.integer)
-        )
-        if (
-            isinstance(value, bool | np.bool_)
-            or not isinstance(value, int | float | np.ndarray | np.generic | jax.Array)
-            or not real
-        ):
-            _fail(
-                TypeError,
-                arg,
-                f"must be a real number{' or a schedule' * schedule}, got {value!r}.",
-            )
+        if not is_real(value):
+            kind = "a real number" + " or a schedule" * schedule
+            _fail(TypeError, arg, f"must be {kind}, got {value!r}.")
         if np.ndim(value) != 0:
             _fail(ValueError, arg, f"must be a scalar, got shape {np.shape(value)}.")
-        seen = jax.dtypes.canonicalize_dtype(jnp.result_type(float) if dtype is None else dtype)
+        dtype = getattr(value, "dtype", jnp.result_type(float))  # a Python number: float32
+        seen = jax.dtypes.canonicalize_dtype(dtype)
         with np.errstate(over="ignore"):
             number = float(np.asarray(value).astype(seen))
         if number >= 0 and (number <= high if closed else number < high):
@@ -129,10 +131,10 @@ def in_range(high: float, closed: bool = False, schedule: bool = True) -> Any:
     return check
 
 
-def _kind(test: Callable[[Any], bool], wanted: str, error: type[Exception] = TypeError) -> Any:
+def _kind(test: Callable[[Any], bool], wanted: str, kind: type[Exception] = TypeError) -> Any:
     def check(arg: str, value: Any) -> None:
         if not test(value):
-            _fail(error, arg, f"must be {wanted}, got {value!r}.")
+            _fail(kind, arg, f"must be {wanted}, got {value!r}.")
 
     return check
 
@@ -144,14 +146,14 @@ def _dtype(value: Any) -> bool:
         return False
 
 
-def _integer(low: int, high: int = INT32_MAX) -> Any:
+def _integer(low: int, high: int = 2**31 - 1) -> Any:
     """A check for an integer (or integer scalar array, which may be traced) in ``[low, high]``."""
 
     def check(arg: str, value: Any) -> None:
-        array = isinstance(value, np.ndarray | jax.Array)
-        if array and (value.shape != () or not jnp.issubdtype(value.dtype, jnp.integer)):
-            _fail(TypeError, arg, f"must be an integer scalar, got {value!r}.")
-        if not array and (isinstance(value, bool) or not isinstance(value, int | np.integer)):
+        if isinstance(value, np.ndarray | jax.Array):
+            if value.shape != () or not jnp.issubdtype(value.dtype, jnp.integer):
+                _fail(TypeError, arg, f"must be an integer scalar, got {value!r}.")
+        elif isinstance(value, bool) or not isinstance(value, int | np.integer):
             _fail(TypeError, arg, f"must be an integer, got {value!r}.")
         if not is_traced(value) and not low <= int(value) <= high:
             _fail(ValueError, arg, f"must be in [{low}, {high}], got {arg}={value!r}.")
@@ -160,42 +162,37 @@ def _integer(low: int, high: int = INT32_MAX) -> Any:
 
 
 def _steps(arg: str, value: Any) -> None:
-    """``None`` or an integer in ``[1, INT32_MAX]``, never an array: the state's structure
+    """``None`` or an integer in ``[1, 2**31 - 1]``, never an array: the state's structure
     depends on it."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer)):
-        array = isinstance(value, np.ndarray | jax.Array)
-        fix = f"; under optax.inject_hyperparams pass static_args=({arg!r},)" * array
+        fix = f"; under optax.inject_hyperparams pass static_args=({arg!r},)"
+        fix *= isinstance(value, np.ndarray | jax.Array)
         _fail(
-            TypeError, arg, f"must be an integer in [1, {INT32_MAX}] or None, got {value!r}{fix}."
+            TypeError, arg, f"must be an integer in [1, {2**31 - 1}] or None, got {value!r}{fix}."
         )
     if value is not None:
         _integer(1)(arg, value)
 
 
 def _momenta(arg: str, value: Any) -> None:
-    array = isinstance(value, np.ndarray | jax.Array)
-    if not (isinstance(value, list | tuple) or (array and value.ndim == 1)):
+    if not (isinstance(value, list | tuple) or (np.ndim(value) == 1 and hasattr(value, "dtype"))):
         _fail(TypeError, arg, f"must be a non-empty tuple of numbers, got {value!r}.")
     if len(value) == 0:
         _fail(ValueError, arg, "must hold at least one momentum, got ().")
     for index, beta in enumerate([] if is_traced(value) else value):
-        if beta is None:
-            _fail(TypeError, f"{arg}[{index}]", "must be a number in [0, 1), got None.")
         _CONSTANT(f"{arg}[{index}]", beta)
 
 
-_CONSTANT = in_range(1.0, schedule=False)
-CHECKS: dict[str, Callable[[str, Any], None]] = {
+_CONSTANT, _DECAY = in_range(1.0, schedule=False), in_range(math.inf, schedule=False)
+_FLAG = _kind(lambda v: isinstance(v, bool | np.bool_), "True or False")
+CHECKS: dict[str, Callable[[str, Any], object]] = {
     **dict.fromkeys(("learning_rate", "lr"), in_range(math.inf)),
-    **dict.fromkeys(("max_momentum", "init_momentum", "dampening", "b1", "b2"), _CONSTANT),
+    **dict.fromkeys(("max_momentum", "init_momentum", "dampening"), _CONSTANT),
     "momentum": in_range(1.0),
     "nu": in_range(1.0, closed=True),
-    "weight_decay": in_range(math.inf, schedule=False),
+    "weight_decay": lambda arg, value: value is None or _DECAY(arg, value),
     "momenta": _momenta,
-    **dict.fromkeys(
-        ("nesterov", "use_nesterov", "maximize", "stochastic_rounding"),
-        _kind(lambda v: isinstance(v, bool | np.bool_), "True or False"),
-    ),
+    **dict.fromkeys(("nesterov", "use_nesterov", "maximize", "stochastic_rounding"), _FLAG),
     "accumulator_dtype": _kind(_dtype, "None or a float dtype"),
     "seed": _integer(0),
     "layout": _kind(lambda v: v in LAYOUTS, "'per_leaf' or 'packed'", ValueError),
@@ -240,3 +237,80 @@ def public(name: str) -> Callable[[F], F]:
         return checked  # type: ignore[return-value]
 
     return wrap
+
+
+# --- the checks of update ----------------------------------------------------
+
+
+def is_none(x: Any) -> bool:
+    return x is None
+
+
+def trains(leaf: Any) -> bool:
+    """A floating (or complex) param trains; integer and boolean ones do not."""
+    return leaf is not None and bool(jnp.issubdtype(jnp.result_type(leaf), jnp.inexact))
+
+
+def path(tree: Any, index: int) -> str:
+    """The key path of ``tree``'s ``index``-th leaf (``None`` leaves counted)."""
+    paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)[0]
+    return jax.tree_util.keystr(paths[index][0]) or "<root>"
+
+
+def _leaf_problem(x: Any, ref: Any, what: str) -> tuple[type[Exception], str] | None:
+    gradient = what == "gradient"
+    if ref is None:
+        wrong = gradient and x is not None
+        return (
+            (TypeError, "does not train (integer or bool); give it a None gradient.")
+            if wrong
+            else None
+        )
+    dtype, shape = jnp.result_type(x), jnp.shape(x)
+    if gradient and not jnp.issubdtype(dtype, jnp.inexact):
+        return TypeError, f"is {dtype}."
+    if gradient and jnp.iscomplexobj(x) and not jnp.issubdtype(ref.dtype, jnp.complexfloating):
+        return TypeError, f"is complex but its buffer is {ref.dtype}; init with complex params."
+    return None if shape == ref.shape else (ValueError, f"has shape {shape}, expected {ref.shape}.")
+
+
+def check_tree(tree: Any, reference: Any, what: str = "gradient") -> list[Any]:
+    """``tree``'s leaves, paired with ``reference``'s (``None`` where no buffer); else an error.
+
+    Checks the structure and each leaf's shape, that gradients are inexact, and
+    that no gradient arrives for a param that does not train.
+    """
+    ref_leaves, ref_def = jax.tree.flatten(reference, is_leaf=is_none)
+    try:
+        leaves = ref_def.flatten_up_to(tree)  # type: ignore[attr-defined]
+    except (ValueError, TypeError):
+        leaves = None
+    if leaves is None or any(
+        r is not None and not hasattr(x, "shape") and not isinstance(x, int | float | complex)
+        for x, r in zip(leaves, ref_leaves, strict=True)
+    ):
+        raise error(
+            ValueError,
+            f"the {what}s do not match the state's params. {what.capitalize()}s: "
+            f"{jax.tree.structure(tree, is_leaf=is_none)}; params: {ref_def}.",
+        )
+    for index, (x, ref) in enumerate(zip(leaves, ref_leaves, strict=True)):
+        if problem := _leaf_problem(x, ref, what):
+            kind = "param" if ref is None else what
+            raise error(problem[0], f"the {kind} at {path(reference, index)} {problem[1]}")
+    return leaves
+
+
+def check_state(state: Any, expected: type, updates: Any) -> None:
+    """Refuse a state that is not this transform's (or arguments passed in the wrong order)."""
+    if not isinstance(state, expected):
+        hint = "; call update(updates, state, params)" * isinstance(updates, expected)
+        raise error(
+            TypeError,
+            f"expected a {expected.__name__} from this transform's init, got "
+            f"{type(state).__name__}{hint}.",
+        )
+
+
+def as_array(x: Any) -> Any:
+    return x if x is None or isinstance(x, jax.Array) else jnp.asarray(x)
