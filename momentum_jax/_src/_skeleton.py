@@ -176,30 +176,34 @@ def buffer_transform(
         leaves = [leaves_of(t) for t in trees]
         treedef = jax.tree.structure(trees[0], is_leaf=_checks.is_none)
 
+        def out(g: Any, wide: Any, *values: Any) -> Any:
+            o = output(c, wide, *values).astype(g.dtype)
+            return o if steps == 1 else jnp.where(last, o, 0)  # 0 before an update's last call
+
         def step(g: Any, p: Any, *bs: Any) -> Any:
             g = (g + wd * p).astype(g.dtype) if decay else g
-            bs = tuple(
+            wide_bs = tuple(
                 b.astype(jnp.float32) if rounding and _rounding.narrow(b.dtype) else b for b in bs
             )
-            wide = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in bs)))
+            wide = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in wide_bs)))
             if steps > 1:  # b' = A b + B g/K on an update's first call, b + B g/K on the others
-                kept = [jnp.where(first, 0, b) for b in bs]
-                wide, bs = wide / steps, tuple(jnp.where(first, b, 0) for b in bs)
-            values = buffers(c, wide, *bs)
+                kept = [jnp.where(first, 0, b) for b in wide_bs]
+                wide, wide_bs = wide / steps, tuple(jnp.where(first, b, 0) for b in wide_bs)
+            values = buffers(c, wide, *wide_bs)
             values = values if num_buffers else (values,)
             if steps > 1:
                 values = tuple(v + b for v, b in zip(values, kept, strict=True))
-            return wide, values
+            if rounding:  # the output comes after the rounding
+                return wide, values, None
+            values = tuple(v.astype(b.dtype) for v, b in zip(values, bs, strict=True))
+            return wide, values, out(g, wide, *values)
 
-        def finish(g: Any, wide: Any, *values: Any) -> Any:
-            out = output(c, wide, *values).astype(g.dtype)
-            return out if steps == 1 else jnp.where(last, out, 0)  # 0 before an update's last call
-
+        finish = out
         if any(map(_checks.is_traced, grads)):
             # Traced once per shape and dtype, not once per array: tracing each jax.numpy
             # operator of a thousand arrays costs more than compiling them
             # (benchmarks/compile_time.py). The compiled program is the same.
-            step, finish = jax.jit(step), jax.jit(finish)
+            step, finish = jax.jit(step), jax.jit(out)
         grads = [_checks.as_array(g) for g in grads]
         results = [
             None if b[0] is None else step(g, p, *b)
@@ -209,17 +213,17 @@ def buffer_transform(
             jax.tree.unflatten(treedef, [None if r is None else r[1][k] for r in results])
             for k in range(size)
         )
+        outs = [None if r is None else r[2] for r in results]
         if rounding:  # on trees, whose positions count optax.MaskedNode (see round_tree)
             at = state[0]
             if steps > 1:  # each call draws its own bits: count * K + micro step
                 at = at.astype(jnp.uint32) * steps + micro.astype(jnp.uint32)
             new = _rounding.round_tree(new, trees, seed, _rounding.BUFFERS, at)
+            outs = [  # from the rounded values, in float32
+                None if r is None else finish(g, r[0], *b)
+                for g, r, *b in zip(grads, results, *map(leaves_of, new), strict=True)
+            ]
         stored = jax.tree.map(lambda n, b: n.astype(b.dtype), new, trees)
-        values = map(leaves_of, new if rounding else stored)  # rounded: in float32
-        outs = [
-            None if r is None else finish(g, r[0], *b)
-            for g, r, *b in zip(grads, results, *values, strict=True)
-        ]
         fields = () if extra is None else extra(c)
         count = _checks.safe_increment(state[0])
         if steps > 1:  # an update is complete on its last call only
