@@ -49,9 +49,7 @@ def _weight_decay(weight_decay: Any, learning_rate: Any = None, steps: int = 1) 
         scale = hyper(weight_decay, None)
         if learning_rate is not None:
             last = state.count % steps == steps - 1
-            scale = (
-                -hyper(learning_rate, state.count // steps if steps > 1 else state.count) * scale
-            )
+            scale = -hyper(learning_rate, state.count // steps) * scale
             state = optax.ScaleByScheduleState(_checks.safe_increment(state.count))
 
         def step(u: Any, p: Any) -> Any:

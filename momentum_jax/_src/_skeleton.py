@@ -243,10 +243,6 @@ def scale_by_learning_rate(learning_rate: Any, steps: Any = None) -> optax.Gradi
     Its count counts calls: with ``steps`` calls per update, a schedule sees ``count // steps``.
     """
     steps = int(steps or 1)
-
-    def schedule(count: Any) -> Any:
-        return hyper(learning_rate, count if steps == 1 else count // steps)
-
     if callable(learning_rate):
-        return optax.scale_by_learning_rate(schedule)
+        return optax.scale_by_learning_rate(lambda count: hyper(learning_rate, count // steps))
     return optax.scale_by_learning_rate(hyper(learning_rate, None))
