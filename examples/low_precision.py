@@ -31,9 +31,9 @@ Outputs (``examples/out/low_precision/``, ``..._quick/`` with ``--quick``):
 ``low_precision_loss.png`` (training loss over steps, mean over seeds).
 
 Measured on 2 CPU cores shared with other jobs: 317 s wall and 217 s of CPU
-time (user + sys) for the full run (3000 steps, 3 seeds); 61 s wall and 41 s
-CPU with ``--quick`` (200 steps, 2 seeds), most of it compiling the five
-programs.
+time (user + sys) for the full run (3000 steps, 3 seeds); 58 s wall with
+``--quick`` (200 steps, 2 seeds) while another job ran, most of it compiling
+the five programs.
 
     python examples/low_precision.py            # digits from scikit-learn
     python examples/low_precision.py --quick
