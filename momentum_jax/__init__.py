@@ -29,7 +29,9 @@ from optax import ScalarOrSchedule
 
 from momentum_jax import compat, schedules
 from momentum_jax._src._core import MomentumState, momentum, nesterov, scale_by_momentum
+from momentum_jax._src._int8 import Int8Buffer, dequantize
 from momentum_jax._src._layout import Layout, PackedState, Slot, restore_state
+from momentum_jax._src._lion import LionState, lion
 from momentum_jax._src._rounding import StochasticRoundParamsState, stochastic_round_params
 from momentum_jax._src._variants import (
     AggMoState,
@@ -45,9 +47,9 @@ __version__ = "0.5.0"
 # One line per name would make this list the longest part of the file.
 # fmt: off
 __all__ = [
-    "AggMoState", "Layout", "MomentumState", "PackedState", "QHMState", "ScalarOrSchedule", "Slot",
-    "StochasticRoundParamsState", "aggmo", "compat", "momentum", "nesterov", "qhm",
-    "restore_state", "scale_by_aggmo", "scale_by_momentum", "scale_by_qhm", "schedules",
-    "stochastic_round_params",
+    "AggMoState", "Int8Buffer", "Layout", "LionState", "MomentumState", "PackedState", "QHMState",
+    "ScalarOrSchedule", "Slot", "StochasticRoundParamsState", "aggmo", "compat", "dequantize",
+    "lion", "momentum", "nesterov", "qhm", "restore_state", "scale_by_aggmo", "scale_by_momentum",
+    "scale_by_qhm", "schedules", "stochastic_round_params",
 ]
 # fmt: on

@@ -5,8 +5,8 @@ state's count, the new buffer(s) of one array, and the output of one array.
 :func:`buffer_transform` adds what every transform shares: zero buffers
 placed like the params, the checks of ``update``, arithmetic in the wider of
 the gradient's and the buffers' dtypes, stochastic rounding of 16-bit buffers
-(one explicit step, when asked), casts back to the stored dtypes, and the
-saturating count.
+(one explicit step, when asked), casts back to the stored dtypes (int8
+buffers: see :mod:`momentum_jax._src._int8`), and the saturating count.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from momentum_jax._src import _checks, _rounding
+from momentum_jax._src import _checks, _int8, _rounding
 
 
 def zeros(param: Any, dtype: Any) -> Any:
@@ -31,6 +31,8 @@ def zeros(param: Any, dtype: Any) -> Any:
     ``param * 0`` is the one such expression XLA does not fold away before
     sharding propagation (it is not 0 for inf or NaN), and ``abs(where(isnan))``
     then makes it exactly +0. Eagerly, ``zeros_like`` copies the sharding.
+    An int8 buffer is the :class:`~momentum_jax._src._int8.Int8Buffer` of float32
+    zeros for a large array, and those zeros for a small one.
     """
     if not _checks.trains(param):
         return None
@@ -41,19 +43,21 @@ def zeros(param: Any, dtype: Any) -> Any:
             TypeError,
             f"a param is complex; accumulator_dtype={name} would drop its imaginary part.",
         )
-    dtype = dtype or jnp.result_type(param)
+    int8 = dtype == _int8.INT8
+    dtype = jnp.float32 if int8 else dtype or jnp.result_type(param)
     if not _checks.is_traced(param):
         buffer = jnp.zeros_like(param, dtype)
     else:
         product = param * jnp.zeros((), param.dtype)
         buffer = jnp.abs(jnp.where(jnp.isnan(product), 0, product)).astype(dtype)
     # A Python-scalar param gives a weakly typed buffer, which the first update would make strong.
-    return jax.lax.convert_element_type(buffer, buffer.dtype)
+    buffer = jax.lax.convert_element_type(buffer, buffer.dtype)
+    return _int8.quantize(buffer) if int8 and _int8.quantizes(buffer) else buffer
 
 
 def leaves_of(tree: Any) -> list[Any]:
-    """``tree``'s leaves, with ``None`` where a param does not train."""
-    return jax.tree.leaves(tree, is_leaf=_checks.is_none)
+    """``tree``'s leaves (an int8 buffer is one), with ``None`` where a param does not train."""
+    return jax.tree.leaves(tree, is_leaf=_int8.is_leaf)
 
 
 def hyper(value: Any, count: Any, high: float = math.inf, closed: bool = False) -> Any:
@@ -84,6 +88,7 @@ def buffer_transform(
     num_buffers: int | None = None,
     weight_decay: Any = 0.0,
     extra: Callable[[Any], tuple[Any, ...]] | None = None,
+    output_reads_old: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """An optax transform from an update rule.
 
@@ -93,19 +98,29 @@ def buffer_transform(
     tuple of ``num_buffers`` of them when that is given).
     ``coefficients(state)`` gives the update's hyperparameters; for each array,
     ``buffers(c, g, *b)`` the new buffer (a tuple when ``num_buffers``) and
-    ``output(c, g, *new_b)`` its output. ``g`` arrives as ``g + weight_decay *
-    theta`` (unless that is a Python 0), in the widest dtype of the gradient and
-    the buffers. ``extra(c)``, if given, gives the state's fields after the
-    buffers, and ``extra(None)`` their initial values.
+    ``output(c, g, *new_b)`` its output (``output(c, g, *old_b)`` with
+    ``output_reads_old``: Lion's reads the buffer before the update). ``g``
+    arrives as ``g + weight_decay * theta`` (unless that is a Python 0), in
+    the widest dtype of the gradient and the buffers. ``extra(c)``, if given,
+    gives the state's fields after the buffers, and ``extra(None)`` their
+    initial values.
     """
     accumulator_dtype, seed = options["accumulator_dtype"], options["seed"]
     dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
     decay = not _checks.is_python_zero(weight_decay)
     rounding, size = options["stochastic_rounding"], num_buffers or 1
+    if dtype == _int8.INT8 and options["layout"] == "packed":
+        raise _checks.error(
+            ValueError, "accumulator_dtype=int8 keeps one buffer per array; use layout='per_leaf'."
+        )
 
     def init_fn(params: Any) -> Any:
         trees = tuple(jax.tree.map(lambda p: zeros(p, dtype), params) for _ in range(size))
-        if rounding and not any(_rounding.narrow(b.dtype) for b in jax.tree.leaves(trees)):
+        if (
+            rounding
+            and dtype != _int8.INT8
+            and not any(_rounding.narrow(b.dtype) for b in jax.tree.leaves(trees))
+        ):
             _rounding.warn_no_effect(
                 "stochastic_rounding=True", "no buffer", "Pass accumulator_dtype=jnp.bfloat16"
             )
@@ -119,24 +134,28 @@ def buffer_transform(
             raise _checks.error(
                 ValueError, f"the state holds {len(trees)} buffers, expected {size}."
             )
-        grads = _checks.check_tree(updates, trees[0])
+        grads = _checks.check_tree(updates, _int8.plain(trees[0]))
         thetas = [None] * len(grads)
         if decay:
             if params is None:
                 raise _checks.needs_params()
-            thetas, wd = _checks.check_tree(params, trees[0], "param"), hyper(weight_decay, None)
+            thetas, wd = (
+                _checks.check_tree(params, _int8.plain(trees[0]), "param"),
+                hyper(weight_decay, None),
+            )
         c = coefficients(state)
         leaves = [leaves_of(t) for t in trees]
-        treedef = jax.tree.structure(trees[0], is_leaf=_checks.is_none)
+        treedef = jax.tree.structure(trees[0], is_leaf=_int8.is_leaf)
 
         def step(g: Any, p: Any, *bs: Any) -> Any:
             g = (g + wd * p).astype(g.dtype) if decay else g
+            bs = _int8.dequantize(bs)
             bs = tuple(
                 b.astype(jnp.float32) if rounding and _rounding.narrow(b.dtype) else b for b in bs
             )
             wide = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in bs)))
             values = buffers(c, wide, *bs)
-            return wide, values if num_buffers else (values,)
+            return wide, values if num_buffers else (values,), bs if output_reads_old else ()
 
         def finish(g: Any, wide: Any, *values: Any) -> Any:
             return output(c, wide, *values).astype(g.dtype)
@@ -156,11 +175,11 @@ def buffer_transform(
             for k in range(size)
         )
         if rounding:  # on trees, whose positions count optax.MaskedNode (see round_tree)
-            new = _rounding.round_tree(new, trees, seed, _rounding.BUFFERS, state[0])
-        stored = jax.tree.map(lambda n, b: n.astype(b.dtype), new, trees)
-        values = map(leaves_of, new if rounding else stored)  # rounded: in float32
+            new = _rounding.round_tree(new, _int8.plain(trees), seed, _rounding.BUFFERS, state[0])
+        stored, read = _int8.store(new, trees, seed if rounding else None, state[0])
+        values = map(leaves_of, read)
         outs = [
-            None if r is None else finish(g, r[0], *b)
+            None if r is None else finish(g, r[0], *(r[2] or b))
             for g, r, *b in zip(grads, results, *values, strict=True)
         ]
         fields = () if extra is None else extra(c)
