@@ -1,22 +1,23 @@
 """Eight-bit buffers: int8 codes shaped like the param, one float32 scale per block.
 
 A block is ``BLOCK`` consecutive elements along the last axis (a whole row
-when the last axis is shorter). Its scale is its largest magnitude ``s``, and
-element ``x`` is stored as the code ``q = x * 127 / s`` rounded to an integer
-in ``[-127, 127]``, read back as ``q * (1/127) * s``. The codes shard exactly
-like the param, and the scales along the same axes, so a block never spans
-two devices when the last axis is split in multiples of ``BLOCK``.
+when the last axis is shorter). Its scale ``s`` is its largest magnitude, and
+element ``x`` is stored as the code ``q``, ``x * 127 / s`` rounded to an
+integer in ``[-127, 127]``, read back as ``q * (s / 127)``. The codes shard
+exactly like the param and the scales along the same axes, so a block never
+spans two devices when the last axis is split in multiples of ``BLOCK``.
 
-Exactness: ``127 * float32(1/127)`` is 1 in float32, so the block's largest
-element, which is coded ±127 by a select rather than a division, reads back
-as ±s exactly; a zero block, and a block of one value, are stored exactly.
-A block holding a NaN has a NaN scale and reads back as NaN everywhere; one
-holding ±inf (and no NaN) reads back ±inf there and NaN (0 * inf) elsewhere:
-non-finite either way, so ``optax.apply_if_finite`` sees it.
+Exactness: the block's largest element is coded ±127 and ±127 reads back as
+±s, both by a select rather than a product; so a zero block, a block of one
+magnitude and every block's largest element are stored exactly. A block
+holding a NaN or an infinity gets the scale inf: it reads back as ±inf where
+it held ±inf and NaN elsewhere, non-finite either way, so that
+``optax.apply_if_finite`` sees it and momentum carries it, as it would carry
+the NaN in a float buffer.
 
 Stochastic quantization rounds ``t = x * 127 / s`` up with probability
 ``t - floor(t)``, drawing 24 uniform bits per element from the counter-based
-hash of :mod:`momentum_jax._src._rounding`; its expectation is ``t`` to within
+hash of :mod:`momentum_jax._src._rounding`: its expectation is ``t`` to within
 ``2**-24`` of a code.
 """
 
@@ -39,7 +40,7 @@ BLOCK = 256
 #: Arrays with fewer elements, or a last axis shorter than ``MIN_ROW``, keep a float32 buffer.
 MIN_SIZE, MIN_ROW = 4096, 32
 INT8 = np.dtype(np.int8)
-_STEP = np.float32(1 / 127)  # 127 * _STEP == 1 exactly in float32
+_STEP = np.float32(1 / 127)
 
 
 class Int8Buffer(NamedTuple):
@@ -69,41 +70,88 @@ def quantizes(x: Any) -> bool:
     return len(shape) > 0 and math.prod(shape) >= MIN_SIZE and shape[-1] >= MIN_ROW
 
 
+class _Pending(NamedTuple):
+    """A new int8 buffer before quantization: its float32 values and its blocks' scales."""
+
+    values: jax.Array
+    scales: jax.Array
+
+
 def _spread(per_block: jax.Array, length: int) -> jax.Array:
-    """One value per block repeated over the block's elements (fused by XLA, never stored)."""
+    """One value per block repeated over its elements (fused by XLA, never stored)."""
     return jnp.repeat(per_block, min(BLOCK, length), axis=-1)[..., :length]
 
 
-def _absmax(x: jax.Array) -> jax.Array:
+def _view(x: jax.Array) -> jax.Array:
+    """``x`` as blocks, shape ``(..., blocks, size)``, zero-padded to a whole last block."""
     length = x.shape[-1]
     size = min(BLOCK, length)
-    blocks = -(-length // size)
-    x = jnp.abs(x)
-    if blocks * size != length:
-        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, blocks * size - length)])
-    return jnp.max(x.reshape(*x.shape[:-1], blocks, size), axis=-1)
+    if length % size:
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, -length % size)])
+    return jax.lax.optimization_barrier(x.reshape(*x.shape[:-1], -1, size))
 
 
-def quantize(x: jax.Array, key: jax.Array | None = None) -> Int8Buffer:
-    """``x`` in int8 codes and block scales: round-to-nearest, or stochastic with ``key``."""
-    x = x.astype(jnp.float32)
-    length = x.shape[-1]
-    scales = _absmax(x)
-    t = jnp.where(
-        jnp.abs(x) == _spread(scales, length), jnp.sign(x) * 127, x * _spread(127 / scales, length)
-    )
-    if key is None:
-        q = jnp.round(t)
+def _decode(codes: jax.Array, scales: jax.Array) -> jax.Array:
+    """Codes to values, ``codes`` shaped like the param or as blocks (then ``scales[..., None]``).
+
+    ``code * (scale / 127)``, one step per block, except the codes ±127, which read as
+    ±scale exactly: XLA may reassociate the products, so no product is relied on for it.
+    """
+    if codes.ndim > scales.ndim:
+        scale = scales[..., None]
+        step = (scales * _STEP)[..., None]
     else:
-        uniform = (_rounding.element_bits(x.shape, key) >> 8).astype(jnp.float32) * 2.0**-24
-        low = jnp.floor(t)
-        q = low + (uniform < t - low)
-    return Int8Buffer(q.astype(jnp.int8), scales)
+        scale, step = _spread(scales, codes.shape[-1]), _spread(scales * _STEP, codes.shape[-1])
+    values = codes.astype(jnp.float32)
+    return jnp.where(jnp.abs(values) == 127, jnp.sign(values) * scale, values * step)
 
 
-def _decode(buffer: Int8Buffer) -> jax.Array:
-    codes = buffer.codes
-    return (codes.astype(jnp.float32) * _STEP) * _spread(buffer.scales, codes.shape[-1])
+def _encode(x: jax.Array, scales: jax.Array, key: jax.Array | None) -> jax.Array:
+    """``x`` (float32, shaped like its param) in codes for its blocks' ``scales``."""
+    s = _spread(scales, x.shape[-1])
+    # A select codes the largest element ±127: x * (127 / s) may miss 127 by an ulp. The
+    # clip keeps a code in range should x exceed its scale by an ulp (the scales come from
+    # a second run of the same arithmetic: see step_with_scales).
+    t = jnp.where(jnp.abs(x) == s, jnp.sign(x) * 127, x * _spread(127 / scales, x.shape[-1]))
+    t = jnp.clip(t, -127, 127)
+    if key is None:
+        return jnp.round(t).astype(jnp.int8)
+    uniform = (_rounding.element_bits(x.shape, key) >> 8).astype(jnp.float32) * 2.0**-24
+    low = jnp.floor(t)
+    return (low + (uniform < t - low)).astype(jnp.int8)
+
+
+def _scales(blocks: jax.Array) -> jax.Array:
+    """Each block's largest magnitude; inf for a block holding a NaN or an infinity."""
+    # NaN counts as inf: XLA:CPU's fast reduction does not propagate NaN.
+    return jnp.max(jnp.where(jnp.isnan(blocks), jnp.inf, jnp.abs(blocks)), axis=-1)
+
+
+def quantize(x: jax.Array) -> Int8Buffer:
+    """The :class:`Int8Buffer` of ``x``, rounded to nearest."""
+    x = x.astype(jnp.float32)
+    scales = _scales(_view(x))
+    return Int8Buffer(_encode(x, scales, None), scales)
+
+
+def step_with_scales(step: Any, g: jax.Array, p: Any, buffers: tuple[Any, ...]) -> Any:
+    """``step(g, p, *buffers)``, each new int8 buffer paired with its blocks' scales.
+
+    The scales come from ``step`` run a second time on the arrays seen as blocks:
+    XLA:CPU then reduces each block in one vectorized pass over the inputs (the
+    optimization barrier in ``_view`` keeps the reshape out of that pass), and
+    computes the codes in another, without storing the new values in between; one
+    reduction over the values as computed runs 5-10x slower
+    (benchmarks/int8_design.py). The numbers are the same: both runs do the same
+    elementwise arithmetic.
+    """
+    wide, values, old = step(g, p, *buffers)
+    if not any(isinstance(b, Int8Buffer) for b in buffers):
+        return wide, values, old
+    blocked = [_decode(_view(b.codes), b.scales) for b in buffers]
+    _, again, _ = step(_view(g), None if p is None else _view(p), *blocked)
+    paired = [_Pending(v, _scales(a)) for v, a in zip(values, again, strict=True)]
+    return wide, tuple(paired), old
 
 
 @public("momentum_jax.dequantize")
@@ -131,7 +179,7 @@ def dequantize(tree: Any) -> Any:
       ('Int8Buffer', Array([0.1, 0.1, 0.1], dtype=float32))
     """
     return jax.tree.map(
-        lambda b: _decode(b) if isinstance(b, Int8Buffer) else b, tree, is_leaf=is_leaf
+        lambda b: _decode(*b) if isinstance(b, Int8Buffer) else b, tree, is_leaf=is_leaf
     )
 
 
@@ -151,33 +199,35 @@ def converted(old: Any, new: Any) -> Any:
     if isinstance(new, Int8Buffer) and isinstance(old, jax.Array | np.ndarray):
         return quantize(jnp.asarray(old)) if old.shape == new.codes.shape else old
     if isinstance(old, Int8Buffer) and isinstance(new, jax.Array):
-        return _decode(Int8Buffer(*map(jnp.asarray, old)))
+        return dequantize(Int8Buffer(*map(jnp.asarray, old)))
     return old
 
 
 def store(new: Any, like: Any, seed: Any, count: Any) -> tuple[Any, Any]:
-    """``new`` (float) in ``like``'s buffers: int8 buffers quantized, others cast.
+    """``new`` in ``like``'s buffers: int8 buffers quantized, others cast.
 
-    Returns the stored tree and the values the output reads: each int8 buffer
-    dequantized; other leaves as stored or, with a ``seed`` (``new`` then
-    already rounded where 16-bit), as in ``new``, in float32. With a ``seed``
+    Returns the stored tree and the values the output reads: an int8 buffer's
+    float32 values before quantization (reading the stored codes back would make
+    XLA compute them a third time); other leaves as stored or, with a ``seed``
+    (``new`` then already rounded where 16-bit), as in ``new``, in float32. With a ``seed``
     the quantization is stochastic, its bits drawn as for the 16-bit buffers
     (:func:`momentum_jax._src._rounding.round_tree`: the same keys, by each
     array's position counting ``optax.MaskedNode``).
     """
-    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
-    leaves, treedef = jax.tree.flatten(new, is_leaf=masked)
-    likes = jax.tree.leaves(like, is_leaf=lambda x: masked(x) or isinstance(x, Int8Buffer))
+    leaf = lambda x: isinstance(x, optax.MaskedNode | _Pending)  # noqa: E731
+    leaves, treedef = jax.tree.flatten(new, is_leaf=leaf)
+    likes = jax.tree.leaves(like, is_leaf=lambda x: leaf(x) or isinstance(x, Int8Buffer))
     keys = [None] * len(leaves)
     if seed is not None:
         keys = _rounding.leaf_keys(seed, _rounding.BUFFERS, count, len(leaves))
     stored, read = [], []
     for x, b, key in zip(leaves, likes, keys, strict=True):
-        if isinstance(b, Int8Buffer):
-            s = quantize(x, key)
-            stored.append(s)
-            read.append(_decode(s))
+        if isinstance(x, _Pending):
+            stored.append(
+                Int8Buffer(_encode(x.values.astype(jnp.float32), x.scales, key), x.scales)
+            )
+            read.append(x.values)
         else:
-            stored.append(x if masked(b) else x.astype(b.dtype))
+            stored.append(x if isinstance(b, optax.MaskedNode) else x.astype(b.dtype))
             read.append(x if seed is not None else stored[-1])
     return jax.tree.unflatten(treedef, stored), jax.tree.unflatten(treedef, read)

@@ -167,15 +167,15 @@ def buffer_transform(
             step, finish = jax.jit(step), jax.jit(finish)
         grads = [_checks.as_array(g) for g in grads]
         results = [
-            None if b[0] is None else step(g, p, *b)
+            None if b[0] is None else _int8.step_with_scales(step, g, p, b)
             for g, p, *b in zip(grads, thetas, *leaves, strict=True)
         ]
         new = tuple(
             jax.tree.unflatten(treedef, [None if r is None else r[1][k] for r in results])
             for k in range(size)
         )
-        if rounding:  # on trees, whose positions count optax.MaskedNode (see round_tree)
-            new = _rounding.round_tree(new, _int8.plain(trees), seed, _rounding.BUFFERS, state[0])
+        if rounding and dtype != _int8.INT8:  # positions count optax.MaskedNode (round_tree)
+            new = _rounding.round_tree(new, trees, seed, _rounding.BUFFERS, state[0])
         stored, read = _int8.store(new, trees, seed if rounding else None, state[0])
         values = map(leaves_of, read)
         outs = [
