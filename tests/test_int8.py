@@ -141,10 +141,11 @@ def test_round_to_nearest_reproduces_its_own_values() -> None:
 
 
 def test_fused_with_the_update_the_dequantization_is_exact() -> None:
-    """A zero gradient at momentum 1/2 halves every scale and keeps every code, bit for bit.
+    """A zero gradient at momentum 1/2 keeps every code and halves every scale.
 
     XLA may reassociate ``codes * scale / 127 * momentum``: an inexact dequantization
-    would move codes or scales by an ulp.
+    would move codes. The scales come from a second run of the arithmetic that another
+    compiler (XLA:CPU's YNNPACK reductions) may round apart by an ulp.
     """
     tx = momentum_jax.scale_by_momentum(0.5, **INT8)
     params = jnp.zeros((64, 512))
@@ -155,11 +156,13 @@ def test_fused_with_the_update_the_dequantization_is_exact() -> None:
     for _ in range(3):
         _, new = update(jnp.zeros_like(params), state)
         np.testing.assert_array_equal(new.velocity.codes, state.velocity.codes)
-        np.testing.assert_array_equal(new.velocity.scales, 0.5 * np.asarray(state.velocity.scales))
+        half = 0.5 * np.asarray(state.velocity.scales)
+        np.testing.assert_array_max_ulp(np.asarray(new.velocity.scales), half, maxulp=1)
         state = new
 
 
-def test_nan_and_infinity_make_their_block_non_finite_and_no_other() -> None:
+def test_nan_stays_nan_and_infinity_makes_its_block_non_finite() -> None:
+    """A NaN has a code of its own; an infinity is its block's scale, so 0 * inf reads NaN."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((8, 1024)).astype(np.float32)
     x[0, 3] = np.nan  # block (0, 0)
@@ -168,26 +171,29 @@ def test_nan_and_infinity_make_their_block_non_finite_and_no_other() -> None:
     x[2, 600] = -np.inf  # block (2, 2)
     for kwargs in ({}, {"stochastic_rounding": True}):
         got = np.asarray(momentum_jax.dequantize(_stored(jnp.asarray(x), **kwargs)))
-        assert np.all(np.isnan(got[0, :256]))  # scale inf: 0 * inf
-        assert got[1, 300] == np.inf
-        assert got[1, 301] == -np.inf
-        assert np.all(~np.isfinite(got[1, 256:512]))
-        assert np.all(~np.isfinite(got[2, 512:768]))
+        assert np.isnan(got[0, 3])
+        np.testing.assert_array_equal(got[1, 300:302], [np.inf, -np.inf])
         assert got[2, 600] == -np.inf
+        assert not np.any(np.isfinite(got[1, 256:512]))
+        assert not np.any(np.isfinite(got[2, 512:768]))
+        blocks = got.reshape(8, 4, 256)
         finite = np.ones((8, 4), bool)
         finite[0, 0] = finite[1, 1] = finite[2, 2] = False
-        blocks = got.reshape(8, 4, 256)
-        assert np.all(np.isfinite(blocks[finite]))
-    # Through training: the bad block stays non-finite, so apply_if_finite sees each update.
+        np.testing.assert_allclose(blocks[finite], x.reshape(8, 4, 256)[finite], atol=0.05)
+        # The rest of the NaN's block: as stored (here), or all NaN where a max propagates NaN.
+        rest = np.delete(got[0, :256], 3)
+        assert np.all(np.isfinite(rest)) or np.all(np.isnan(rest))
+    # Through training the non-finite values stay, so apply_if_finite sees each update.
     tx = momentum_jax.momentum(0.1, 0.9, **INT8)
     params = jnp.zeros((8, 1024))
-    state = tx.init(params)
-    _, state = tx.update(jnp.asarray(x), state)
+    _, state = tx.update(jnp.asarray(x), tx.init(params))
     for _ in range(3):
         updates, state = tx.update(jnp.ones_like(params), state)
-        assert not np.any(np.isfinite(updates[0, :256]))
-        assert np.all(np.isnan(momentum_jax.dequantize(state.velocity)[0, :256]))
-        assert np.all(np.isfinite(momentum_jax.dequantize(state.velocity)[3:]))
+        velocity = np.asarray(momentum_jax.dequantize(state.velocity))
+        assert np.isnan(velocity[0, 3])
+        assert not np.isfinite(updates[0, 3])
+        assert not np.any(np.isfinite(velocity[1, 256:512]))
+        assert np.all(np.isfinite(velocity[3:]))
 
 
 # --- stochastic quantization -------------------------------------------------------------
@@ -261,6 +267,28 @@ def test_a_resumed_run_is_bit_identical_and_the_state_holds_no_key() -> None:
     _assert_bits_equal(resumed, straight)
     plain = momentum_jax.nesterov(0.01, 0.99, **INT8).init(params)
     assert jax.tree.structure(plain) == jax.tree.structure(tx.init(params))
+
+
+@pytest.mark.parametrize("shape", [(256, 1024), (300, 700)], ids=["aligned", "padded"])
+def test_the_step_keeps_no_float32_copy_of_the_buffer(shape: tuple[int, int]) -> None:
+    """The new values are computed twice (scales, then codes) rather than stored in between.
+
+    A float32 temporary the size of the param would cost the step more than the int8
+    buffer saves in traffic (benchmarks/int8_design.py); the XLA of JAX 0.4.35 has no
+    YNNPACK reductions and plans its buffers otherwise.
+    """
+    if tuple(int(part) for part in jax.__version__.split(".")[:2]) < (0, 10):
+        pytest.skip("the XLA of this JAX plans its buffers otherwise")
+    tx = momentum_jax.momentum(1e-3, 0.9, **SR)
+
+    def step(p: Any, s: Any, g: Any) -> Any:
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    params = jnp.ones(shape)
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), params)
+    temporaries = compiled.compile().memory_analysis().temp_size_in_bytes
+    assert temporaries < params.nbytes / 2  # a copy of the codes at most
 
 
 # --- a state like any other ---------------------------------------------------------------

@@ -9,11 +9,13 @@ spans two devices when the last axis is split in multiples of ``BLOCK``.
 
 Exactness: the block's largest element is coded ±127 and ±127 reads back as
 ±s, both by a select rather than a product; so a zero block, a block of one
-magnitude and every block's largest element are stored exactly. A block
-holding a NaN or an infinity gets the scale inf: it reads back as ±inf where
-it held ±inf and NaN elsewhere, non-finite either way, so that
-``optax.apply_if_finite`` sees it and momentum carries it, as it would carry
-the NaN in a float buffer.
+magnitude and every block's largest element are stored exactly. NaN has a
+code of its own, -128: a NaN is stored as NaN, and its block's scale is that
+of the other elements (XLA:CPU's fast max skips NaN; where the max propagates
+it, the whole block reads back as NaN). An infinity is its block's largest
+magnitude: the block reads back as ±inf there and NaN (0 * inf) elsewhere.
+Non-finite values stay non-finite, so ``optax.apply_if_finite`` sees them and
+momentum carries them on, as a float buffer does.
 
 Stochastic quantization rounds ``t = x * 127 / s`` up with probability
 ``t - floor(t)``, drawing 24 uniform bits per element from the counter-based
@@ -40,7 +42,8 @@ BLOCK = 256
 #: Arrays with fewer elements, or a last axis shorter than ``MIN_ROW``, keep a float32 buffer.
 MIN_SIZE, MIN_ROW = 4096, 32
 INT8 = np.dtype(np.int8)
-_STEP = np.float32(1 / 127)
+_STEP, _NEAR = np.float32(1 / 127), np.float32(1 - 2**-20)
+_NAN = -128  # the code of NaN
 
 
 class Int8Buffer(NamedTuple):
@@ -92,39 +95,34 @@ def _view(x: jax.Array) -> jax.Array:
 
 
 def _decode(codes: jax.Array, scales: jax.Array) -> jax.Array:
-    """Codes to values, ``codes`` shaped like the param or as blocks (then ``scales[..., None]``).
-
-    ``code * (scale / 127)``, one step per block, except the codes ±127, which read as
-    ±scale exactly: XLA may reassociate the products, so no product is relied on for it.
-    """
-    if codes.ndim > scales.ndim:
-        scale = scales[..., None]
-        step = (scales * _STEP)[..., None]
-    else:
-        scale, step = _spread(scales, codes.shape[-1]), _spread(scales * _STEP, codes.shape[-1])
+    """Codes shaped like the param to values: ``code * (scale / 127)``, ±127 to ±scale
+    exactly (XLA may reassociate any product meant to give it), -128 to NaN."""
+    spread = _spread(scales, codes.shape[-1])
     values = codes.astype(jnp.float32)
-    return jnp.where(jnp.abs(values) == 127, jnp.sign(values) * scale, values * step)
+    exact = jnp.where(jnp.abs(values) == 127, jnp.sign(values) * spread, values * _STEP * spread)
+    return jnp.where(values == _NAN, jnp.nan, exact)
 
 
 def _encode(x: jax.Array, scales: jax.Array, key: jax.Array | None) -> jax.Array:
     """``x`` (float32, shaped like its param) in codes for its blocks' ``scales``."""
     s = _spread(scales, x.shape[-1])
-    # A select codes the largest element ±127: x * (127 / s) may miss 127 by an ulp. The
-    # clip keeps a code in range should x exceed its scale by an ulp (the scales come from
-    # a second run of the same arithmetic: see step_with_scales).
-    t = jnp.where(jnp.abs(x) == s, jnp.sign(x) * 127, x * _spread(127 / scales, x.shape[-1]))
-    t = jnp.clip(t, -127, 127)
+    # The largest element is coded ±127 by a select (x * (127 / s) may miss 127 by an
+    # ulp), as is any within 2**-20 of it: the scales come from a second run of the
+    # same arithmetic (step_with_scales), which another compiler may round apart by an
+    # ulp; for the same reason the clip.
+    t = x * _spread(127 / scales, x.shape[-1])
+    t = jnp.clip(jnp.where(jnp.abs(x) >= s * _NEAR, jnp.sign(x) * 127, t), -127, 127)
     if key is None:
-        return jnp.round(t).astype(jnp.int8)
-    uniform = (_rounding.element_bits(x.shape, key) >> 8).astype(jnp.float32) * 2.0**-24
-    low = jnp.floor(t)
-    return (low + (uniform < t - low)).astype(jnp.int8)
+        q = jnp.round(t)
+    else:
+        uniform = (_rounding.element_bits(x.shape, key) >> 8).astype(jnp.float32) * 2.0**-24
+        low = jnp.floor(t)
+        q = low + (uniform < t - low)
+    return jnp.where(jnp.isnan(x), _NAN, q).astype(jnp.int8)
 
 
 def _scales(blocks: jax.Array) -> jax.Array:
-    """Each block's largest magnitude; inf for a block holding a NaN or an infinity."""
-    # NaN counts as inf: XLA:CPU's fast reduction does not propagate NaN.
-    return jnp.max(jnp.where(jnp.isnan(blocks), jnp.inf, jnp.abs(blocks)), axis=-1)
+    return jnp.max(jnp.abs(blocks), axis=-1)
 
 
 def quantize(x: jax.Array) -> Int8Buffer:
@@ -148,7 +146,11 @@ def step_with_scales(step: Any, g: jax.Array, p: Any, buffers: tuple[Any, ...]) 
     wide, values, old = step(g, p, *buffers)
     if not any(isinstance(b, Int8Buffer) for b in buffers):
         return wide, values, old
-    blocked = [_decode(_view(b.codes), b.scales) for b in buffers]
+    # A NaN's code reads as the largest here: no select, which XLA:CPU would not fuse.
+    blocked = [
+        (jnp.maximum(_view(b.codes), -127).astype(jnp.float32) * _STEP) * b.scales[..., None]
+        for b in buffers
+    ]
     _, again, _ = step(_view(g), None if p is None else _view(p), *blocked)
     paired = [_Pending(v, _scales(a)) for v, a in zip(values, again, strict=True)]
     return wide, tuple(paired), old
