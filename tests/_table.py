@@ -5,7 +5,8 @@ subprocess worker runs over :data:`ROWS` or a named subset of it (optax's
 optimizers-under-test pattern):
 
 * :data:`ROWS`: everything, in both state layouts;
-* :data:`BASE_ROWS`: the per-array (default) layout; :data:`PACKED_ROWS`: ``layout="packed"``;
+* :data:`BASE_ROWS`: the per-array (default) layout; :data:`PACKED_ROWS`: ``layout="packed"``,
+  for the :data:`LAYOUT_ROWS` (all but the int8 buffers, which refuse it);
 * :data:`TRANSFORMS`: the first row of each public transform (the fast tier's rows);
 * :data:`STATEFUL`, :data:`STATELESS`: rows that keep a buffer, and the presets at
   ``momentum=0``, which keep none (as PyTorch and Keras do);
@@ -472,12 +473,12 @@ ROWS.append(
     )
 )
 BASE_ROWS = list(ROWS)
-# The packed layout: every property of the table holds for every row in it too
-# (int8 buffers, one per array, refuse it).
+# The rows that take both layouts (int8 buffers, one per array, refuse the packed one).
+LAYOUT_ROWS = [row for row in BASE_ROWS if row.static.get("accumulator_dtype") is not jnp.int8]
+# The packed layout: every property of the table holds for every row in it too.
 PACKED_ROWS = [
     dataclasses.replace(row, id=f"{row.id}[packed]", static={**row.static, "layout": "packed"})
-    for row in BASE_ROWS
-    if row.static.get("accumulator_dtype") is not jnp.int8
+    for row in LAYOUT_ROWS
 ]
 ROWS += PACKED_ROWS
 

@@ -1,11 +1,13 @@
 """Eight-bit buffers: int8 codes shaped like the param, one float32 scale per block.
 
-A block is ``BLOCK`` consecutive elements along the last axis (a whole row
-when the last axis is shorter). Its scale ``s`` is its largest magnitude, and
-element ``x`` is stored as the code ``q``, ``x * 127 / s`` rounded to an
-integer in ``[-127, 127]``, read back as ``q * (s / 127)``. The codes shard
-exactly like the param and the scales along the same axes, so a block never
-spans two devices when the last axis is split in multiples of ``BLOCK``.
+A block is a run of consecutive elements along the last axis: ``BLOCK`` (256)
+of them, or the whole row when it is shorter, or a divisor of the row's
+length from 128 to 256 when 256 does not divide it (:func:`block_size`). Its
+scale ``s`` is its largest magnitude, and element ``x`` is stored as the code
+``q``, ``x * 127 / s`` rounded to an integer in ``[-127, 127]``, read back as
+``q * (s / 127)``. The codes shard exactly like the param and the scales
+along the same axes, so a block never spans two devices when the last axis is
+split in multiples of the block.
 
 Exactness: the block's largest element is coded ±127 and ±127 reads back as
 ±s, both by a select rather than a product; so a zero block, a block of one
@@ -80,15 +82,34 @@ class _Pending(NamedTuple):
     scales: jax.Array
 
 
+def block_size(length: int) -> int:
+    """Elements per block along a last axis of ``length``: all of them up to ``BLOCK``;
+    else ``BLOCK`` or ``BLOCK / 2`` if it divides the length, else the largest divisor
+    between them; else ``BLOCK``, the last block shorter.
+
+    Measured on XLA:CPU (benchmarks/int8_design.py): a padded last block makes the
+    reduction over blocks 4x slower, and a block that is not a power of two makes
+    indexing slower in the other passes.
+    """
+    if length <= BLOCK:
+        return length
+    half = BLOCK // 2
+    divisors = (d for d in (BLOCK, half, *range(BLOCK - 1, half, -1)) if length % d == 0)
+    return next(divisors, BLOCK)
+
+
 def _spread(per_block: jax.Array, length: int) -> jax.Array:
     """One value per block repeated over its elements (fused by XLA, never stored)."""
-    return jnp.repeat(per_block, min(BLOCK, length), axis=-1)[..., :length]
+    size = block_size(length)
+    spread = jnp.broadcast_to(per_block[..., None], (*per_block.shape, size))
+    spread = spread.reshape(*per_block.shape[:-1], -1)
+    return spread if spread.shape[-1] == length else spread[..., :length]
 
 
 def _view(x: jax.Array) -> jax.Array:
     """``x`` as blocks, shape ``(..., blocks, size)``, zero-padded to a whole last block."""
     length = x.shape[-1]
-    size = min(BLOCK, length)
+    size = block_size(length)
     if length % size:
         x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, -length % size)])
     return jax.lax.optimization_barrier(x.reshape(*x.shape[:-1], -1, size))
