@@ -39,8 +39,8 @@ import momentum_jax
 CONTEXT, EMBED, HIDDEN, VOCAB = 16, 32, (1024, 512), 128
 BATCH = 128
 OPTIMIZERS = {
-    "nesterov": lambda **state: momentum_jax.nesterov(0.02, 0.9, **state),
-    "lion": lambda **state: momentum_jax.lion(3e-4, weight_decay=0.01, **state),
+    "nesterov": lambda **state: momentum_jax.nesterov(0.05, 0.9, **state),
+    "lion": lambda **state: momentum_jax.lion(1e-3, weight_decay=0.01, **state),
 }
 COLUMNS = {"float32": {}, "int8": {"accumulator_dtype": jnp.int8, "stochastic_rounding": True}}
 FULL = {"steps": 400, "seeds": 2, "bytes": 4_000_000}

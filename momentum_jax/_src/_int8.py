@@ -49,15 +49,19 @@ _NAN = -128  # the code of NaN
 
 
 class Int8Buffer(NamedTuple):
-    """An eight-bit buffer of one array: ``x ≈ codes * (1/127) * scale of its block``.
+    """An array's eight-bit buffer: ``value ≈ code * scale / 127``, one scale per block.
+
+    ``accumulator_dtype=jnp.int8`` gives each array of at least 4096 elements
+    (and a last axis of at least 32) one of these; smaller arrays keep a
+    float32 buffer. Read its values with :func:`momentum_jax.dequantize`.
 
     Attributes:
-      codes: ``int8``, shaped like the param, each in ``[-127, 127]``.
+      codes: ``int8``, shaped like the param, in ``[-127, 127]`` (-128 is NaN).
       scales: ``float32``, shaped like the param but for the last axis, which
-        holds one scale per block of 256 consecutive elements (the last block
-        may be shorter): the largest magnitude in the block.
-
-    Read its values with :func:`momentum_jax.dequantize`.
+        holds one scale per block of consecutive elements along it: blocks of
+        256, or the whole axis when it is shorter, or of a divisor of its
+        length from 128 to 256 when 256 does not divide it. A scale is its
+        block's largest magnitude.
     """
 
     codes: jax.Array
