@@ -14,7 +14,7 @@ than float32 only when the mean ± std intervals do not overlap
 (``_common.verdict``), printing both. Writes ``int8_char_lm.csv`` and
 ``int8_char_lm_loss.png`` to ``examples/out/int8_char_lm/`` (``..._quick/``).
 
-    python examples/int8_char_lm.py            # 400 steps, 2 seeds: a few minutes on 2 cores
+    python examples/int8_char_lm.py            # 600 steps, 3 seeds: a few minutes on 2 cores
     python examples/int8_char_lm.py --quick    # 64 steps, 2 seeds
 """
 
@@ -43,7 +43,7 @@ OPTIMIZERS = {
     "lion": lambda **state: momentum_jax.lion(1e-3, weight_decay=0.01, **state),
 }
 COLUMNS = {"float32": {}, "int8": {"accumulator_dtype": jnp.int8, "stochastic_rounding": True}}
-FULL = {"steps": 400, "seeds": 2, "bytes": 4_000_000}
+FULL = {"steps": 600, "seeds": 3, "bytes": 4_000_000}
 QUICK = {"steps": 64, "seeds": 2, "bytes": 500_000}
 CSV_HEADER = ["optimizer", "state", "bytes_per_param", "bits_per_char_mean", "bits_per_char_std"]
 CSV_HEADER.append("verdict")

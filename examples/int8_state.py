@@ -1,7 +1,7 @@
 """Eight-bit optimizer state: int8 buffers against float32 and bfloat16, for momentum and Lion.
 
 An MLP (64-256-256-10, every kernel large enough for an int8 buffer) is trained
-on the digits with minibatches of 64, its buffer stored five ways:
+on the digits with minibatches of 256, its buffer stored five ways:
 
 * ``float32``: float32 params and buffer (8 bytes per param);
 * ``bf16, nearest`` and ``bf16, stochastic``: ``accumulator_dtype=jnp.bfloat16``,
@@ -11,7 +11,7 @@ on the digits with minibatches of 64, its buffer stored five ways:
   bias buffers stay float32).
 
 ``momentum_jax.momentum`` runs at μ = 0.9, 0.99 and 0.999 with the same
-effective step α/(1-μ) = 0.1, and ``momentum_jax.lion`` at α = 3e-4 (its
+effective step α/(1-μ) = 0.1, and ``momentum_jax.lion`` at α = 1e-4 (its
 defaults otherwise), over several seeds. Quantizing the buffer to nearest drops
 every new contribution smaller than half a code of its block (1/254 of the
 block's largest value, against 1/512 of the value itself for bfloat16), so a
@@ -25,7 +25,7 @@ mean ± std intervals do not overlap (``_common.verdict``), printing both.
 Outputs (``examples/out/int8_state/``, ``..._quick/`` with ``--quick``):
 ``int8_state.csv`` (one row per setting and column) and ``int8_state_loss.png``.
 
-    python examples/int8_state.py            # 3000 steps, 3 seeds: a few minutes on 2 cores
+    python examples/int8_state.py            # 1000 steps, 3 seeds: about a minute on 2 cores
     python examples/int8_state.py --quick    # 300 steps, 2 seeds
 """
 
@@ -47,9 +47,10 @@ import momentum_jax
 COLUMNS = ("float32", "bf16, nearest", "bf16, stochastic", "int8, nearest", "int8, stochastic")
 MOMENTA = (0.9, 0.99, 0.999)
 STEP = 0.1  # α / (1 - μ), the same at every μ
-LION_LR = 3e-4
+LION_LR = 1e-4
 HIDDEN = (256, 256)
-FULL = {"steps": 3000, "seeds": 3}
+BATCH = 256
+FULL = {"steps": 1000, "seeds": 3}
 QUICK = {"steps": 300, "seeds": 2}
 # Okabe & Ito's colour-blind-safe palette; round-to-nearest dashed, float32 dotted on top.
 STYLE = dict(
@@ -129,25 +130,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for name, make, hypers in (("momentum", momentum, MOMENTA), ("lion", lion, (LION_LR,))):
         optimizers = {column: make(column) for column in COLUMNS}
         eval_steps, loss, accuracy = _common.train_mlps(
-            data, optimizers, hypers, seeds, steps=steps, eval_every=every, hidden=HIDDEN
+            data,
+            optimizers,
+            hypers,
+            seeds,
+            steps=steps,
+            eval_every=every,
+            batch_size=BATCH,
+            hidden=HIDDEN,
         )
         runs[name] = (hypers, loss, accuracy)
     sizes = {column: bytes_per_param(column) for column in COLUMNS}
 
     print(f"final training loss, mean ± std over {len(seeds)} seeds, after {steps} steps;")
     print("test accuracy (mean) in brackets; bytes per param count the params and the buffer")
-    print(f"{'':<16}" + "".join(f"{c:>26}" for c in COLUMNS))
-    print(f"{'bytes/param':<16}" + "".join(f"{sizes[c]:>26.2f}" for c in COLUMNS))
+    print(f"{'':<18}" + "".join(f"{c:>30}" for c in COLUMNS))
+    print(f"{'bytes/param':<18}" + "".join(f"{sizes[c]:>30.2f}" for c in COLUMNS))
     rows, verdicts, lines = [], {}, []
     for name, (hypers, loss, accuracy) in runs.items():
         for j, h in enumerate(hypers):
             label = f"{name} {'μ' if name == 'momentum' else 'α'}={h:g}"
             final = loss[:, j, :, -1]
             cells = [
-                f"{_common.mean_std(final[i], '.4f')} ({100 * accuracy[i, j].mean():.1f}%)"
+                f"{_common.mean_std(final[i], '.2e')} ({100 * accuracy[i, j].mean():.1f}%)"
                 for i in range(len(COLUMNS))
             ]
-            print(f"{label:<16}" + "".join(f"{c:>26}" for c in cells))
+            print(f"{label:<18}" + "".join(f"{c:>30}" for c in cells))
             for i, column in enumerate(COLUMNS):
                 said = "reference" if i == 0 else verdict(final[i], final[0])
                 verdicts[(name, h, column)] = said
@@ -156,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     [name, h, column, sizes[column], mean, std, accuracy[i, j].mean(), said]
                 )
                 if i:
-                    numbers = [_common.mean_std(final[k], ".4f") for k in (i, 0)]
+                    numbers = [_common.mean_std(final[k], ".2e") for k in (i, 0)]
                     lines.append(f"{label}: {column} is {said} [{' vs '.join(numbers)}]")
     print("\nverdicts (final training loss, the column's vs float32's):")
     print("\n".join(lines))

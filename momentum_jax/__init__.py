@@ -14,8 +14,12 @@ a gradient that arrives for one is an error naming its path.
 The learning-rate-free blocks :func:`scale_by_momentum`, :func:`scale_by_qhm`
 and :func:`scale_by_aggmo` chain with ``optax.scale_by_learning_rate``; the
 optimizers are such chains, except :func:`momentum` (learning rate inside the
-velocity). :func:`restore_state` carries a saved state into a transform's
-current layout.
+velocity). :func:`lion` is ``optax.lion`` on the same machinery.
+:func:`restore_state` carries a saved state into a transform's current layout.
+
+Buffers may be narrower than the params: bfloat16 or float16, or int8 codes
+with a scale per block (:class:`Int8Buffer`, read by :func:`dequantize`),
+rounded to nearest or stochastically (``stochastic_rounding=True``).
 
 State layout: every state's structure depends only on the transform's
 arguments and the params, never on the backend or the environment. Each
