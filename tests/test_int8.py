@@ -4,7 +4,7 @@ What is checked, and against what: the quantizer stores a zero block, a block
 of one value and each block's largest element exactly (also under ``jit``,
 fused with the update: a step with a zero gradient and momentum 1/2 halves
 every scale and keeps every code), and round-to-nearest reproduces its own
-values; a NaN or an infinity makes its block non-finite and no other; the
+values; a NaN stays NaN and an infinity makes its block NaN, and no other; the
 stochastic quantizer's mean over many elements and over many steps stays
 within a 5-sigma binomial bound of the exact value, which round-to-nearest
 misses by a third of a code; resumed runs, ``jit``, ``lax.scan``, ``vmap`` and
@@ -161,8 +161,8 @@ def test_fused_with_the_update_the_dequantization_is_exact() -> None:
         state = new
 
 
-def test_nan_stays_nan_and_infinity_makes_its_block_non_finite() -> None:
-    """A NaN has a code of its own; an infinity is its block's scale, so 0 * inf reads NaN."""
+def test_nan_stays_nan_and_infinity_makes_its_block_nan() -> None:
+    """A NaN has a code of its own; an infinity makes its block's scale infinite."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((8, 1024)).astype(np.float32)
     x[0, 3] = np.nan  # block (0, 0)
@@ -172,10 +172,8 @@ def test_nan_stays_nan_and_infinity_makes_its_block_non_finite() -> None:
     for kwargs in ({}, {"stochastic_rounding": True}):
         got = np.asarray(momentum_jax.dequantize(_stored(jnp.asarray(x), **kwargs)))
         assert np.isnan(got[0, 3])
-        np.testing.assert_array_equal(got[1, 300:302], [np.inf, -np.inf])
-        assert got[2, 600] == -np.inf
-        assert not np.any(np.isfinite(got[1, 256:512]))
-        assert not np.any(np.isfinite(got[2, 512:768]))
+        assert np.all(np.isnan(got[1, 256:512]))
+        assert np.all(np.isnan(got[2, 512:768]))
         blocks = got.reshape(8, 4, 256)
         finite = np.ones((8, 4), bool)
         finite[0, 0] = finite[1, 1] = finite[2, 2] = False

@@ -9,20 +9,21 @@ scale ``s`` is its largest magnitude, and element ``x`` is stored as the code
 along the same axes, so a block never spans two devices when the last axis is
 split in multiples of the block.
 
-Exactness: the block's largest element is coded ±127 and ±127 reads back as
-±s, both by a select rather than a product; so a zero block, a block of one
-magnitude and every block's largest element are stored exactly. NaN has a
-code of its own, -128: a NaN is stored as NaN, and its block's scale is that
-of the other elements (XLA:CPU's fast max skips NaN; where the max propagates
-it, the whole block reads back as NaN). An infinity is its block's largest
-magnitude: the block reads back as ±inf there and NaN (0 * inf) elsewhere.
-Non-finite values stay non-finite, so ``optax.apply_if_finite`` sees them and
-momentum carries them on, as a float buffer does.
+Exactness: the block's largest element is coded ±127 (see ``_encode``) and
+±127 reads back as ±s by a select rather than a product (XLA may reassociate
+products); so a zero block, a block of one magnitude and every block's
+largest element are stored exactly. NaN has a code of its own, -128: a NaN
+is stored as NaN, and its block's scale is that of the other elements
+(XLA:CPU's fast max skips NaN; where the max propagates it, the whole block
+reads back as NaN). An infinity makes its block's scale infinite, and the
+whole block reads back as NaN. Non-finite values stay non-finite, so
+``optax.apply_if_finite`` sees them and momentum carries them on, as a float
+buffer does.
 
 Stochastic quantization rounds ``t = x * 127 / s`` up with probability
 ``t - floor(t)``, drawing 24 uniform bits per element from the counter-based
 hash of :mod:`momentum_jax._src._rounding`: its expectation is ``t`` to within
-``2**-24`` of a code.
+``2**-24`` of a code (and ``2**-20`` of ``t``, see ``_encode``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ BLOCK = 256
 #: Arrays with fewer elements, or a last axis shorter than ``MIN_ROW``, keep a float32 buffer.
 MIN_SIZE, MIN_ROW = 4096, 32
 INT8 = np.dtype(np.int8)
-_STEP, _NEAR = np.float32(1 / 127), np.float32(1 - 2**-20)
+_STEP, _WIDEN = np.float32(1 / 127), np.float32(1 + 2**-20)
 _NAN = -128  # the code of NaN
 
 
@@ -129,21 +130,22 @@ def _decode(codes: jax.Array, scales: jax.Array) -> jax.Array:
 
 
 def _encode(x: jax.Array, scales: jax.Array, key: jax.Array | None) -> jax.Array:
-    """``x`` (float32, shaped like its param) in codes for its blocks' ``scales``."""
-    s = _spread(scales, x.shape[-1])
-    # The largest element is coded ±127 by a select (x * (127 / s) may miss 127 by an
-    # ulp), as is any within 2**-20 of it: the scales come from a second run of the
-    # same arithmetic (step_with_scales), which another compiler may round apart by an
-    # ulp; for the same reason the clip.
-    t = x * _spread(127 / scales, x.shape[-1])
-    t = jnp.clip(jnp.where(jnp.abs(x) >= s * _NEAR, jnp.sign(x) * 127, t), -127, 127)
+    """``x`` (float32, shaped like its param) in codes for its blocks' ``scales``.
+
+    ``x * 127 / s`` may miss 127 by an ulp for the largest element, and the scales
+    come from a second run of the arithmetic that another compiler may round apart
+    by an ulp (step_with_scales): scaled by ``1 + 2**-20`` and clipped, the largest
+    element is coded ±127 for sure, at a cost of ``2**-20`` relative to the rest.
+    """
+    inverse = jnp.where(scales > 0, 127 * _WIDEN / scales, 0.0)  # per block, and 0/0 is 0
+    t = jnp.clip(x * _spread(inverse, x.shape[-1]), -127, 127)
     if key is None:
         q = jnp.round(t)
     else:
         uniform = (_rounding.element_bits(x.shape, key) >> 8).astype(jnp.float32) * 2.0**-24
         low = jnp.floor(t)
         q = low + (uniform < t - low)
-    return jnp.where(jnp.isnan(x), _NAN, q).astype(jnp.int8)
+    return jnp.where(jnp.isnan(q), _NAN, q).astype(jnp.int8)
 
 
 def _scales(blocks: jax.Array) -> jax.Array:
