@@ -87,6 +87,9 @@ class _Pending(NamedTuple):
     scales: jax.Array
 
 
+_NODES = (optax.MaskedNode, _Pending)  # one position each in a tree of new buffers
+
+
 def block_size(length: int) -> int:
     """Elements per block along a last axis of ``length``: all of them up to ``BLOCK``;
     else ``BLOCK`` or ``BLOCK / 2`` if it divides the length, else the largest divisor
@@ -117,7 +120,7 @@ def _view(x: jax.Array) -> jax.Array:
     size = block_size(length)
     if length % size:
         x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, -length % size)])
-    return jax.lax.optimization_barrier(x.reshape(*x.shape[:-1], -1, size))
+    return jax.lax.optimization_barrier(x.reshape(*x.shape[:-1], -1, size))  # type: ignore[no-untyped-call]
 
 
 def _decode(codes: jax.Array, scales: jax.Array) -> jax.Array:
@@ -159,7 +162,7 @@ def quantize(x: jax.Array) -> Int8Buffer:
     return Int8Buffer(_encode(x, scales, None), scales)
 
 
-def step_with_scales(step: Any, g: jax.Array, p: Any, buffers: tuple[Any, ...]) -> Any:
+def step_with_scales(step: Any, g: jax.Array, p: Any, buffers: Any) -> Any:
     """``step(g, p, *buffers)``, each new int8 buffer paired with its blocks' scales.
 
     The scales come from ``step`` run a second time on the arrays seen as blocks:
@@ -243,13 +246,13 @@ def store(new: Any, like: Any, seed: Any, count: Any) -> tuple[Any, Any]:
     (:func:`momentum_jax._src._rounding.round_tree`: the same keys, by each
     array's position counting ``optax.MaskedNode``).
     """
-    leaf = lambda x: isinstance(x, optax.MaskedNode | _Pending)  # noqa: E731
-    leaves, treedef = jax.tree.flatten(new, is_leaf=leaf)
-    likes = jax.tree.leaves(like, is_leaf=lambda x: leaf(x) or isinstance(x, Int8Buffer))
-    keys = [None] * len(leaves)
+    leaves, treedef = jax.tree.flatten(new, is_leaf=lambda x: isinstance(x, _NODES))
+    likes = jax.tree.leaves(like, is_leaf=lambda x: isinstance(x, (*_NODES, Int8Buffer)))
+    keys: list[Any] = [None] * len(leaves)
     if seed is not None:
         keys = _rounding.leaf_keys(seed, _rounding.BUFFERS, count, len(leaves))
-    stored, read = [], []
+    stored: list[Any] = []
+    read: list[Any] = []
     for x, b, key in zip(leaves, likes, keys, strict=True):
         if isinstance(x, _Pending):
             stored.append(
