@@ -28,6 +28,7 @@ hash of :mod:`momentum_jax._src._rounding`: its expectation is ``t`` to within
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -115,12 +116,29 @@ def _spread(per_block: jax.Array, length: int) -> jax.Array:
 
 
 def _view(x: jax.Array) -> jax.Array:
-    """``x`` as blocks, shape ``(..., blocks, size)``, zero-padded to a whole last block."""
+    """``x`` as blocks, shape ``(..., blocks, size)``, zero-padded to a whole last block.
+
+    The optimization barrier keeps the reshape out of the fusion that reduces the
+    blocks, which XLA:CPU then runs as one vectorized pass, 5x faster
+    (benchmarks/int8_design.py); it moves no data. JAX 0.4 cannot ``vmap`` it: there
+    the reshape goes without, for a slower reduction and the same numbers.
+    """
     length = x.shape[-1]
     size = block_size(length)
     if length % size:
         x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, -length % size)])
-    return jax.lax.optimization_barrier(x.reshape(*x.shape[:-1], -1, size))  # type: ignore[no-untyped-call]
+    x = x.reshape(*x.shape[:-1], -1, size)
+    return jax.lax.optimization_barrier(x) if _barrier_batches() else x  # type: ignore[no-untyped-call]
+
+
+@functools.cache
+def _barrier_batches() -> bool:
+    shape = jax.ShapeDtypeStruct((1,), jnp.float32)  # type: ignore[no-untyped-call]
+    try:
+        jax.eval_shape(jax.vmap(jax.lax.optimization_barrier), shape)
+    except NotImplementedError:
+        return False
+    return True
 
 
 def _decode(codes: jax.Array, scales: jax.Array) -> jax.Array:
@@ -168,10 +186,10 @@ def step_with_scales(step: Any, g: jax.Array, p: Any, buffers: Any) -> Any:
     The scales come from ``step`` run a second time on the arrays seen as blocks:
     XLA:CPU then reduces each block in one vectorized pass over the inputs (the
     optimization barrier in ``_view`` keeps the reshape out of that pass), and
-    computes the codes in another, without storing the new values in between; one
-    reduction over the values as computed runs 5-10x slower
-    (benchmarks/int8_design.py). The numbers are the same: both runs do the same
-    elementwise arithmetic.
+    computes the codes in another, storing no float32 values in between; one
+    reduction over the values as first computed runs 5-10x slower
+    (benchmarks/int8_design.py). Both runs do the same arithmetic, which another
+    compiler may round apart by an ulp: ``_encode`` allows for it.
     """
     wide, values, old = step(g, p, *buffers)
     if not any(isinstance(b, Int8Buffer) for b in buffers):
