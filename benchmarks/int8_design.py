@@ -10,9 +10,12 @@ Three questions, each answered with numbers (BENCHMARKS.md, "Eight-bit buffers")
    0.999 (α = 0.01 and 0.001), round-to-nearest and stochastic, over seeds: final training
    loss against float32.
 3. **Speed.** One donated, jitted step (update and ``optax.apply_updates``) with 10M params
-   in one array, interleaved with the float32 step: each design's time as a ratio; then the
-   package's int8 step against float32 for arrays of 1K to 64K elements (1000 of them), the
-   per-array cost that sets the size below which a float32 buffer is kept.
+   in one array, interleaved with the float32 step: each design's time as a ratio.
+4. **The reduction over blocks**, the pass the codes wait for, in the forms XLA:CPU runs at
+   different speeds: a reshape fused into it or kept out by an optimization barrier, a
+   padded last block or a block that divides the length.
+5. **Threshold.** The package's int8 step against float32 for 1000 arrays of 1K to 64K
+   elements: does the cost per array depend on its size?
 
 Two code maps: ``linear`` (code q stands for q/127 of the block's largest magnitude) and
 ``sqrt`` (q stands for (q/127)² of it: finer steps near zero, coarser near the top). The
@@ -294,7 +297,11 @@ def main(argv: list[str] | None = None) -> None:
     for name, ratio in time_steps(maps, [(total,)], reps).items():
         print(f"{name:>24} {ratio:8.2f}")
 
-    print("\n4. the package's int8 step against float32, 1000 arrays of n elements each")
+    print("\n4. the reduction over blocks, by form (ms)")
+    for name, ms in reductions(reps).items():
+        print(f"{name:>36} {ms:8.2f}")
+
+    print("\n5. the package's int8 step against float32, 1000 arrays of n elements each")
     _int8.MIN_SIZE = 1  # every array in int8, to see what it costs
     for n in (1024, 4096, 16384, 65536):
         builders = {
@@ -303,6 +310,52 @@ def main(argv: list[str] | None = None) -> None:
         }
         shapes = [(n // 256, 256)] * (1000 if not args.quick else 50)
         print(f"{n:>8}: int8 / float32 = {time_steps(builders, shapes, reps)['int8']:.2f}")
+
+
+def reductions(reps: int) -> dict[str, float]:
+    """Milliseconds to reduce the blocks of ``|0.9 * decoded + 0.1 * g|``, 10M values, by form."""
+    rng = np.random.default_rng(0)
+
+    def inputs(n: int, block: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        codes = jnp.asarray(rng.integers(-127, 128, n), jnp.int8)
+        scales = jnp.asarray(rng.uniform(1, 2, -(-n // block)), jnp.float32)
+        return codes, scales, jnp.asarray(rng.standard_normal(n), jnp.float32)
+
+    def form(view: Callable[[jax.Array], jax.Array], block: int) -> Callable[..., jax.Array]:
+        def reduce(codes: jax.Array, scales: jax.Array, g: jax.Array) -> jax.Array:
+            decoded = view(codes).astype(jnp.float32) / 127 * scales[:, None]
+            return jnp.max(jnp.abs(0.9 * decoded + 0.1 * view(g)), axis=-1)
+
+        return jax.jit(reduce)
+
+    def blocks(block: int, barrier: bool, pad: int = 0) -> Callable[[jax.Array], jax.Array]:
+        def view(x: jax.Array) -> jax.Array:
+            x = jnp.pad(x, (0, pad)).reshape(-1, block)
+            return jax.lax.optimization_barrier(x) if barrier else x
+
+        return view
+
+    n = 10 * 2**20
+    cases = {
+        "reshape fused into the reduction": (form(blocks(256, False), 256), inputs(n, 256)),
+        "reshape behind a barrier": (form(blocks(256, True), 256), inputs(n, 256)),
+        "10M: a padded last block of 256": (
+            form(blocks(256, True, -(10**7) % 256), 256),
+            inputs(10**7, 256),
+        ),
+        "10M: blocks of 128, no padding": (form(blocks(128, True), 128), inputs(10**7, 128)),
+    }
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(reps):
+        for name, (fn, args) in cases.items():
+            jax.block_until_ready(fn(*args))
+            start, calls = time.perf_counter(), 0
+            while time.perf_counter() - start < 0.2:
+                out = fn(*args)
+                calls += 1
+            jax.block_until_ready(out)
+            times[name].append(1e3 * (time.perf_counter() - start) / calls)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _verdict(a: np.ndarray, b: np.ndarray) -> str:

@@ -97,7 +97,7 @@ def block_size(length: int) -> int:
     between them; else ``BLOCK``, the last block shorter.
 
     Measured on XLA:CPU (benchmarks/int8_design.py): a padded last block makes the
-    reduction over blocks 4x slower, and a block that is not a power of two makes
+    reduction over blocks 8x slower, and a block that is not a power of two makes
     indexing slower in the other passes.
     """
     if length <= BLOCK:
@@ -119,7 +119,7 @@ def _view(x: jax.Array) -> jax.Array:
     """``x`` as blocks, shape ``(..., blocks, size)``, zero-padded to a whole last block.
 
     The optimization barrier keeps the reshape out of the fusion that reduces the
-    blocks, which XLA:CPU then runs as one vectorized pass, 5x faster
+    blocks, which XLA:CPU then runs as one vectorized pass, 8x faster
     (benchmarks/int8_design.py); it moves no data. JAX 0.4 cannot ``vmap`` it: there
     the reshape goes without, for a slower reduction and the same numbers.
     """
