@@ -180,7 +180,7 @@ def quantize(x: jax.Array) -> Int8Buffer:
     return Int8Buffer(_encode(x, scales, None), scales)
 
 
-def step_with_scales(step: Any, g: jax.Array, p: Any, buffers: Any) -> Any:
+def step_with_scales(step: Any, g: jax.Array, p: Any, *buffers: Any) -> Any:
     """``step(g, p, *buffers)``, each new int8 buffer paired with its blocks' scales.
 
     The scales come from ``step`` run a second time on the arrays seen as blocks:

@@ -11,6 +11,7 @@ buffers: see :mod:`momentum_jax._src._int8`), and the saturating count.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -57,7 +58,11 @@ def zeros(param: Any, dtype: Any) -> Any:
 
 def leaves_of(tree: Any) -> list[Any]:
     """``tree``'s leaves (an int8 buffer is one), with ``None`` where a param does not train."""
-    return jax.tree.leaves(tree, is_leaf=_int8.is_leaf)
+    return jax.tree.leaves(tree, is_leaf=_is_leaf)
+
+
+def _is_leaf(x: Any) -> bool:
+    return x is None or isinstance(x, _int8.Int8Buffer)
 
 
 def hyper(value: Any, count: Any, high: float = math.inf, closed: bool = False) -> Any:
@@ -109,18 +114,16 @@ def buffer_transform(
     dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
     decay = not _checks.is_python_zero(weight_decay)
     rounding, size = options["stochastic_rounding"], num_buffers or 1
-    if dtype == _int8.INT8 and options["layout"] == "packed":
+    int8 = dtype == _int8.INT8
+    if int8 and options["layout"] == "packed":
         raise _checks.error(
             ValueError, "accumulator_dtype=int8 keeps one buffer per array; use layout='per_leaf'."
         )
 
     def init_fn(params: Any) -> Any:
         trees = tuple(jax.tree.map(lambda p: zeros(p, dtype), params) for _ in range(size))
-        if (
-            rounding
-            and dtype != _int8.INT8
-            and not any(_rounding.narrow(b.dtype) for b in jax.tree.leaves(trees))
-        ):
+        narrow = int8 or any(_rounding.narrow(b.dtype) for b in jax.tree.leaves(trees))
+        if rounding and not narrow:
             _rounding.warn_no_effect(
                 "stochastic_rounding=True", "no buffer", "Pass accumulator_dtype=jnp.bfloat16"
             )
@@ -134,22 +137,20 @@ def buffer_transform(
             raise _checks.error(
                 ValueError, f"the state holds {len(trees)} buffers, expected {size}."
             )
-        grads = _checks.check_tree(updates, _int8.plain(trees[0]))
+        reference = _int8.plain(trees[0]) if int8 else trees[0]
+        grads = _checks.check_tree(updates, reference)
         thetas = [None] * len(grads)
         if decay:
             if params is None:
                 raise _checks.needs_params()
-            thetas, wd = (
-                _checks.check_tree(params, _int8.plain(trees[0]), "param"),
-                hyper(weight_decay, None),
-            )
+            thetas, wd = _checks.check_tree(params, reference, "param"), hyper(weight_decay, None)
         c = coefficients(state)
         leaves = [leaves_of(t) for t in trees]
-        treedef = jax.tree.structure(trees[0], is_leaf=_int8.is_leaf)
+        treedef = jax.tree.structure(trees[0], is_leaf=_is_leaf)
 
         def step(g: Any, p: Any, *bs: Any) -> Any:
             g = (g + wd * p).astype(g.dtype) if decay else g
-            bs = _int8.dequantize(bs)
+            bs = _int8.dequantize(bs) if int8 else bs
             bs = tuple(
                 b.astype(jnp.float32) if rounding and _rounding.narrow(b.dtype) else b for b in bs
             )
@@ -166,17 +167,23 @@ def buffer_transform(
             # (benchmarks/compile_time.py). The compiled program is the same.
             step, finish = jax.jit(step), jax.jit(finish)
         grads = [_checks.as_array(g) for g in grads]
+        if int8:  # each new int8 buffer with its blocks' scales
+            step = functools.partial(_int8.step_with_scales, step)
         results = [
-            None if b[0] is None else _int8.step_with_scales(step, g, p, b)
+            None if b[0] is None else step(g, p, *b)
             for g, p, *b in zip(grads, thetas, *leaves, strict=True)
         ]
         new = tuple(
             jax.tree.unflatten(treedef, [None if r is None else r[1][k] for r in results])
             for k in range(size)
         )
-        if rounding and dtype != _int8.INT8:  # positions count optax.MaskedNode (round_tree)
+        if rounding and not int8:  # on trees, whose positions count MaskedNode (see round_tree)
             new = _rounding.round_tree(new, trees, seed, _rounding.BUFFERS, state[0])
-        stored, read = _int8.store(new, trees, seed if rounding else None, state[0])
+        if int8:
+            stored, read = _int8.store(new, trees, seed if rounding else None, state[0])
+        else:
+            stored = jax.tree.map(lambda n, b: n.astype(b.dtype), new, trees)
+            read = new if rounding else stored  # rounded: in float32
         values = map(leaves_of, read)
         outs = [
             None if r is None else finish(g, r[0], *(r[2] or b))
