@@ -1,4 +1,4 @@
-"""Cost of stochastic rounding: one momentum step with 16-bit state, interleaved.
+"""Cost of stochastic rounding and of int8 state: one momentum step, interleaved.
 
 Contenders (``momentum_jax.momentum``, momentum 0.9; each a jitted, donated
 step of update and ``optax.apply_updates``):
@@ -8,14 +8,19 @@ step of update and ``optax.apply_updates``):
 * ``bf16 velocity, stochastic``: the same with ``stochastic_rounding=True``;
 * ``bf16 params, nearest``: bfloat16 params (so a bfloat16 velocity);
 * ``bf16 params, stochastic``: bfloat16 params, ``stochastic_rounding=True``
-  and ``momentum_jax.stochastic_round_params()`` last in the chain.
+  and ``momentum_jax.stochastic_round_params()`` last in the chain;
+* ``int8 velocity, nearest`` and ``int8 velocity, stochastic``:
+  ``accumulator_dtype=jnp.int8``, without and with ``stochastic_rounding=True``;
+* ``int8 velocity, bf16 params``: bfloat16 params, an int8 velocity, both
+  rounded stochastically.
 
 Each parameter set (10M params in 1 array and in 1000 arrays by default) runs
 every contender in turn, repetition after repetition, so a shared machine's
 drift hits all alike. Reported: the median time per step, the median of the
 per-repetition ratios of each stochastic contender to its round-to-nearest
-twin (the project's target: at most 1.25 on CPU), and the bytes each keeps per
-param (params and velocity).
+twin (the project's target: at most 1.25 on CPU) and of each contender to
+float32 (the target for int8: at most 2), and the bytes each keeps per param
+(params and velocity).
 
     python benchmarks/rounding.py                    # ~2 min on 2 CPU cores
     python benchmarks/rounding.py --quick            # a smoke run
@@ -45,12 +50,13 @@ LR, MU = 1e-3, 0.9
 TWINS = {
     "bf16 velocity, stochastic": "bf16 velocity, nearest",
     "bf16 params, stochastic": "bf16 params, nearest",
+    "int8 velocity, stochastic": "int8 velocity, nearest",
 }
 
 
 def contenders() -> dict[str, tuple[Any, Callable[[], optax.GradientTransformation]]]:
     """name -> (param dtype, transform factory)."""
-    bf16 = jnp.bfloat16
+    bf16, int8 = jnp.bfloat16, jnp.int8
     return {
         "float32": (jnp.float32, lambda: momentum_jax.momentum(LR, MU)),
         "bf16 velocity, nearest": (
@@ -66,6 +72,21 @@ def contenders() -> dict[str, tuple[Any, Callable[[], optax.GradientTransformati
             bf16,
             lambda: optax.chain(
                 momentum_jax.momentum(LR, MU, stochastic_rounding=True),
+                momentum_jax.stochastic_round_params(),
+            ),
+        ),
+        "int8 velocity, nearest": (
+            jnp.float32,
+            lambda: momentum_jax.momentum(LR, MU, accumulator_dtype=int8),
+        ),
+        "int8 velocity, stochastic": (
+            jnp.float32,
+            lambda: momentum_jax.momentum(LR, MU, accumulator_dtype=int8, stochastic_rounding=True),
+        ),
+        "int8 velocity, bf16 params": (
+            bf16,
+            lambda: optax.chain(
+                momentum_jax.momentum(LR, MU, accumulator_dtype=int8, stochastic_rounding=True),
                 momentum_jax.stochastic_round_params(),
             ),
         ),
@@ -90,6 +111,8 @@ def run_set(total: int, arrays: int, reps: int, seconds: float) -> dict[str, Any
         if c.name in TWINS:
             ratios = [a / b for a, b in zip(c.times, times[TWINS[c.name]], strict=True)]
             row["ratio_to_nearest"] = statistics.median(ratios)
+        ratios = [a / b for a, b in zip(c.times, times["float32"], strict=True)]
+        row["ratio_to_float32"] = statistics.median(ratios)
         rows.append(row)
     return {"params": total, "arrays": arrays, "reps": reps, "rows": rows}
 
@@ -145,12 +168,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         result = run_set(total, arrays, reps, seconds)
         results.append(result)
         print(f"\n{total / 1e6:g}M params in {arrays} arrays, {reps} interleaved repetitions")
-        print(f"{'contender':<28}{'ms/step':>10}{'vs nearest':>12}{'bytes/param':>13}")
+        print(
+            f"{'contender':<28}{'ms/step':>10}{'vs nearest':>12}{'vs float32':>12}"
+            f"{'bytes/param':>13}"
+        )
         for row in result["rows"]:
             ratio = f"{row['ratio_to_nearest']:.2f}" if "ratio_to_nearest" in row else ""
             print(
                 f"{row['contender']:<28}{row['median_ms']:>10.2f}{ratio:>12}"
-                f"{row['bytes_per_param']:>13.0f}"
+                f"{row['ratio_to_float32']:>12.2f}{row['bytes_per_param']:>13.2f}"
             )
     if args.json is not None:
         report = {"machine": _machine(), "results": results}

@@ -14,8 +14,12 @@ a gradient that arrives for one is an error naming its path.
 The learning-rate-free blocks :func:`scale_by_momentum`, :func:`scale_by_qhm`
 and :func:`scale_by_aggmo` chain with ``optax.scale_by_learning_rate``; the
 optimizers are such chains, except :func:`momentum` (learning rate inside the
-velocity). :func:`restore_state` carries a saved state into a transform's
-current layout.
+velocity). :func:`lion` is ``optax.lion`` on the same machinery.
+:func:`restore_state` carries a saved state into a transform's current layout.
+
+Buffers may be narrower than the params: bfloat16 or float16, or int8 codes
+with a scale per block (:class:`Int8Buffer`, read by :func:`dequantize`),
+rounded to nearest or stochastically (``stochastic_rounding=True``).
 
 State layout: every state's structure depends only on the transform's
 arguments and the params, never on the backend or the environment. Each
@@ -34,7 +38,9 @@ from optax import ScalarOrSchedule
 
 from momentum_jax import compat, schedules
 from momentum_jax._src._core import MomentumState, momentum, nesterov, scale_by_momentum
+from momentum_jax._src._int8 import Int8Buffer, dequantize
 from momentum_jax._src._layout import Layout, PackedState, Slot, restore_state
+from momentum_jax._src._lion import LionState, lion
 from momentum_jax._src._rounding import StochasticRoundParamsState, stochastic_round_params
 from momentum_jax._src._skeleton import AccumulationState
 from momentum_jax._src._variants import (
@@ -51,9 +57,9 @@ __version__ = "0.5.0"
 # One line per name would make this list the longest part of the file.
 # fmt: off
 __all__ = [
-    "AccumulationState", "AggMoState", "Layout", "MomentumState", "PackedState", "QHMState",
-    "ScalarOrSchedule", "Slot", "StochasticRoundParamsState", "aggmo", "compat", "momentum",
-    "nesterov", "qhm", "restore_state", "scale_by_aggmo", "scale_by_momentum", "scale_by_qhm",
-    "schedules", "stochastic_round_params",
+    "AccumulationState", "AggMoState", "Int8Buffer", "Layout", "LionState", "MomentumState",
+    "PackedState", "QHMState", "ScalarOrSchedule", "Slot", "StochasticRoundParamsState", "aggmo",
+    "compat", "dequantize", "lion", "momentum", "nesterov", "qhm", "restore_state",
+    "scale_by_aggmo", "scale_by_momentum", "scale_by_qhm", "schedules", "stochastic_round_params",
 ]
 # fmt: on

@@ -5,7 +5,8 @@ subprocess worker runs over :data:`ROWS` or a named subset of it (optax's
 optimizers-under-test pattern):
 
 * :data:`ROWS`: everything, in both state layouts;
-* :data:`BASE_ROWS`: the per-array (default) layout; :data:`PACKED_ROWS`: ``layout="packed"``;
+* :data:`BASE_ROWS`: the per-array (default) layout; :data:`PACKED_ROWS`: ``layout="packed"``,
+  for the :data:`LAYOUT_ROWS` (all but the int8 buffers, which refuse it);
 * :data:`TRANSFORMS`: the first row of each public transform (the fast tier's rows);
 * :data:`STATEFUL`, :data:`STATELESS`: rows that keep a buffer, and the presets at
   ``momentum=0``, which keep none (as PyTorch and Keras do);
@@ -429,6 +430,40 @@ ROWS += [
         "aggmo",
     }
 ]
+# Lion (optax's, step for step) and int8 buffers: the large arrays of the table's
+# param trees (more than 2**16 elements) get int8 codes, the small ones float32.
+_INT8 = {"accumulator_dtype": jnp.int8}
+_LION = {"learning_rate": LR, "b1": 0.9, "b2": 0.99, "weight_decay": 0.01}
+ROWS += [
+    Row(
+        "lion",
+        momentum_jax.lion,
+        _LION,
+        reference=lambda: optax.lion(LR, 0.9, 0.99, weight_decay=0.01),
+    ),
+    Row("lion_lr_schedule", momentum_jax.lion, {"b1": 0.95, "b2": 0.98}, {"learning_rate": decay}),
+    Row(
+        "momentum_int8",
+        momentum_jax.momentum,
+        {"learning_rate": LR, "momentum": MU},
+        _INT8,
+        complex_params=False,
+    ),
+    Row(
+        "aggmo_int8_stochastic_rounding",
+        momentum_jax.aggmo,
+        {"learning_rate": LR},
+        {"momenta": (0.0, 0.9, 0.99), **_INT8, "stochastic_rounding": True, "seed": 3},
+        complex_params=False,
+    ),
+    Row(
+        "lion_int8_stochastic_rounding",
+        momentum_jax.lion,
+        _LION,
+        {**_INT8, "stochastic_rounding": True, "seed": 3},
+        complex_params=False,
+    ),
+]
 ROWS.append(
     Row(
         "stochastic_round_params",
@@ -438,10 +473,12 @@ ROWS.append(
     )
 )
 BASE_ROWS = list(ROWS)
+# The rows that take both layouts (int8 buffers, one per array, refuse the packed one).
+LAYOUT_ROWS = [row for row in BASE_ROWS if row.static.get("accumulator_dtype") is not jnp.int8]
 # The packed layout: every property of the table holds for every row in it too.
 PACKED_ROWS = [
     dataclasses.replace(row, id=f"{row.id}[packed]", static={**row.static, "layout": "packed"})
-    for row in BASE_ROWS
+    for row in LAYOUT_ROWS
 ]
 ROWS += PACKED_ROWS
 
@@ -498,9 +535,13 @@ MESH_ROWS = rows_named(
     "keras_sgd_nesterov_weight_decay",
     "tf1_momentum_nesterov_lr_schedule",
 )
-# On a mesh in one process, also float32 and stochastically rounded bfloat16 buffers.
+# On a mesh in one process, also float32, stochastically rounded bfloat16 and int8 buffers.
 SHARDING_ROWS = MESH_ROWS + rows_named(
-    "momentum_float32_accumulator", "momentum_stochastic_rounding", "stochastic_round_params"
+    "momentum_float32_accumulator",
+    "momentum_stochastic_rounding",
+    "stochastic_round_params",
+    "momentum_int8",
+    "lion_int8_stochastic_rounding",
 )
 # Saved and resumed in a fresh process: a rounded bfloat16 buffer, a chain
 # state, bfloat16 params (see tests/_worker.py) and the packed layout.

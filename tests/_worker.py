@@ -105,7 +105,8 @@ def sharding_problems(
     """Every leaf of an optimizer state not laid out as documented (docs/production.md).
 
     A leaf whose last key names a param (``velocity['w1']``) has that param's
-    shape, sharding and bytes per device. The packed buffers (keys
+    shape, sharding and bytes per device; so do the codes of an int8 buffer
+    (``velocity['w1'].codes``), and its scales have the param's sharding. The packed buffers (keys
     ``'float32'``, ``'bfloat16'``, ...) hold the small replicated params' buffers
     and are replicated over the whole mesh. Step counters are replicated over
     the mesh after a jitted init; an eager init makes them uncommitted scalars,
@@ -118,6 +119,18 @@ def sharding_problems(
     for path, leaf in jax.tree_util.tree_leaves_with_path(state):
         where = jax.tree_util.keystr(path)
         name = getattr(path[-1], "key", None) if path else None
+        field = getattr(path[-1], "name", None) if path else None
+        if field in ("codes", "scales") and getattr(path[-2], "key", None) in params:
+            param = params[path[-2].key]
+            mirrored += field == "codes"
+            if field == "codes" and leaf.shape != param.shape:
+                problems.append(f"{where}: shape {leaf.shape} != param shape {param.shape}")
+            elif not leaf.sharding.is_equivalent_to(param.sharding, param.ndim):
+                problems.append(
+                    f"{where}: sharding {describe(leaf.sharding)} is not the param's "
+                    f"{describe(param.sharding)}"
+                )
+            continue
         if name in params:
             mirrored += 1
             param = params[name]
@@ -232,6 +245,8 @@ SHARDED: Spec = {
     "half": ((8, 8), jnp.bfloat16, P("data", "model")),
     "scalar": ((), jnp.float32, P()),
     "replicated": ((5,), jnp.float32, P()),
+    # Large enough for an int8 buffer: blocks of 256 along 'model', 512 elements per device.
+    "wide": ((4, 2048), jnp.float32, P("data", "model")),
 }
 # The packed layout on a 1x8 mesh: the kernel (more than 2**16 elements) keeps
 # its own buffer, split over 'model'; the replicated vectors are packed.

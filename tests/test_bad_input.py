@@ -190,7 +190,7 @@ BAD_VALUES = [
         momentum_jax.momentum,
         {"learning_rate": 0.1, "accumulator_dtype": jnp.int32},
         TypeError,
-        r"accumulator_dtype must be None or a float dtype, got <class 'jax\.numpy\.int32'>\.",
+        r"accumulator_dtype must be None, a float dtype or jnp\.int8, got <class 'jax\.numpy\.int32'>\.",
     ),
     (
         compat.tf1_momentum,

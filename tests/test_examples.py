@@ -31,6 +31,8 @@ if str(EXAMPLES) not in sys.path:
 import _common  # noqa: E402
 import accumulation  # noqa: E402
 import convergence_rates  # noqa: E402
+import int8_char_lm  # noqa: E402
+import int8_state  # noqa: E402
 import landscapes  # noqa: E402
 import low_precision  # noqa: E402
 import momentum_sweep  # noqa: E402
@@ -346,8 +348,49 @@ def test_accumulation(tmp_path: Path) -> None:
             assert said == "same within the seed spread"
 
 
+def test_int8_state(tmp_path: Path) -> None:
+    result = int8_state.main(["--quick", "--out", str(tmp_path)])
+    rows = read_csv(tmp_path / "int8_state.csv")
+    assert list(rows[0]) == int8_state.CSV_HEADER
+    assert len(rows) == 4 * len(int8_state.COLUMNS)
+    assert_png(tmp_path / "int8_state_loss.png")
+    sizes = result["bytes_per_param"]
+    assert sizes["float32"] == 8
+    assert 5 < sizes["int8, stochastic"] < 5.2  # 4 for the params, about 1 for the buffer
+    for name, (hypers, loss, _) in result["runs"].items():
+        assert np.isfinite(loss).all()
+        assert (loss[..., -1] < loss[..., 0]).all()
+        for j, h in enumerate(hypers):
+            for i, column in enumerate(int8_state.COLUMNS[1:], 1):
+                said = int8_state.verdict(loss[i, j, :, -1], loss[0, j, :, -1])
+                assert result["verdicts"][(name, h, column)] == said
+
+
+def test_int8_char_lm(tmp_path: Path) -> None:
+    result = int8_char_lm.main(["--quick", "--out", str(tmp_path)])
+    rows = read_csv(tmp_path / "int8_char_lm.csv")
+    assert list(rows[0]) == int8_char_lm.CSV_HEADER
+    assert len(rows) == 4
+    assert_png(tmp_path / "int8_char_lm_loss.png")
+    for (name, column), curve in result["curves"].items():
+        assert np.isfinite(curve).all()
+        assert (curve[:, -1] < curve[:, 0] - 2).all(), (name, column)  # it learns
+        state = result["bytes_per_param"][(name, column)]
+        expected = (4, 4.0001) if column == "float32" else (1, 1.05)  # and the step counts
+        assert expected[0] < state < expected[1], (name, column, state)
+
+
 @pytest.mark.parametrize(
-    "name", ["momentum_sweep", "landscapes", "convergence_rates", "low_precision", "accumulation"]
+    "name",
+    [
+        "momentum_sweep",
+        "landscapes",
+        "convergence_rates",
+        "low_precision",
+        "accumulation",
+        "int8_state",
+        "int8_char_lm",
+    ],
 )
 def test_help_runs_as_a_script(name: str) -> None:
     result = subprocess.run(

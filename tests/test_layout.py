@@ -26,13 +26,13 @@ import pytest
 
 import momentum_jax
 from tests._problems import apply, layout_grads, layout_params, packed_nodes
-from tests._table import BASE_ROWS, Row
+from tests._table import LAYOUT_ROWS, Row
 
 pytestmark = pytest.mark.slow  # the fast tier runs the contract table's packed rows
 
 # Stochastic rounding draws its bits by position in the pack, so the layouts agree in
 # distribution only (tests/test_rounding.py checks the packed layout on its own).
-EXACT_ROWS = [row for row in BASE_ROWS if "stochastic" not in row.id]
+EXACT_ROWS = [row for row in LAYOUT_ROWS if "stochastic" not in row.id]
 STEPS = 4
 
 

@@ -23,7 +23,7 @@ import pytest
 
 import momentum_jax
 from tests._problems import apply, layout_grads, layout_params, per_array, plain
-from tests._table import BASE_ROWS, TRANSFORMS, Row, rows_named
+from tests._table import LAYOUT_ROWS, TRANSFORMS, Row, rows_named
 
 pytestmark = pytest.mark.slow  # every state structure under every wrapper, both layouts
 
@@ -90,7 +90,7 @@ def _params(row: Row, wrapper: str) -> dict[str, Any]:
     return params
 
 
-def _distinct_states(wrapper: str, rows: list[Row] = BASE_ROWS) -> list[Row]:
+def _distinct_states(wrapper: str, rows: list[Row] = LAYOUT_ROWS) -> list[Row]:
     """The first row of each distinct state (tree, shapes, dtypes in both layouts) under ``wrapper``.
 
     What restore_state does depends on the states' structure alone; rows that

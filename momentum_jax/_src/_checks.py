@@ -141,9 +141,10 @@ def _kind(test: Callable[[Any], bool], wanted: str, kind: type[Exception] = Type
 
 def _dtype(value: Any) -> bool:
     try:
-        return value is None or bool(jnp.issubdtype(jnp.dtype(value), jnp.inexact))
+        dtype = None if value is None else jnp.dtype(value)
     except TypeError:
         return False
+    return dtype is None or dtype == np.int8 or bool(jnp.issubdtype(dtype, jnp.inexact))
 
 
 def _integer(low: int, high: int = 2**31 - 1) -> Any:
@@ -188,12 +189,12 @@ _FLAG = _kind(lambda v: isinstance(v, bool | np.bool_), "True or False")
 CHECKS: dict[str, Callable[[str, Any], object]] = {
     **dict.fromkeys(("learning_rate", "lr"), in_range(math.inf)),
     **dict.fromkeys(("max_momentum", "init_momentum", "dampening"), _CONSTANT),
-    "momentum": in_range(1.0),
+    **dict.fromkeys(("momentum", "b1", "b2"), in_range(1.0)),
     "nu": in_range(1.0, closed=True),
     "weight_decay": lambda arg, value: value is None or _DECAY(arg, value),
     "momenta": _momenta,
     **dict.fromkeys(("nesterov", "use_nesterov", "maximize", "stochastic_rounding"), _FLAG),
-    "accumulator_dtype": _kind(_dtype, "None or a float dtype"),
+    "accumulator_dtype": _kind(_dtype, "None, a float dtype or jnp.int8"),
     "seed": _integer(0),
     "layout": _kind(lambda v: v in LAYOUTS, "'per_leaf' or 'packed'", ValueError),
     **dict.fromkeys(("steps_per_stage", "total_steps"), _integer(1)),

@@ -23,7 +23,10 @@ class MomentumState(NamedTuple):
       velocity: the momentum buffer, a pytree shaped like the params. Its
         dtype is the ``accumulator_dtype`` given to the transform, or each
         param's own dtype when that is ``None``; it never changes between
-        steps. Integer and boolean params have ``None`` here.
+        steps. With ``jnp.int8``, a large array's buffer is a
+        :class:`momentum_jax.Int8Buffer` (read it with
+        :func:`momentum_jax.dequantize`). Integer and boolean params have
+        ``None`` here.
     """
 
     count: jax.Array  # type: ignore[assignment]  # shape=(), dtype=int32
@@ -112,11 +115,15 @@ def momentum(
         a zero one, keeps the decay term, so that ``optax.inject_hyperparams``
         traces the same computation it initialised).
       accumulator_dtype: dtype of the velocity; ``None`` keeps each param's
-        dtype. ``jnp.float32`` keeps an exact buffer for bfloat16 params.
-      stochastic_rounding: with a bfloat16 or float16 velocity, compute the
-        new velocity in float32 and round it stochastically into the buffer
-        (unbiased: small contributions survive on average); no effect on
-        other dtypes. See "Low-precision training" in the production guide.
+        dtype. ``jnp.float32`` keeps an exact buffer for bfloat16 params;
+        ``jnp.int8`` about one byte per param: each array of 4096 elements or
+        more an :class:`momentum_jax.Int8Buffer` (int8 codes and a float32
+        scale per block of 256 along the last axis), the smaller ones float32.
+      stochastic_rounding: with a bfloat16, float16 or int8 velocity, compute
+        the new velocity in float32 and round (quantize) it stochastically into
+        the buffer (unbiased: small contributions survive on average); no
+        effect on float32 buffers. See "Low-precision training" and
+        "Eight-bit state" in the production guide.
       seed: the integer in ``[0, 2**31 - 1]`` that, with the update count and
         each element's position, determines the rounding's random bits.
       layout: ``"per_leaf"`` (the default, on every backend) keeps one

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from momentum_jax._src import _checks
+from momentum_jax._src import _checks, _int8
 from momentum_jax._src._checks import public
 
 #: Arrays with at most this many elements are packed.
@@ -312,6 +312,7 @@ def _carry(old: Any, new: Any, path: str, params: Any) -> Any:
     """``old``'s values in ``new``'s structure, matched by name, cast to ``new``'s dtypes."""
     if isinstance(old, PackedState):
         old = old.unpacked()
+    old = _int8.converted(old, new)
     raw = _packed_raw(old)
     if raw is not None and (isinstance(new, PackedState) or _is_block(new)):
         # A packed block read without a target: carried in the layout it was written in.

@@ -69,6 +69,11 @@ def _element_index(shape: tuple[int, ...]) -> jax.Array:
     return index
 
 
+def element_bits(shape: tuple[int, ...], key: jax.Array) -> jax.Array:
+    """32 random bits per element of an array of ``shape``, from its leaf's ``key``."""
+    return _mix(_element_index(shape) ^ key)
+
+
 def stochastic_round(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
     """``x`` (float32) rounded stochastically to a value of ``dtype``, kept in float32.
 
@@ -81,7 +86,7 @@ def stochastic_round(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
     whose float32 grid is 13 bits finer than 2**-24, and shifted back after.
     """
     dropped = _DROPPED[jnp.dtype(dtype)]
-    bits = _mix(_element_index(x.shape) ^ key)
+    bits = element_bits(x.shape, key)
     shifted = x
     if jnp.dtype(dtype) == jnp.float16:
         offset = jnp.where(jnp.abs(x) < _FLOAT16_TINY, jnp.copysign(_FLOAT16_TINY, x), 0.0)

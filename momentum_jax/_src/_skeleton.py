@@ -5,12 +5,14 @@ state's count, the new buffer(s) of one array, and the output of one array.
 :func:`buffer_transform` adds what every transform shares: zero buffers
 placed like the params, the checks of ``update``, arithmetic in the wider of
 the gradient's and the buffers' dtypes, stochastic rounding of 16-bit buffers
-(one explicit step, when asked), casts back to the stored dtypes, the
-saturating count and, when asked, gradient accumulation (:class:`AccumulationState`).
+(one explicit step, when asked), casts back to the stored dtypes (int8
+buffers: :mod:`momentum_jax._src._int8`), the saturating count and, when
+asked, gradient accumulation (:class:`AccumulationState`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from momentum_jax._src import _checks, _rounding
+from momentum_jax._src import _checks, _int8, _rounding
 
 
 class AccumulationState(NamedTuple):
@@ -72,6 +74,8 @@ def zeros(param: Any, dtype: Any) -> Any:
     ``param * 0`` is the one such expression XLA does not fold away before
     sharding propagation (it is not 0 for inf or NaN), and ``abs(where(isnan))``
     then makes it exactly +0. Eagerly, ``zeros_like`` copies the sharding.
+    An int8 buffer is the :class:`~momentum_jax._src._int8.Int8Buffer` of float32
+    zeros for a large array, and those zeros for a small one.
     """
     if not _checks.trains(param):
         return None
@@ -82,19 +86,25 @@ def zeros(param: Any, dtype: Any) -> Any:
             TypeError,
             f"a param is complex; accumulator_dtype={name} would drop its imaginary part.",
         )
-    dtype = dtype or jnp.result_type(param)
+    int8 = dtype == _int8.INT8
+    dtype = jnp.float32 if int8 else dtype or jnp.result_type(param)
     if not _checks.is_traced(param):
         buffer = jnp.zeros_like(param, dtype)
     else:
         product = param * jnp.zeros((), param.dtype)
         buffer = jnp.abs(jnp.where(jnp.isnan(product), 0, product)).astype(dtype)
     # A Python-scalar param gives a weakly typed buffer, which the first update would make strong.
-    return jax.lax.convert_element_type(buffer, buffer.dtype)
+    buffer = jax.lax.convert_element_type(buffer, buffer.dtype)
+    return _int8.quantize(buffer) if int8 and _int8.quantizes(buffer) else buffer
 
 
 def leaves_of(tree: Any) -> list[Any]:
-    """``tree``'s leaves, with ``None`` where a param does not train."""
-    return jax.tree.leaves(tree, is_leaf=_checks.is_none)
+    """``tree``'s leaves (an int8 buffer is one), with ``None`` where a param does not train."""
+    return jax.tree.leaves(tree, is_leaf=_is_leaf)
+
+
+def _is_leaf(x: Any) -> bool:
+    return x is None or isinstance(x, _int8.Int8Buffer)
 
 
 def hyper(value: Any, count: Any, high: float = math.inf, closed: bool = False) -> Any:
@@ -125,6 +135,7 @@ def buffer_transform(
     num_buffers: int | None = None,
     weight_decay: Any = 0.0,
     extra: Callable[[Any], tuple[Any, ...]] | None = None,
+    output_reads_old: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """An optax transform from an update rule.
 
@@ -134,20 +145,29 @@ def buffer_transform(
     tuple of ``num_buffers`` of them when that is given).
     ``coefficients(state)`` gives the update's hyperparameters; for each array,
     ``buffers(c, g, *b)`` the new buffer (a tuple when ``num_buffers``) and
-    ``output(c, g, *new_b)`` its output. ``g`` arrives as ``g + weight_decay *
-    theta`` (unless that is a Python 0), in the widest dtype of the gradient and
-    the buffers. ``extra(c)``, if given, gives the state's fields after the
-    buffers, and ``extra(None)`` their initial values.
+    ``output(c, g, *new_b)`` its output (``output(c, g, *old_b)`` with
+    ``output_reads_old``: Lion's reads the buffer before the update). ``g``
+    arrives as ``g + weight_decay * theta`` (unless that is a Python 0), in the
+    widest dtype of the gradient and the buffers. ``extra(c)``, if given, gives
+    the state's fields after the buffers, and ``extra(None)`` their initial
+    values.
     """
     accumulator_dtype, seed = options["accumulator_dtype"], options["seed"]
     dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
     decay = not _checks.is_python_zero(weight_decay)
     rounding, size = options["stochastic_rounding"], num_buffers or 1
     steps = int(options.get(_checks.ACCUMULATION) or 1)
+    int8 = dtype == _int8.INT8
+    if int8 and options["layout"] == "packed":
+        raise _checks.error(
+            ValueError, "accumulator_dtype=int8 keeps one buffer per array; use layout='per_leaf'."
+        )
+    narrowed = rounding or int8  # the new buffers leave the step in float32, stored after it
 
     def init_fn(params: Any) -> Any:
         trees = tuple(jax.tree.map(lambda p: zeros(p, dtype), params) for _ in range(size))
-        if rounding and not any(_rounding.narrow(b.dtype) for b in jax.tree.leaves(trees)):
+        narrow = int8 or any(_rounding.narrow(b.dtype) for b in jax.tree.leaves(trees))
+        if rounding and not narrow:
             _rounding.warn_no_effect(
                 "stochastic_rounding=True", "no buffer", "Pass accumulator_dtype=jnp.bfloat16"
             )
@@ -166,15 +186,16 @@ def buffer_transform(
             raise _checks.error(
                 ValueError, f"the state holds {len(trees)} buffers, expected {size}."
             )
-        grads = _checks.check_tree(updates, trees[0])
+        reference = _int8.plain(trees[0]) if int8 else trees[0]
+        grads = _checks.check_tree(updates, reference)
         thetas = [None] * len(grads)
         if decay:
             if params is None:
                 raise _checks.needs_params()
-            thetas, wd = _checks.check_tree(params, trees[0], "param"), hyper(weight_decay, None)
+            thetas, wd = _checks.check_tree(params, reference, "param"), hyper(weight_decay, None)
         c = coefficients(state)
         leaves = [leaves_of(t) for t in trees]
-        treedef = jax.tree.structure(trees[0], is_leaf=_checks.is_none)
+        treedef = jax.tree.structure(trees[0], is_leaf=_is_leaf)
 
         def out(g: Any, wide: Any, *values: Any) -> Any:
             o = output(c, wide, *values).astype(g.dtype)
@@ -183,9 +204,11 @@ def buffer_transform(
         def step(g: Any, p: Any, *bs: Any) -> Any:
             g = (g + wd * p).astype(g.dtype) if decay else g
             wide_bs = tuple(
-                b.astype(jnp.float32) if rounding and _rounding.narrow(b.dtype) else b for b in bs
+                b.astype(jnp.float32) if rounding and _rounding.narrow(b.dtype) else b
+                for b in (_int8.dequantize(bs) if int8 else bs)
             )
             wide = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in wide_bs)))
+            early = out(g, wide, *wide_bs) if output_reads_old else None
             if steps > 1:  # b' = A b + B g/K on an update's first call, b + B g/K on the others
                 kept = [jnp.where(first, 0, b) for b in wide_bs]
                 wide, wide_bs = wide / steps, tuple(jnp.where(first, b, 0) for b in wide_bs)
@@ -193,10 +216,10 @@ def buffer_transform(
             values = values if num_buffers else (values,)
             if steps > 1:
                 values = tuple(v + b for v, b in zip(values, kept, strict=True))
-            if rounding:  # the output comes after the rounding
-                return wide, values, None
+            if narrowed:  # the output comes after the rounding, unless it reads the old buffers
+                return wide, values, early
             values = tuple(v.astype(b.dtype) for v, b in zip(values, bs, strict=True))
-            return wide, values, out(g, wide, *values)
+            return wide, values, early if output_reads_old else out(g, wide, *values)
 
         finish = out
         if any(map(_checks.is_traced, grads)):
@@ -205,6 +228,8 @@ def buffer_transform(
             # (benchmarks/compile_time.py). The compiled program is the same.
             step, finish = jax.jit(step), jax.jit(out)
         grads = [_checks.as_array(g) for g in grads]
+        if int8:  # each new int8 buffer with its blocks' scales
+            step = functools.partial(_int8.step_with_scales, step)
         results = [
             None if b[0] is None else step(g, p, *b)
             for g, p, *b in zip(grads, thetas, *leaves, strict=True)
@@ -214,16 +239,20 @@ def buffer_transform(
             for k in range(size)
         )
         outs = [None if r is None else r[2] for r in results]
-        if rounding:  # on trees, whose positions count optax.MaskedNode (see round_tree)
-            at = state[0]
-            if steps > 1:  # each call draws its own bits: count * K + micro step
-                at = at.astype(jnp.uint32) * steps + micro.astype(jnp.uint32)
-            new = _rounding.round_tree(new, trees, seed, _rounding.BUFFERS, at)
-            outs = [  # from the rounded values, in float32
+        at = state[0]
+        if steps > 1:  # each call draws its own bits: count * K + micro step
+            at = at.astype(jnp.uint32) * steps + micro.astype(jnp.uint32)
+        if int8:  # quantized; the output reads the values before quantization
+            stored, read = _int8.store(new, trees, seed if rounding else None, at)
+        else:
+            if rounding:  # on trees, whose positions count optax.MaskedNode (see round_tree)
+                new = _rounding.round_tree(new, trees, seed, _rounding.BUFFERS, at)
+            stored, read = jax.tree.map(lambda n, b: n.astype(b.dtype), new, trees), new
+        if narrowed and not output_reads_old:  # from the rounded values, in float32
+            outs = [
                 None if r is None else finish(g, r[0], *b)
-                for g, r, *b in zip(grads, results, *map(leaves_of, new), strict=True)
+                for g, r, *b in zip(grads, results, *map(leaves_of, read), strict=True)
             ]
-        stored = jax.tree.map(lambda n, b: n.astype(b.dtype), new, trees)
         fields = () if extra is None else extra(c)
         count = _checks.safe_increment(state[0])
         if steps > 1:  # an update is complete on its last call only

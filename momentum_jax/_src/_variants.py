@@ -35,7 +35,8 @@ class QHMState(NamedTuple):
         pytree shaped like the params. Unlike :class:`momentum_jax.MomentumState`
         ``velocity`` it holds no learning rate and is not bias-corrected. Its
         dtype is the ``accumulator_dtype`` given to the transform, or each
-        param's own dtype when that is ``None``.
+        param's own dtype when that is ``None`` (``jnp.int8``: see
+        :class:`momentum_jax.MomentumState`).
     """
 
     count: jax.Array  # type: ignore[assignment]  # shape=(), dtype=int32
@@ -50,7 +51,8 @@ class AggMoState(NamedTuple):
         saturates at ``2**31 - 1`` instead of overflowing.
       buffers: a tuple of ``K`` pytrees, one per momentum in ``momenta`` and in
         that order, each shaped like the params (dtype ``accumulator_dtype``,
-        or each param's own dtype when that is ``None``).
+        or each param's own dtype when that is ``None``; ``jnp.int8``: see
+        :class:`momentum_jax.MomentumState`).
 
     The ``K`` buffers are kept as separate param-shaped trees rather than one
     tree with a leading axis of size ``K``. Memory is the same either way;

@@ -1,0 +1,283 @@
+"""Eight-bit buffers: int8 codes shaped like the param, one float32 scale per block.
+
+A block is a run of consecutive elements along the last axis: ``BLOCK`` (256)
+of them, or the whole row when it is shorter, or a divisor of the row's
+length from 128 to 256 when 256 does not divide it (:func:`block_size`). Its
+scale ``s`` is its largest magnitude, and element ``x`` is stored as the code
+``q``, ``x * 127 / s`` rounded to an integer in ``[-127, 127]``, read back as
+``q * (s / 127)``. The codes shard exactly like the param and the scales
+along the same axes, so a block never spans two devices when the last axis is
+split in multiples of the block.
+
+Exactness: the block's largest element is coded ±127 (see ``_encode``) and
+±127 reads back as ±s by a select rather than a product (XLA may reassociate
+products); so a zero block, a block of one magnitude and every block's
+largest element are stored exactly. NaN has a code of its own, -128: a NaN
+is stored as NaN, and its block's scale is that of the other elements
+(XLA:CPU's fast max skips NaN; where the max propagates it, the whole block
+reads back as NaN). An infinity makes its block's scale infinite, and the
+whole block reads back as NaN. Non-finite values stay non-finite, so
+``optax.apply_if_finite`` sees them and momentum carries them on, as a float
+buffer does.
+
+Stochastic quantization rounds ``t = x * 127 / s`` up with probability
+``t - floor(t)``, drawing 24 uniform bits per element from the counter-based
+hash of :mod:`momentum_jax._src._rounding`: its expectation is ``t`` to within
+``2**-24`` of a code (and ``2**-20`` of ``t``, see ``_encode``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from momentum_jax._src import _rounding
+from momentum_jax._src._checks import public
+
+#: Elements per scale, along the last axis.
+BLOCK = 256
+#: Arrays with fewer elements, or a last axis shorter than ``MIN_ROW``, keep a float32 buffer.
+MIN_SIZE, MIN_ROW = 4096, 32
+INT8 = np.dtype(np.int8)
+_STEP, _WIDEN = np.float32(1 / 127), np.float32(1 + 2**-20)
+_NAN = -128  # the code of NaN
+
+
+class Int8Buffer(NamedTuple):
+    """An array's eight-bit buffer: ``value ≈ code * scale / 127``, one scale per block.
+
+    ``accumulator_dtype=jnp.int8`` gives each array of at least 4096 elements
+    (and a last axis of at least 32) one of these; smaller arrays keep a
+    float32 buffer. Read its values with :func:`momentum_jax.dequantize`.
+
+    Attributes:
+      codes: ``int8``, shaped like the param, in ``[-127, 127]`` (-128 is NaN).
+      scales: ``float32``, shaped like the param but for the last axis, which
+        holds one scale per block of consecutive elements along it: blocks of
+        256, or the whole axis when it is shorter, or of a divisor of its
+        length from 128 to 256 when 256 does not divide it. A scale is its
+        block's largest magnitude.
+    """
+
+    codes: jax.Array
+    scales: jax.Array
+
+
+def is_leaf(x: Any) -> bool:
+    """``None`` or an :class:`Int8Buffer`: one array's buffer in a state's tree, or none."""
+    return x is None or isinstance(x, Int8Buffer)
+
+
+def quantizes(x: Any) -> bool:
+    """True for the arrays whose int8 buffer is an :class:`Int8Buffer`."""
+    shape = jnp.shape(x)
+    return len(shape) > 0 and math.prod(shape) >= MIN_SIZE and shape[-1] >= MIN_ROW
+
+
+class _Pending(NamedTuple):
+    """A new int8 buffer before quantization: its float32 values and its blocks' scales."""
+
+    values: jax.Array
+    scales: jax.Array
+
+
+_NODES = (optax.MaskedNode, _Pending)  # one position each in a tree of new buffers
+
+
+def block_size(length: int) -> int:
+    """Elements per block along a last axis of ``length``: all of them up to ``BLOCK``;
+    else ``BLOCK`` or ``BLOCK / 2`` if it divides the length, else the largest divisor
+    between them; else ``BLOCK``, the last block shorter.
+
+    Measured on XLA:CPU (benchmarks/int8_design.py): a padded last block makes the
+    reduction over blocks 8x slower, and a block that is not a power of two makes
+    indexing slower in the other passes.
+    """
+    if length <= BLOCK:
+        return length
+    half = BLOCK // 2
+    divisors = (d for d in (BLOCK, half, *range(BLOCK - 1, half, -1)) if length % d == 0)
+    return next(divisors, BLOCK)
+
+
+def _spread(per_block: jax.Array, length: int) -> jax.Array:
+    """One value per block repeated over its elements (fused by XLA, never stored)."""
+    size = block_size(length)
+    spread = jnp.broadcast_to(per_block[..., None], (*per_block.shape, size))
+    spread = spread.reshape(*per_block.shape[:-1], -1)
+    return spread if spread.shape[-1] == length else spread[..., :length]
+
+
+def _view(x: jax.Array) -> jax.Array:
+    """``x`` as blocks, shape ``(..., blocks, size)``, zero-padded to a whole last block.
+
+    The optimization barrier keeps the reshape out of the fusion that reduces the
+    blocks, which XLA:CPU then runs as one vectorized pass, 8x faster
+    (benchmarks/int8_design.py); it moves no data. JAX 0.4 cannot ``vmap`` it: there
+    the reshape goes without, for a slower reduction and the same numbers.
+    """
+    length = x.shape[-1]
+    size = block_size(length)
+    if length % size:
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, -length % size)])
+    x = x.reshape(*x.shape[:-1], -1, size)
+    return jax.lax.optimization_barrier(x) if _barrier_batches() else x  # type: ignore[no-untyped-call]
+
+
+@functools.cache
+def _barrier_batches() -> bool:
+    shape = jax.ShapeDtypeStruct((1,), jnp.float32)  # type: ignore[no-untyped-call]
+    try:
+        jax.eval_shape(jax.vmap(jax.lax.optimization_barrier), shape)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _decode(codes: jax.Array, scales: jax.Array) -> jax.Array:
+    """Codes shaped like the param to values: ``code * (scale / 127)``, ±127 to ±scale
+    exactly (XLA may reassociate any product meant to give it), -128 to NaN."""
+    spread = _spread(scales, codes.shape[-1])
+    values = codes.astype(jnp.float32)
+    exact = jnp.where(jnp.abs(values) == 127, jnp.sign(values) * spread, values * _STEP * spread)
+    return jnp.where(values == _NAN, jnp.nan, exact)
+
+
+def _encode(x: jax.Array, scales: jax.Array, key: jax.Array | None) -> jax.Array:
+    """``x`` (float32, shaped like its param) in codes for its blocks' ``scales``.
+
+    ``x * 127 / s`` may miss 127 by an ulp for the largest element, and the scales
+    come from a second run of the arithmetic that another compiler may round apart
+    by an ulp (step_with_scales): scaled by ``1 + 2**-20`` and clipped, the largest
+    element is coded ±127 for sure, at a cost of ``2**-20`` relative to the rest.
+    """
+    inverse = jnp.where(scales > 0, 127 * _WIDEN / scales, 0.0)  # per block, and 0/0 is 0
+    t = jnp.clip(x * _spread(inverse, x.shape[-1]), -127, 127)
+    if key is None:
+        q = jnp.round(t)
+    else:
+        uniform = (_rounding.element_bits(x.shape, key) >> 8).astype(jnp.float32) * 2.0**-24
+        low = jnp.floor(t)
+        q = low + (uniform < t - low)
+    return jnp.where(jnp.isnan(q), _NAN, q).astype(jnp.int8)
+
+
+def _scales(blocks: jax.Array) -> jax.Array:
+    return jnp.max(jnp.abs(blocks), axis=-1)
+
+
+def quantize(x: jax.Array) -> Int8Buffer:
+    """The :class:`Int8Buffer` of ``x``, rounded to nearest."""
+    x = x.astype(jnp.float32)
+    scales = _scales(_view(x))
+    return Int8Buffer(_encode(x, scales, None), scales)
+
+
+def step_with_scales(step: Any, g: jax.Array, p: Any, *buffers: Any) -> Any:
+    """``step(g, p, *buffers)``, each new int8 buffer paired with its blocks' scales.
+
+    The scales come from ``step`` run a second time on the arrays seen as blocks:
+    XLA:CPU then reduces each block in one vectorized pass over the inputs (the
+    optimization barrier in ``_view`` keeps the reshape out of that pass), and
+    computes the codes in another, storing no float32 values in between; one
+    reduction over the values as first computed runs 5-10x slower
+    (benchmarks/int8_design.py). Both runs do the same arithmetic, which another
+    compiler may round apart by an ulp: ``_encode`` allows for it.
+    """
+    wide, values, old = step(g, p, *buffers)
+    if not any(isinstance(b, Int8Buffer) for b in buffers):
+        return wide, values, old
+    # A NaN's code reads as the largest here: no select, which XLA:CPU would not fuse.
+    blocked = [
+        (jnp.maximum(_view(b.codes), -127).astype(jnp.float32) * _STEP) * b.scales[..., None]
+        for b in buffers
+    ]
+    _, again, _ = step(_view(g), None if p is None else _view(p), *blocked)
+    paired = [_Pending(v, _scales(a)) for v, a in zip(values, again, strict=True)]
+    return wide, tuple(paired), old
+
+
+@public("momentum_jax.dequantize")
+def dequantize(tree: Any) -> Any:
+    """``tree`` with each :class:`momentum_jax.Int8Buffer` replaced by its float32 values.
+
+    A state's buffers are int8 codes with block scales when it was built with
+    ``accumulator_dtype=jnp.int8``; this reads them as arrays shaped like the
+    params. Other leaves (the float32 buffers of small arrays, counts) come
+    back as they are.
+
+    Args:
+      tree: a state, a field of one (``state.velocity``), or one buffer.
+
+    Returns:
+      The same tree, each int8 buffer replaced by a float32 array.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import momentum_jax
+      >>> tx = momentum_jax.momentum(0.1, 0.9, accumulator_dtype=jnp.int8)
+      >>> params = jnp.zeros((64, 256))
+      >>> _, state = tx.update(jnp.ones_like(params), tx.init(params))
+      >>> type(state.velocity).__name__, momentum_jax.dequantize(state.velocity)[0, :3]
+      ('Int8Buffer', Array([0.1, 0.1, 0.1], dtype=float32))
+    """
+    return jax.tree.map(
+        lambda b: _decode(*b) if isinstance(b, Int8Buffer) else b, tree, is_leaf=is_leaf
+    )
+
+
+def plain(tree: Any) -> Any:
+    """``tree`` with each :class:`Int8Buffer` replaced by its codes (shaped like its param)."""
+    return jax.tree.map(
+        lambda b: b.codes if isinstance(b, Int8Buffer) else b, tree, is_leaf=is_leaf
+    )
+
+
+def converted(old: Any, new: Any) -> Any:
+    """``old``, a saved buffer, in the form of ``new``, a fresh one: a float buffer quantized
+    (to nearest) for an int8 one, an int8 buffer (or its fields, read without a target)
+    dequantized for a float one; anything else as it is."""
+    if isinstance(old, Mapping) and set(old) == set(Int8Buffer._fields):
+        old = Int8Buffer(**old)
+    if isinstance(new, Int8Buffer) and isinstance(old, jax.Array | np.ndarray):
+        return quantize(jnp.asarray(old)) if old.shape == new.codes.shape else old
+    if isinstance(old, Int8Buffer) and isinstance(new, jax.Array):
+        return dequantize(Int8Buffer(*map(jnp.asarray, old)))
+    return old
+
+
+def store(new: Any, like: Any, seed: Any, count: Any) -> tuple[Any, Any]:
+    """``new`` in ``like``'s buffers: int8 buffers quantized, others cast.
+
+    Returns the stored tree and the values the output reads: an int8 buffer's
+    float32 values before quantization (reading the stored codes back would make
+    XLA compute them a third time); other leaves as stored or, with a ``seed``
+    (``new`` then already rounded where 16-bit), as in ``new``, in float32. With a ``seed``
+    the quantization is stochastic, its bits drawn as for the 16-bit buffers
+    (:func:`momentum_jax._src._rounding.round_tree`: the same keys, by each
+    array's position counting ``optax.MaskedNode``).
+    """
+    leaves, treedef = jax.tree.flatten(new, is_leaf=lambda x: isinstance(x, _NODES))
+    likes = jax.tree.leaves(like, is_leaf=lambda x: isinstance(x, (*_NODES, Int8Buffer)))
+    keys: list[Any] = [None] * len(leaves)
+    if seed is not None:
+        keys = _rounding.leaf_keys(seed, _rounding.BUFFERS, count, len(leaves))
+    stored: list[Any] = []
+    read: list[Any] = []
+    for x, b, key in zip(leaves, likes, keys, strict=True):
+        if isinstance(x, _Pending):
+            stored.append(
+                Int8Buffer(_encode(x.values.astype(jnp.float32), x.scales, key), x.scales)
+            )
+            read.append(x.values)
+        else:
+            stored.append(x if isinstance(b, optax.MaskedNode) else x.astype(b.dtype))
+            read.append(x if seed is not None else stored[-1])
+    return jax.tree.unflatten(treedef, stored), jax.tree.unflatten(treedef, read)

@@ -1,0 +1,498 @@
+"""Eight-bit buffers (``accumulator_dtype=jnp.int8``) and Lion.
+
+What is checked, and against what: the quantizer stores a zero block, a block
+of one value and each block's largest element exactly (also under ``jit``,
+fused with the update: a step with a zero gradient and momentum 1/2 halves
+every scale and keeps every code), and round-to-nearest reproduces its own
+values; a NaN stays NaN and an infinity makes its block NaN, and no other; the
+stochastic quantizer's mean over many elements and over many steps stays
+within a 5-sigma binomial bound of the exact value, which round-to-nearest
+misses by a third of a code; resumed runs, ``jit``, ``lax.scan``, ``vmap`` and
+``inject_hyperparams`` reproduce the same bits; the state costs at most 1.05
+bytes per param on large arrays; ``restore_state``, pickle and orbax move it;
+bad options are refused when the transform is built. Lion is ``optax.lion``
+bit for bit. The contract table (tests/_table.py) has int8 and Lion rows, and
+tests/test_sharding.py checks that an int8 buffer shards like its param.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import momentum_jax
+
+INT8 = {"accumulator_dtype": jnp.int8}
+SR = {**INT8, "stochastic_rounding": True}
+STEP = 1 / 127  # a code's step, in units of its block's scale
+
+
+def _stored(values: jax.Array, **kwargs: Any) -> Any:
+    """The buffer after one step of ``scale_by_momentum``: the gradient itself, quantized."""
+    tx = momentum_jax.scale_by_momentum(0.5, **INT8, **kwargs)
+    _, state = jax.jit(tx.update)(values, tx.init(values))
+    return state.velocity
+
+
+def _bound(p: float, n: int) -> float:
+    """Five standard deviations of the mean of ``n`` draws of a {0, 1} variable with mean p."""
+    return 5 * math.sqrt(p * (1 - p) / n)
+
+
+def _params(seed: int = 0) -> dict[str, jax.Array]:
+    rng = np.random.default_rng(seed)
+    return {
+        "kernel": jnp.asarray(rng.standard_normal((64, 512)), jnp.float32),  # two blocks a row
+        "odd": jnp.asarray(rng.standard_normal((40, 300)), jnp.float32),  # a short last block
+        "bias": jnp.asarray(rng.standard_normal(512), jnp.float32),  # small: float32
+    }
+
+
+def _grads(k: int) -> dict[str, jax.Array]:
+    return jax.tree.map(lambda p: 0.1 * p + 0.01 * k, _params(100 + k))
+
+
+def _train(tx: optax.GradientTransformation, params: Any, state: Any, ks: range) -> Any:
+    step = jax.jit(
+        lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p))
+    )
+    for k in ks:
+        params, state = step(params, state, _grads(k))
+    return params, state
+
+
+def _assert_bits_equal(a: Any, b: Any) -> None:
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# --- the format ------------------------------------------------------------------------
+
+
+def test_large_arrays_get_codes_and_block_scales_small_ones_float32() -> None:
+    params = {
+        **_params(),
+        "narrow": jnp.zeros((4096, 16)),
+        "half": jnp.zeros((64, 512), "bfloat16"),
+    }
+    state = momentum_jax.momentum(0.1, **INT8).init(params)
+    velocity = state.velocity
+    assert isinstance(velocity["kernel"], momentum_jax.Int8Buffer)
+    assert velocity["kernel"].codes.dtype == jnp.int8
+    assert velocity["kernel"].codes.shape == (64, 512)
+    assert velocity["kernel"].scales.shape == (64, 2)
+    assert velocity["kernel"].scales.dtype == jnp.float32
+    assert velocity["odd"].scales.shape == (40, 2)  # 256 + 44 elements a row
+    assert velocity["half"].codes.shape == (64, 512)  # bfloat16 params too
+    # Below the size threshold, or with a last axis too short to share a scale: float32.
+    for name in ("bias", "narrow"):
+        assert velocity[name].dtype == jnp.float32
+    # Measured from the leaves: 1 + 4/256 bytes per param.
+    kernel = velocity["kernel"]
+    per_param = sum(x.nbytes for x in kernel) / params["kernel"].size
+    assert per_param == 1 + 4 / 256 <= 1.05
+    big = momentum_jax.momentum(0.1, **INT8).init(jnp.zeros((1024, 1024)))
+    assert sum(x.nbytes for x in jax.tree.leaves(big.velocity)) / 2**20 <= 1.05
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"stochastic_rounding": True}], ids=["nearest", "stochastic"]
+)
+def test_zero_and_constant_blocks_and_each_blocks_largest_element_are_exact(
+    kwargs: dict[str, Any],
+) -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((64, 512)) * 10.0 ** rng.integers(-3, 3, (64, 1))).astype(np.float32)
+    x[0, :256] = 0.0  # a zero block
+    x[1, :256] = 0.37  # a block of one value
+    x[2, 256:] = np.where(np.arange(256) % 2, 2.5, -2.5)  # one magnitude, both signs
+    buffer = _stored(jnp.asarray(x), **kwargs)
+    got = np.asarray(momentum_jax.dequantize(buffer))
+    np.testing.assert_array_equal(got[:2, :256], x[:2, :256])
+    np.testing.assert_array_equal(got[2, 256:], x[2, 256:])
+    blocks = np.abs(x).reshape(64, 2, 256)
+    largest = blocks.argmax(-1)
+    np.testing.assert_array_equal(np.asarray(buffer.scales), blocks.max(-1))
+    rows, halves = np.indices(largest.shape)
+    columns = halves * 256 + largest
+    np.testing.assert_array_equal(got[rows, columns], x[rows, columns])
+    assert set(np.abs(np.asarray(buffer.codes)[rows[2:], columns[2:]]).ravel()) == {127}
+    # Everywhere within half a code (round-to-nearest) or one code (stochastic).
+    step = np.repeat(blocks.max(-1), 256, -1) / 127
+    assert np.all(np.abs(got - x) <= step * (0.5001 if not kwargs else 1.0001))
+
+
+def test_round_to_nearest_reproduces_its_own_values() -> None:
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((64, 512)), jnp.float32)
+    once = _stored(x)
+    twice = _stored(momentum_jax.dequantize(once))
+    _assert_bits_equal(twice, once)
+
+
+def test_fused_with_the_update_the_dequantization_is_exact() -> None:
+    """A zero gradient at momentum 1/2 keeps every code and halves every scale.
+
+    XLA may reassociate ``codes * scale / 127 * momentum``: an inexact dequantization
+    would move codes. The scales come from a second run of the arithmetic that another
+    compiler (XLA:CPU's YNNPACK reductions) may round apart by an ulp.
+    """
+    tx = momentum_jax.scale_by_momentum(0.5, **INT8)
+    params = jnp.zeros((64, 512))
+    _, state = tx.update(
+        jnp.asarray(np.random.default_rng(2).standard_normal((64, 512))), tx.init(params)
+    )
+    update = jax.jit(tx.update)
+    for _ in range(3):
+        _, new = update(jnp.zeros_like(params), state)
+        np.testing.assert_array_equal(new.velocity.codes, state.velocity.codes)
+        half = 0.5 * np.asarray(state.velocity.scales)
+        np.testing.assert_array_max_ulp(np.asarray(new.velocity.scales), half, maxulp=1)
+        state = new
+
+
+def test_nan_stays_nan_and_infinity_makes_its_block_nan() -> None:
+    """A NaN has a code of its own; an infinity makes its block's scale infinite."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 1024)).astype(np.float32)
+    x[0, 3] = np.nan  # block (0, 0)
+    x[1, 300] = np.inf  # block (1, 1)
+    x[1, 301] = -np.inf
+    x[2, 600] = -np.inf  # block (2, 2)
+    for kwargs in ({}, {"stochastic_rounding": True}):
+        got = np.asarray(momentum_jax.dequantize(_stored(jnp.asarray(x), **kwargs)))
+        assert np.isnan(got[0, 3])
+        assert np.all(np.isnan(got[1, 256:512]))
+        assert np.all(np.isnan(got[2, 512:768]))
+        blocks = got.reshape(8, 4, 256)
+        finite = np.ones((8, 4), bool)
+        finite[0, 0] = finite[1, 1] = finite[2, 2] = False
+        np.testing.assert_allclose(blocks[finite], x.reshape(8, 4, 256)[finite], atol=0.05)
+        # The rest of the NaN's block: as stored (here), or all NaN where a max propagates NaN.
+        rest = np.delete(got[0, :256], 3)
+        assert np.all(np.isfinite(rest)) or np.all(np.isnan(rest))
+    # Through training the non-finite values stay, so apply_if_finite sees each update.
+    tx = momentum_jax.momentum(0.1, 0.9, **INT8)
+    params = jnp.zeros((8, 1024))
+    _, state = tx.update(jnp.asarray(x), tx.init(params))
+    for _ in range(3):
+        updates, state = tx.update(jnp.ones_like(params), state)
+        velocity = np.asarray(momentum_jax.dequantize(state.velocity))
+        assert np.isnan(velocity[0, 3])
+        assert not np.isfinite(updates[0, 3])
+        assert not np.any(np.isfinite(velocity[1, 256:512]))
+        assert np.all(np.isfinite(velocity[3:]))
+
+
+# --- stochastic quantization -------------------------------------------------------------
+
+
+def test_stochastic_quantization_is_unbiased_across_elements_and_across_steps() -> None:
+    n = 400 * 255
+    x = np.full((400, 256), (10 + 1 / 3) * STEP, np.float32)
+    x[:, 0] = 1.0  # each block's scale
+    rounded = np.asarray(momentum_jax.dequantize(_stored(jnp.asarray(x), stochastic_rounding=True)))
+    rest = rounded[:, 1:].astype(np.float64)
+    assert set(np.round(np.unique(rest) * 127).astype(int)) == {10, 11}
+    assert abs(rest.mean() - x[0, 1]) / STEP < _bound(1 / 3, n)
+    # Round-to-nearest misses by a third of a code: the bound can fail.
+    nearest = np.asarray(momentum_jax.dequantize(_stored(jnp.asarray(x))))[:, 1:]
+    assert abs(nearest.astype(np.float64).mean() - x[0, 1]) / STEP > 0.3
+
+    # One element over many steps (momentum 0: the buffer is each new gradient).
+    tx = momentum_jax.scale_by_momentum(0.0, **SR)
+    g = jnp.asarray(x[:16])
+
+    def step(state: Any, _: Any) -> tuple[Any, jax.Array]:
+        _, state = tx.update(g, state)
+        return state, momentum_jax.dequantize(state.velocity)[0, 1]
+
+    steps = 2000
+    _, history = jax.jit(lambda s: jax.lax.scan(step, s, None, length=steps))(tx.init(g))
+    error = abs(np.asarray(history, np.float64).mean() - x[0, 1]) / STEP
+    assert error < _bound(1 / 3, steps), error
+
+
+def test_bits_differ_across_arrays_and_seeds_and_repeat_for_the_same_ones() -> None:
+    x = np.full((40, 256), 0.5 * STEP, np.float32)
+    x[:, 0] = 1.0
+    g = {"a": jnp.asarray(x), "b": jnp.asarray(x)}
+
+    def pattern(seed: int, tx: Any = None) -> Any:
+        tx = tx or momentum_jax.scale_by_momentum(0.0, **SR, seed=seed)
+        _, state = tx.update(g, tx.init(g))
+        return {k: np.asarray(b.codes)[:, 1:] > 0 for k, b in state.velocity.items()}
+
+    first = pattern(0)
+    n = first["a"].size
+    assert abs(first["a"].mean() - 0.5) < _bound(0.5, n)
+    for a, b in [(first["a"], first["b"]), (first["a"], pattern(1)["a"])]:
+        assert abs((a == b).mean() - 0.5) < _bound(0.5, n)
+    np.testing.assert_array_equal(pattern(0)["a"], first["a"])
+    # Arrays in different groups of optax.partition keep their global positions.
+    split = getattr(optax, "partition", optax.multi_transform)(  # optax 0.2.4: no partition
+        {
+            "a": momentum_jax.scale_by_momentum(0.0, **SR),
+            "b": momentum_jax.scale_by_momentum(0.0, **SR),
+        },
+        {"a": "a", "b": "b"},
+    )
+    _, state = split.update(g, split.init(g))
+    codes = [
+        np.asarray(state.inner_states[k].inner_state.velocity[k].codes)[:, 1:] > 0 for k in "ab"
+    ]
+    assert abs((codes[0] == codes[1]).mean() - 0.5) < _bound(0.5, n)
+
+
+def test_a_resumed_run_is_bit_identical_and_the_state_holds_no_key() -> None:
+    tx = momentum_jax.nesterov(0.01, 0.99, **SR, seed=11)
+    params = _params()
+    straight = _train(tx, params, tx.init(params), range(12))
+    half = _train(tx, params, tx.init(params), range(6))
+    saved = jax.tree.map(np.asarray, jax.device_get(half))  # as from a checkpoint
+    again = momentum_jax.nesterov(0.01, 0.99, **SR, seed=11)
+    resumed = _train(again, *jax.tree.map(jnp.asarray, saved), range(6, 12))
+    _assert_bits_equal(resumed, straight)
+    plain = momentum_jax.nesterov(0.01, 0.99, **INT8).init(params)
+    assert jax.tree.structure(plain) == jax.tree.structure(tx.init(params))
+
+
+@pytest.mark.parametrize("shape", [(256, 1024), (300, 700)], ids=["aligned", "padded"])
+def test_the_step_keeps_no_float32_copy_of_the_buffer(shape: tuple[int, int]) -> None:
+    """The new values are computed twice (scales, then codes) rather than stored in between.
+
+    A float32 temporary the size of the param would cost the step more than the int8
+    buffer saves in traffic (benchmarks/int8_design.py); the XLA of JAX 0.4.35 has no
+    YNNPACK reductions and plans its buffers otherwise.
+    """
+    if tuple(int(part) for part in jax.__version__.split(".")[:2]) < (0, 10):
+        pytest.skip("the XLA of this JAX plans its buffers otherwise")
+    tx = momentum_jax.momentum(1e-3, 0.9, **SR)
+
+    def step(p: Any, s: Any, g: Any) -> Any:
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    params = jnp.ones(shape)
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), params)
+    temporaries = compiled.compile().memory_analysis().temp_size_in_bytes
+    assert temporaries < params.nbytes / 2  # a copy of the codes at most
+
+
+# --- a state like any other ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: momentum_jax.momentum(0.05, 0.9, **SR, seed=1),
+        lambda: momentum_jax.aggmo(0.05, (0.0, 0.9), **INT8),
+        lambda: momentum_jax.lion(1e-3, **SR),
+        lambda: momentum_jax.compat.torch_sgd(0.05, 0.9, 0.1, 1e-3, **INT8),
+    ],
+    ids=["momentum", "aggmo", "lion", "torch_sgd"],
+)
+def test_jit_scan_and_vmap_give_the_eager_bits(build: Any) -> None:
+    tx = build()
+    params = _params()
+    eager = (params, tx.init(params))
+    for k in range(3):
+        updates, state = tx.update(_grads(k), eager[1], eager[0])
+        eager = (optax.apply_updates(eager[0], updates), state)
+    jitted = _train(tx, params, tx.init(params), range(3))
+    # Eagerly each operation rounds on its own; under jit XLA may fuse a product into an add.
+    chex.assert_trees_all_close(jitted[0], eager[0], rtol=1e-5, atol=1e-7)
+    grads = jax.tree.map(lambda *g: jnp.stack(g), *[_grads(k) for k in range(3)])
+
+    def body(carry: Any, g: Any) -> tuple[Any, None]:
+        p, s = carry
+        u, new = tx.update(g, s, p)
+        chex.assert_trees_all_equal_shapes_and_dtypes(new, s)
+        return (optax.apply_updates(p, u), new), None
+
+    scanned, _ = jax.jit(lambda c, gs: jax.lax.scan(body, c, gs))((params, tx.init(params)), grads)
+    chex.assert_trees_all_close(scanned[0], jitted[0], rtol=1e-5, atol=1e-7)
+    read = momentum_jax.dequantize
+    chex.assert_trees_all_close(read(scanned[1]), read(jitted[1]), rtol=1e-4, atol=1e-6)
+    # vmap over an ensemble of two: each member gets the bits it gets alone.
+    pairs = jax.tree.map(lambda p: jnp.stack([p, 2 * p]), params)
+    step = jax.vmap(lambda p, s, g: tx.update(g, s, p))
+    updates, _ = step(
+        pairs, jax.vmap(tx.init)(pairs), jax.tree.map(lambda g: jnp.stack([g, g]), _grads(0))
+    )
+    alone, _ = tx.update(_grads(0), tx.init(params), params)
+    chex.assert_trees_all_close(jax.tree.map(lambda u: u[0], updates), alone, rtol=1e-6)
+
+
+def test_inject_hyperparams_follows_the_plain_transform() -> None:
+    inject = optax.inject_hyperparams(momentum_jax.momentum, static_args=("accumulator_dtype",))
+    injected = inject(0.05, 0.9, **SR, seed=4)
+    plain = momentum_jax.momentum(0.05, 0.9, **SR, seed=4)
+    params = _params()
+    got = _train(injected, params, injected.init(params), range(4))
+    expected = _train(plain, params, plain.init(params), range(4))
+    # Injected, the hyperparameters are float32 arrays, not Python numbers: XLA may round
+    # the products apart by an ulp (as for float32 buffers).
+    chex.assert_trees_all_close(got[0], expected[0], rtol=1e-5, atol=1e-7)
+    read = momentum_jax.dequantize
+    chex.assert_trees_all_close(
+        read(got[1].inner_state.velocity), read(expected[1].velocity), rtol=1e-5, atol=1e-7
+    )
+
+
+def test_restore_state_moves_between_int8_and_float_buffers(tmp_path: Path) -> None:
+    params = _params()
+    float32, int8 = momentum_jax.qhm(0.05, 0.9), momentum_jax.qhm(0.05, 0.9, **INT8)
+    _, trained = _train(float32, params, float32.init(params), range(3))
+    quantized = momentum_jax.restore_state(trained, int8, params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(quantized, int8.init(params))
+    assert int(quantized[0].count) == 3
+    # Quantized to nearest: within half a code of the float32 values.
+    kernel = momentum_jax.dequantize(quantized[0].buffer["kernel"])
+    step = np.repeat(np.asarray(quantized[0].buffer["kernel"].scales), 256, -1) / 127
+    assert np.all(np.abs(kernel - trained[0].buffer["kernel"]) <= 0.5001 * step)
+    # And back: the float buffers hold exactly the dequantized values.
+    back = momentum_jax.restore_state(quantized, float32, params)
+    _assert_bits_equal(back[0].buffer, momentum_jax.dequantize(quantized[0].buffer))
+    # Pickled, and read by orbax with a target from eval_shape: the same state, which steps on.
+    pickled = pickle.loads(pickle.dumps(jax.device_get(quantized)))
+    ocp = pytest.importorskip("orbax.checkpoint")
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "state", quantized)
+        # (orbax before 0.6 needs the shardings in the target.)
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+            jax.eval_shape(int8.init, params),
+        )
+        restored = checkpointer.restore(tmp_path / "state", target)
+    for state in (pickled, restored, momentum_jax.restore_state(pickled, int8, params)):
+        _assert_bits_equal(jax.tree.map(jnp.asarray, state), quantized)
+        chex.assert_trees_all_equal(
+            int8.update(_grads(3), state, params)[0], int8.update(_grads(3), quantized, params)[0]
+        )
+
+
+def test_bfloat16_params_with_an_int8_buffer() -> None:
+    tx = optax.chain(momentum_jax.momentum(0.05, 0.9, **SR), momentum_jax.stochastic_round_params())
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), _params())
+    new, state = _train(tx, params, tx.init(params), range(3))
+    chex.assert_trees_all_equal_shapes_and_dtypes(new, params)
+    assert state[0].velocity["kernel"].codes.dtype == jnp.int8
+
+
+def test_dequantize_reads_any_tree() -> None:
+    params = {**_params(), "frozen": None}
+    state = momentum_jax.momentum(0.1, **INT8).init(params)
+    read = momentum_jax.dequantize(state)
+    assert read.velocity["frozen"] is None
+    assert read.velocity["kernel"].dtype == jnp.float32
+    assert read.velocity["kernel"].shape == (
+        64,
+        512,
+    )
+    assert read.count is state.count
+    assert read.velocity["bias"] is state.velocity["bias"]
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def test_int8_where_it_cannot_work_is_refused() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"^momentum_jax.momentum: accumulator_dtype=int8 keeps one buffer per array; "
+        r"use layout='per_leaf'\.$",
+    ):
+        momentum_jax.momentum(0.1, **INT8, layout="packed")
+    with pytest.raises(ValueError, match=r"^momentum_jax.lion: accumulator_dtype=int8 .*per_leaf"):
+        momentum_jax.lion(0.1, **INT8, layout="packed")
+    for dtype in (jnp.int16, jnp.uint8, "int32", jnp.bool_):
+        with pytest.raises(
+            TypeError,
+            match=r"^momentum_jax.qhm: accumulator_dtype must be None, a float dtype or jnp\.int8",
+        ):
+            momentum_jax.qhm(0.1, accumulator_dtype=dtype)
+    momentum_jax.qhm(0.1, accumulator_dtype="int8")  # a name is fine
+    tx = momentum_jax.scale_by_aggmo(**INT8)
+    with pytest.raises(
+        TypeError, match=r"^momentum_jax.scale_by_aggmo: a param is complex; accumulator_dtype=int8"
+    ):
+        tx.init({"w": jnp.zeros((64, 512), jnp.complex64)})
+
+
+@pytest.mark.parametrize("arg", ["b1", "b2"])
+def test_lion_betas_are_checked(arg: str) -> None:
+    for value in (1.0, -0.1, 1.5):
+        with pytest.raises(
+            ValueError,
+            match=rf"^momentum_jax.lion: {arg} must be in \[0, 1\), got {arg}={value}\.$",
+        ):
+            momentum_jax.lion(0.1, **{arg: value})
+
+
+# --- Lion ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"b1": 0.95, "b2": 0.98, "weight_decay": 0.1},
+        {"b1": 0.99, "b2": 0.9, "weight_decay": 0.0},
+    ],
+    ids=["defaults", "decay", "b1_above_b2"],
+)
+@pytest.mark.parametrize("schedule", [False, True], ids=["constant", "schedule"])
+def test_lion_is_optax_lion_bit_for_bit(kwargs: dict[str, Any], schedule: bool) -> None:
+    lr = optax.cosine_decay_schedule(3e-3, 10) if schedule else 3e-3
+    ours, theirs = momentum_jax.lion(lr, **kwargs), optax.lion(lr, **kwargs)
+    params = _params()
+    for jit in (False, True):
+        p_ours = p_theirs = params
+        s_ours, s_theirs = ours.init(params), theirs.init(params)
+        update_ours = jax.jit(ours.update) if jit else ours.update
+        update_theirs = jax.jit(theirs.update) if jit else theirs.update
+        for k in range(8):
+            g = jax.tree.map(lambda x, k=k: x * (-1.0) ** k + 0.01 * k, _grads(k))
+            u_ours, s_ours = update_ours(g, s_ours, p_ours)
+            u_theirs, s_theirs = update_theirs(g, s_theirs, p_theirs)
+            p_ours, p_theirs = (
+                optax.apply_updates(p_ours, u_ours),
+                optax.apply_updates(p_theirs, u_theirs),
+            )
+            _assert_bits_equal(p_ours, p_theirs)
+        _assert_bits_equal(s_ours[0].buffer, s_theirs[0].mu)
+
+
+def test_lion_with_an_int8_buffer_trains_like_float32() -> None:
+    target = jnp.asarray(np.random.default_rng(5).standard_normal((32, 512)), jnp.float32)
+
+    def run(**kwargs: Any) -> float:
+        tx = momentum_jax.lion(1e-2, weight_decay=0.0, **kwargs)
+
+        def body(carry: Any, _: Any) -> tuple[Any, None]:
+            p, s = carry
+            u, s = tx.update(p - target, s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        params = jnp.zeros_like(target)
+        (p, _), _ = jax.lax.scan(body, (params, tx.init(params)), None, length=400)
+        return float(jnp.mean((p - target) ** 2))
+
+    reference = run()
+    assert reference < 0.05 * float(jnp.mean(target**2))
+    # Stochastic quantization keeps the small buffers of converged elements on average;
+    # round-to-nearest zeroes those below half a code of their block, and ends noisier.
+    assert abs(run(**SR) - reference) < 0.1 * reference
+    assert run(**INT8) < 3 * reference
