@@ -1,19 +1,23 @@
 """Gradient accumulation without an accumulator: momentum_jax against optax.MultiSteps.
 
 The digits MLP of ``momentum_sweep.py`` (ReLU 64-64) is trained on micro-batches
-of 32 with K = 4 micro-batches per update (an effective batch of 128) by four
+of 32 with K = 4 micro-batches per update (an effective batch of 128) by six
 optimizers, all heavy-ball momentum ``momentum_jax.momentum(α, 0.9)``:
 
     MultiSteps float32   optax.MultiSteps(momentum(α, 0.9), 4)
     ours float32         momentum(α, 0.9, gradient_accumulation_steps=4)
     MultiSteps bf16 SR   optax.MultiSteps(momentum(α, 0.9, bfloat16 SR velocity), 4)
     ours bf16 SR         momentum(α, 0.9, bfloat16 SR velocity, gradient_accumulation_steps=4)
+    MultiSteps int8 SR   optax.MultiSteps(momentum(α, 0.9, int8 SR velocity), 4)
+    ours int8 SR         momentum(α, 0.9, int8 SR velocity, gradient_accumulation_steps=4)
 
-("bfloat16 SR velocity": ``accumulator_dtype=jnp.bfloat16, stochastic_rounding=True``.)
+("bfloat16 SR velocity": ``accumulator_dtype=jnp.bfloat16, stochastic_rounding=True``;
+"int8 SR velocity": ``accumulator_dtype=jnp.int8, stochastic_rounding=True``, int8 codes
+for the two 64×64 weights and float32 buffers for the arrays under 4096 elements.)
 ``optax.MultiSteps`` keeps a param-sized float32 accumulator of the mean gradient;
 ``gradient_accumulation_steps`` adds each micro-batch's share into the velocity
 itself, so it needs none. A seed fixes the initial weights and the micro-batches,
-shared by the four; all of them train in one compiled program.
+shared by all; all of them train in one compiled program.
 
 Printed: the final training loss of each optimizer, mean ± std (min–max) over
 seeds, and a verdict against ``MultiSteps float32``, decided on those numbers
@@ -26,9 +30,9 @@ Outputs (``examples/out/accumulation/``, ``..._quick/`` with ``--quick``):
 ``accumulation.csv`` (one row per optimizer) and ``accumulation_loss.png``
 (training loss over updates, mean over seeds).
 
-Measured on 2 CPU cores shared with other jobs: 12 s wall and 16 s of CPU time
-(user + sys) for the full run (2000 micro-batches, 5 seeds); 11 s wall and 14 s
-CPU with ``--quick`` (400 micro-batches, 3 seeds), most of it compiling.
+Measured on 2 CPU cores shared with a test run: 41 s wall and 21 s of CPU time
+(user + sys) for the full run (2000 micro-batches, 5 seeds); 23 s wall with
+``--quick`` (400 micro-batches, 3 seeds), most of it compiling.
 
     python examples/accumulation.py
     python examples/accumulation.py --quick
@@ -75,12 +79,15 @@ STYLE = {
     "ours float32": ("#E69F00", "--"),
     "MultiSteps bf16 SR": ("#0072B2", "-"),
     "ours bf16 SR": ("#56B4E9", "--"),
+    "MultiSteps int8 SR": ("#009E73", "-"),
+    "ours int8 SR": ("#CC79A7", "--"),
 }
 
 
 def optimizers() -> dict[str, Callable[[Any], optax.GradientTransformation]]:
     """Each optimizer built from its (traced) learning rate."""
     low = {"accumulator_dtype": jnp.bfloat16, "stochastic_rounding": True}
+    int8 = {"accumulator_dtype": jnp.int8, "stochastic_rounding": True}
     return {
         "MultiSteps float32": lambda lr: optax.MultiSteps(
             momentum_jax.momentum(lr, MOMENTUM), K
@@ -93,6 +100,12 @@ def optimizers() -> dict[str, Callable[[Any], optax.GradientTransformation]]:
         ).gradient_transformation(),
         "ours bf16 SR": lambda lr: momentum_jax.momentum(
             lr, MOMENTUM, **low, gradient_accumulation_steps=K
+        ),
+        "MultiSteps int8 SR": lambda lr: optax.MultiSteps(
+            momentum_jax.momentum(lr, MOMENTUM, **int8), K
+        ).gradient_transformation(),
+        "ours int8 SR": lambda lr: momentum_jax.momentum(
+            lr, MOMENTUM, **int8, gradient_accumulation_steps=K
         ),
     }
 
@@ -174,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"  {name:<20} {mean:.4f} ± {std:.4f} ({values.min():.4f}–{values.max():.4f})  {said}"
         )
         rows.append([name, *table[name], sum(table[name]), mean, std, *_range(values), said])
-    for kind in ("float32", "bf16 SR"):
+    for kind in ("float32", "bf16 SR", "int8 SR"):
         ours, theirs = (final[names.index(f"{who} {kind}")] for who in ("ours", "MultiSteps"))
         gap = np.abs(ours - theirs).max()
         print(f"  ours vs MultiSteps, {kind}: largest difference in one seed {gap:.1e}")

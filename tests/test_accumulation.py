@@ -377,6 +377,48 @@ def test_stochastic_rounding_draws_new_bits_on_every_call() -> None:
     assert 0.4 < (up_first == up_second).mean() < 0.6  # the same bits would agree everywhere
 
 
+def test_int8_buffers_accumulate_like_the_float32_multisteps() -> None:
+    """Int8 codes for the large array, quantized stochastically on every call: the trajectory
+    stays within a few codes of MultiSteps over float32 buffers, the state is the plain int8
+    state and a counter, and a run saved mid-update resumes bit for bit."""
+    int8 = {"accumulator_dtype": jnp.int8, "stochastic_rounding": True, "seed": 5}
+    rng = np.random.default_rng(0)
+    params = {
+        "w": jnp.asarray(rng.standard_normal((32, 256)), jnp.float32),  # codes and 32 scales
+        "b": jnp.asarray(rng.standard_normal(256), jnp.float32),  # small: float32
+    }
+    target = jax.tree.map(lambda p: 0.5 * jnp.ones_like(p), params)
+
+    def grads(p: Any, t: int) -> Any:
+        return jax.tree.map(lambda x, y: (x - y) * (1.0 + 0.5 * np.sin(t)), p, target)
+
+    def run(tx: optax.GradientTransformation, calls: range, start: Any = None) -> Any:
+        step = _problems.jitted_step(tx)
+        p, state = start or (params, tx.init(params))
+        path = []
+        for t in calls:
+            p, state = step(p, state, grads(p, t))
+            path.append(p)
+        return path, (p, state)
+
+    ours = momentum_jax.momentum(LR, MU, weight_decay=0.01, **int8, gradient_accumulation_steps=4)
+    reference = optax.MultiSteps(momentum_jax.momentum(LR, MU, weight_decay=0.01), 4)
+    path, (_, state) = run(ours, range(CALLS))
+    expected, _ = run(reference.gradient_transformation(), range(CALLS))
+    moved = max(float(jnp.abs(path[-1]["w"] - params["w"]).max()), 0.5)
+    for t, (a, b) in enumerate(zip(path, expected, strict=True)):
+        gap = max(float(jnp.abs(x - y).max()) for x, y in zip(*map(jax.tree.leaves, (a, b))))
+        assert gap < 0.02 * moved, (t, gap, moved)
+    assert isinstance(state.inner.velocity["w"], momentum_jax.Int8Buffer)
+    plain = momentum_jax.momentum(LR, MU, weight_decay=0.01, **int8).init(params)
+    assert _nbytes(ours.init(params)) == _nbytes(plain) + 4
+    # Saved after call 10 (mid-update), resumed from numpy arrays.
+    _, middle = run(ours, range(10))
+    saved = jax.tree.map(jnp.asarray, jax.tree.map(np.asarray, jax.device_get(middle)))
+    resumed, _ = run(ours, range(10, CALLS), saved)
+    _problems.assert_trees_equal(resumed[-1], path[-1], "resumed")
+
+
 # --- what is refused ---------------------------------------------------------------
 
 

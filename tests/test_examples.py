@@ -319,7 +319,7 @@ def test_accumulation(tmp_path: Path) -> None:
     result = accumulation.main(["--quick", "--out", str(tmp_path)])
     names = list(accumulation.optimizers())
     loss, final = result["loss"], result["final"]  # (optimizer, seed, evaluation)
-    assert loss.shape == (4, accumulation.QUICK["seeds"], accumulation.QUICK["steps"] // 40 + 1)
+    assert loss.shape == (6, accumulation.QUICK["seeds"], accumulation.QUICK["steps"] // 40 + 1)
     assert np.isfinite(loss).all()
     assert (final < 0.1 * loss[..., 0]).all()  # every run trained
     rows = read_csv(tmp_path / "accumulation.csv")
@@ -329,14 +329,18 @@ def test_accumulation(tmp_path: Path) -> None:
     # The same runs as MultiSteps, up to float32 rounding (and the bits of stochastic rounding).
     ours, theirs = (final[names.index(f"{who} float32")] for who in ("ours", "MultiSteps"))
     np.testing.assert_allclose(ours, theirs, rtol=1e-4)
-    ours, theirs = (final[names.index(f"{who} bf16 SR")] for who in ("ours", "MultiSteps"))
-    np.testing.assert_allclose(ours, theirs, rtol=0.05)
+    for kind in ("bf16 SR", "int8 SR"):
+        ours, theirs = (final[names.index(f"{who} {kind}")] for who in ("ours", "MultiSteps"))
+        np.testing.assert_allclose(ours, theirs, rtol=0.05)
     # Bytes per param measured from the states: no accumulator, 4 bytes less than MultiSteps.
     expected = {
         "MultiSteps float32": (4, 4, 4),
         "ours float32": (4, 4, 0),
         "MultiSteps bf16 SR": (4, 2, 4),
         "ours bf16 SR": (4, 2, 0),
+        # int8 codes and a scale per row for the two 64x64 weights, float32 for the rest.
+        "MultiSteps int8 SR": (4, 1.32, 4),
+        "ours int8 SR": (4, 1.32, 0),
     }
     for name, sizes in expected.items():
         assert result["memory"][name] == pytest.approx(sizes, abs=0.01), name

@@ -272,11 +272,11 @@ def test_the_step_keeps_no_float32_copy_of_the_buffer(shape: tuple[int, int]) ->
     """The new values are computed twice (scales, then codes) rather than stored in between.
 
     A float32 temporary the size of the param would cost the step more than the int8
-    buffer saves in traffic (benchmarks/int8_design.py); the XLA of JAX 0.4.35 has no
-    YNNPACK reductions and plans its buffers otherwise.
+    buffer saves in traffic (benchmarks/int8_design.py). The XLA of JAX 0.4.35 has no
+    YNNPACK reductions and plans its buffers otherwise: there one float32 temporary of
+    the param's size (1.14x its bytes, measured) is allowed, not two.
     """
-    if tuple(int(part) for part in jax.__version__.split(".")[:2]) < (0, 10):
-        pytest.skip("the XLA of this JAX plans its buffers otherwise")
+    recent = tuple(int(part) for part in jax.__version__.split(".")[:2]) >= (0, 10)
     tx = momentum_jax.momentum(1e-3, 0.9, **SR)
 
     def step(p: Any, s: Any, g: Any) -> Any:
@@ -286,7 +286,7 @@ def test_the_step_keeps_no_float32_copy_of_the_buffer(shape: tuple[int, int]) ->
     params = jnp.ones(shape)
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), params)
     temporaries = compiled.compile().memory_analysis().temp_size_in_bytes
-    assert temporaries < params.nbytes / 2  # a copy of the codes at most
+    assert temporaries < (params.nbytes / 2 if recent else params.nbytes * 1.5)
 
 
 # --- a state like any other ---------------------------------------------------------------
