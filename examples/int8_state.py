@@ -114,6 +114,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"{QUICK['steps']} steps and {QUICK['seeds']} seeds instead of "
         f"{FULL['steps']} and {FULL['seeds']}",
     )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help=f"training steps (default: {FULL['steps']}, {QUICK['steps']} with --quick)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        help=f"number of seeds (default: {FULL['seeds']}, {QUICK['seeds']} with --quick)",
+    )
     parser.add_argument("--out", type=Path, help=_common.out_help("int8_state"))
     return parser.parse_args(argv)
 
@@ -121,8 +131,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     preset = QUICK if args.quick else FULL
-    steps, seeds = preset["steps"], list(range(preset["seeds"]))
-    every = steps // 20
+    steps, seeds = args.steps or preset["steps"], list(range(args.seeds or preset["seeds"]))
+    every = max(1, steps // 20)
     out = _common.out_dir("int8_state", args.quick, args.out)
     start = time.perf_counter()
     data = _common.load_digits()

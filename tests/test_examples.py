@@ -353,7 +353,7 @@ def test_accumulation(tmp_path: Path) -> None:
 
 
 def test_int8_state(tmp_path: Path) -> None:
-    result = int8_state.main(["--quick", "--out", str(tmp_path)])
+    result = int8_state.main(["--steps", "100", "--seeds", "2", "--out", str(tmp_path)])
     rows = read_csv(tmp_path / "int8_state.csv")
     assert list(rows[0]) == int8_state.CSV_HEADER
     assert len(rows) == 4 * len(int8_state.COLUMNS)

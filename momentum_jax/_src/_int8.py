@@ -127,7 +127,12 @@ def _view(x: jax.Array) -> jax.Array:
     size = block_size(length)
     if length % size:
         x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, -length % size)])
-    x = x.reshape(*x.shape[:-1], -1, size)
+    return _apart(x.reshape(*x.shape[:-1], -1, size))
+
+
+def _apart(x: jax.Array) -> jax.Array:
+    """``x`` behind an optimization barrier (where JAX can ``vmap`` one): the same buffer,
+    but a value of its own, which XLA neither fuses through nor merges with another."""
     return jax.lax.optimization_barrier(x) if _barrier_batches() else x  # type: ignore[no-untyped-call]
 
 
@@ -189,16 +194,18 @@ def step_with_scales(step: Any, g: jax.Array, p: Any, *buffers: Any) -> Any:
     computes the codes in another, storing no float32 values in between; one
     reduction over the values as first computed runs 5-10x slower
     (benchmarks/int8_design.py). Both runs do the same arithmetic, which another
-    compiler may round apart by an ulp: ``_encode`` allows for it.
+    compiler may round apart by an ulp: ``_encode`` allows for it. The scales
+    the second run reads are kept apart from those the codes' pass spreads: merged
+    into one broadcast, the XLA of JAX 0.12 stores it as a float32 array the size
+    of the param, and the step takes twice as long (tests/test_int8.py checks the
+    temporaries).
     """
     wide, values, old = step(g, p, *buffers)
     if not any(isinstance(b, Int8Buffer) for b in buffers):
         return wide, values, old
     # A NaN's code reads as the largest here: no select, which XLA:CPU would not fuse.
-    blocked = [
-        (jnp.maximum(_view(b.codes), -127).astype(jnp.float32) * _STEP) * b.scales[..., None]
-        for b in buffers
-    ]
+    codes = [jnp.maximum(_view(b.codes), -127).astype(jnp.float32) * _STEP for b in buffers]
+    blocked = [c * _apart(b.scales)[..., None] for c, b in zip(codes, buffers, strict=True)]
     _, again, _ = step(_view(g), None if p is None else _view(p), *blocked)
     paired = [_Pending(v, _scales(a)) for v, a in zip(values, again, strict=True)]
     return wide, tuple(paired), old
