@@ -504,9 +504,13 @@ def test_the_packed_layout_is_refused_with_the_fix(name: str) -> None:
         TAKERS[name](gradient_accumulation_steps=2, layout="packed")
 
 
-@pytest.mark.parametrize("factory", [momentum_jax.qhm, momentum_jax.nesterov])
-def test_qhm_and_nesterov_do_not_take_it(factory: Callable[..., Any]) -> None:
+@pytest.mark.parametrize("factory", [momentum_jax.qhm, momentum_jax.nesterov, momentum_jax.lion])
+def test_qhm_nesterov_and_lion_do_not_take_it(factory: Callable[..., Any]) -> None:
     with pytest.raises(
-        TypeError, match="unexpected keyword argument 'gradient_accumulation_steps'"
+        TypeError,
+        match=re.escape(
+            "unexpected keyword argument 'gradient_accumulation_steps'. Wrap the transform "
+            "in optax.MultiSteps instead."
+        ),
     ):
         factory(LR, gradient_accumulation_steps=2)

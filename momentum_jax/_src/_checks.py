@@ -209,6 +209,8 @@ def _unknown(kwargs: dict[str, Any], parameters: Any) -> str | None:
         if key not in parameters:
             close = [_SYNONYMS.get(key, ""), *difflib.get_close_matches(key, parameters)]
             hint = next((f" Did you mean {c}?" for c in close if c in parameters), "")
+            if key == ACCUMULATION:  # an output that needs the mean gradient itself
+                hint = " Wrap the transform in optax.MultiSteps instead."
             return f"got an unexpected keyword argument {key!r}.{hint}"
     return None
 
