@@ -14,7 +14,7 @@ than float32 only when the mean ± std intervals do not overlap
 (``_common.verdict``), printing both. Writes ``int8_char_lm.csv`` and
 ``int8_char_lm_loss.png`` to ``examples/out/int8_char_lm/`` (``..._quick/``).
 
-    python examples/int8_char_lm.py            # 600 steps, 3 seeds: a few minutes on 2 cores
+    python examples/int8_char_lm.py            # 600 steps, 3 seeds: 67 s on 2 idle cores
     python examples/int8_char_lm.py --quick    # 64 steps, 2 seeds
 """
 

@@ -25,7 +25,7 @@ mean ± std intervals do not overlap (``_common.verdict``), printing both.
 Outputs (``examples/out/int8_state/``, ``..._quick/`` with ``--quick``):
 ``int8_state.csv`` (one row per setting and column) and ``int8_state_loss.png``.
 
-    python examples/int8_state.py            # 1000 steps, 3 seeds: about a minute on 2 cores
+    python examples/int8_state.py            # 1000 steps, 3 seeds: 77 s on 2 idle cores
     python examples/int8_state.py --quick    # 300 steps, 2 seeds
 """
 
