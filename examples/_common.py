@@ -58,6 +58,32 @@ def out_help(name: str) -> str:
     return f"output folder (default: examples/out/{name}/, {name}_quick/ with --quick)"
 
 
+def sized_parser(
+    doc: str, name: str, full: dict[str, int], quick: dict[str, int], unit: str = "steps"
+) -> argparse.ArgumentParser:
+    """:func:`parser` with ``--quick``, ``--steps``, ``--seeds`` and ``--out``, for a script
+    whose run has ``full`` and ``quick`` sizes (dicts with ``steps`` and ``seeds``)."""
+    options = parser(doc)
+    options.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a short smoke run ({quick['steps']} {unit}, {quick['seeds']} seeds) "
+        f"instead of {full['steps']} {unit} and {full['seeds']} seeds",
+    )
+    options.add_argument(
+        "--steps",
+        type=int,
+        help=f"{unit} (default: {full['steps']}, {quick['steps']} with --quick)",
+    )
+    options.add_argument(
+        "--seeds",
+        type=int,
+        help=f"number of seeds (default: {full['seeds']}, {quick['seeds']} with --quick)",
+    )
+    options.add_argument("--out", type=Path, help=out_help(name))
+    return options
+
+
 def client_parser(doc: str) -> argparse.ArgumentParser:
     """Options of the client examples (flax_nnx.py, equinox_mlp.py): one digits run."""
     options = parser(doc)
@@ -337,6 +363,12 @@ def verdict(a: np.ndarray, b: np.ndarray, less: str = "lower", more: str = "high
     if clearly_less(a, b):
         return less
     return more if clearly_less(b, a) else "no clear difference"
+
+
+def float32_verdict(column: np.ndarray, reference: np.ndarray) -> str:
+    """How a column's final losses compare with float32's, beyond the seed spread or not."""
+    said = verdict(column, reference, "better than float32", "worse than float32")
+    return "within the float32 seed spread" if said == "no clear difference" else said
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

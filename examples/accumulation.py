@@ -128,25 +128,8 @@ def memory(lr: float) -> dict[str, tuple[float, float, float]]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _common.parser(__doc__)
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"a short smoke run ({QUICK['steps']} micro-batches, {QUICK['seeds']} seeds) "
-        f"instead of {FULL['steps']} micro-batches and {FULL['seeds']} seeds",
-    )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        help=f"micro-batches (default: {FULL['steps']}, {QUICK['steps']} with --quick)",
-    )
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        help=f"number of seeds (default: {FULL['seeds']}, {QUICK['seeds']} with --quick)",
-    )
+    parser = _common.sized_parser(__doc__, "accumulation", FULL, QUICK, "micro-batches")
     parser.add_argument("--learning-rate", type=float, default=0.05, help="learning rate α")
-    parser.add_argument("--out", type=Path, help=_common.out_help("accumulation"))
     return parser.parse_args(argv)
 
 

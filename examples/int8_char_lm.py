@@ -155,12 +155,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         reference = curves[(name, "float32")][:, -1]
         for column in COLUMNS:
             final = curves[(name, column)][:, -1]
-            said = (
-                "reference"
-                if column == "float32"
-                else _common.verdict(final, reference, "better than float32", "worse than float32")
-            )
-            said = "within the float32 seed spread" if said == "no clear difference" else said
+            said = "reference" if column == "float32" else _common.float32_verdict(final, reference)
             verdicts[(name, column)] = said
             mean, std = _common.spread(final)
             rows.append([name, column, sizes[(name, column)], mean, std, said])

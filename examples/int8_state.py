@@ -101,31 +101,11 @@ def bytes_per_param(column: str) -> float:
     return sum(x.nbytes for x in stored) / sum(p.size for p in jax.tree.leaves(params))
 
 
-def verdict(column: np.ndarray, reference: np.ndarray) -> str:
-    said = _common.verdict(column, reference, "better than float32", "worse than float32")
-    return "within the float32 seed spread" if said == "no clear difference" else said
+verdict = _common.float32_verdict
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _common.parser(__doc__)
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"{QUICK['steps']} steps and {QUICK['seeds']} seeds instead of "
-        f"{FULL['steps']} and {FULL['seeds']}",
-    )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        help=f"training steps (default: {FULL['steps']}, {QUICK['steps']} with --quick)",
-    )
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        help=f"number of seeds (default: {FULL['seeds']}, {QUICK['seeds']} with --quick)",
-    )
-    parser.add_argument("--out", type=Path, help=_common.out_help("int8_state"))
-    return parser.parse_args(argv)
+    return _common.sized_parser(__doc__, "int8_state", FULL, QUICK).parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

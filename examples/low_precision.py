@@ -159,34 +159,14 @@ def mean_std(values: np.ndarray) -> str:
     return f"{mean:.5f} ± {std:.5f}"
 
 
-def verdict(column: np.ndarray, reference: np.ndarray) -> str:
-    """How a column's final losses compare with float32's, beyond the seed spread or not."""
-    said = _common.verdict(column, reference, "better than float32", "worse than float32")
-    return "within the float32 seed spread" if said == "no clear difference" else said
+verdict = _common.float32_verdict
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _common.parser(__doc__)
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"a short smoke run ({QUICK['steps']} steps, "
-        f"{QUICK['seeds']} seeds) instead of {FULL['steps']} steps and {FULL['seeds']} seeds",
-    )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        help=f"training steps (default: {FULL['steps']}, {QUICK['steps']} with --quick)",
-    )
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        help=f"number of seeds (default: {FULL['seeds']}, {QUICK['seeds']} with --quick)",
-    )
+    parser = _common.sized_parser(__doc__, "low_precision", FULL, QUICK)
     parser.add_argument(
         "--eval-every", type=int, default=50, help="steps between training-loss evaluations"
     )
-    parser.add_argument("--out", type=Path, help=_common.out_help("low_precision"))
     return parser.parse_args(argv)
 
 

@@ -68,9 +68,7 @@ RUNS_HEADER = ["momentum", "method", "seed", "steps_to_target", "final_loss", "t
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _common.parser(__doc__)
-    quick = f"{QUICK['steps']} steps, {QUICK['seeds']} seeds"
-    parser.add_argument("--quick", action="store_true", help=quick)
+    parser = _common.sized_parser(__doc__, "momentum_sweep", FULL, QUICK)
     parser.add_argument(
         "--data",
         choices=("digits", "mnist"),
@@ -93,16 +91,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--learning-rate", type=float, default=0.1, help="the same for every run")
     parser.add_argument(
-        "--steps",
-        type=int,
-        help=f"training steps (default: {FULL['steps']}, {QUICK['steps']} with --quick)",
-    )
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        help=f"number of seeds (default: {FULL['seeds']}, {QUICK['seeds']} with --quick)",
-    )
-    parser.add_argument(
         "--hidden",
         type=int,
         nargs="+",
@@ -116,7 +104,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0.05,
         help="training loss to reach; the steps are counted to it",
     )
-    parser.add_argument("--out", type=Path, help=_common.out_help("momentum_sweep"))
     return parser.parse_args(argv)
 
 
