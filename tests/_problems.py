@@ -212,6 +212,28 @@ def jitted_step(tx: optax.GradientTransformation) -> Callable[..., Any]:
     return step
 
 
+def train(
+    tx: optax.GradientTransformation,
+    params: Any,
+    state: Any,
+    grads: Callable[[int], Any],
+    ks: range,
+) -> Any:
+    """``(params, state)`` after the jitted steps of ``grads(k)`` for ``k`` in ``ks``."""
+    step = jitted_step(tx)
+    for k in ks:
+        params, state = step(params, state, grads(k))
+    return params, state
+
+
+def assert_same_bits(a: Any, b: Any) -> None:
+    """The same tree, dtypes and values (compared in float32: exact for 8- and 16-bit leaves)."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32))
+
+
 def assert_trees_equal(a: Any, b: Any, what: str) -> None:
     """Bit for bit, naming the first leaf that differs."""
     assert jax.tree.structure(a) == jax.tree.structure(b), what

@@ -384,18 +384,19 @@ def test_int8_char_lm(tmp_path: Path) -> None:
         assert expected[0] < state < expected[1], (name, column, state)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "momentum_sweep",
-        "landscapes",
-        "convergence_rates",
-        "low_precision",
-        "accumulation",
-        "int8_state",
-        "int8_char_lm",
-    ],
-)
+# The scripts with a --quick run; with the others, every example that takes options.
+SIZED = [
+    "momentum_sweep",
+    "landscapes",
+    "convergence_rates",
+    "low_precision",
+    "accumulation",
+    "int8_state",
+    "int8_char_lm",
+]
+
+
+@pytest.mark.parametrize("name", SIZED)
 def test_help_runs_as_a_script(name: str) -> None:
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / f"{name}.py"), "--help"],
@@ -407,20 +408,7 @@ def test_help_runs_as_a_script(name: str) -> None:
     assert "--quick" in result.stdout
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "momentum_sweep",
-        "landscapes",
-        "convergence_rates",
-        "low_precision",
-        "accumulation",
-        "variants",
-        "quickstart",
-        "flax_nnx",
-        "equinox_mlp",
-    ],
-)
+@pytest.mark.parametrize("name", [*SIZED, "variants", "quickstart", "flax_nnx", "equinox_mlp"])
 def test_help_explains_every_option(
     name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -30,6 +30,7 @@ import optax
 import pytest
 
 import momentum_jax
+from tests import _problems
 
 INT8 = {"accumulator_dtype": jnp.int8}
 SR = {**INT8, "stochastic_rounding": True}
@@ -62,19 +63,7 @@ def _grads(k: int) -> dict[str, jax.Array]:
 
 
 def _train(tx: optax.GradientTransformation, params: Any, state: Any, ks: range) -> Any:
-    step = jax.jit(
-        lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p))
-    )
-    for k in ks:
-        params, state = step(params, state, _grads(k))
-    return params, state
-
-
-def _assert_bits_equal(a: Any, b: Any) -> None:
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        assert x.dtype == y.dtype
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    return _problems.train(tx, params, state, _grads, ks)
 
 
 # --- the format ------------------------------------------------------------------------
@@ -137,7 +126,7 @@ def test_round_to_nearest_reproduces_its_own_values() -> None:
     x = jnp.asarray(np.random.default_rng(1).standard_normal((64, 512)), jnp.float32)
     once = _stored(x)
     twice = _stored(momentum_jax.dequantize(once))
-    _assert_bits_equal(twice, once)
+    _problems.assert_same_bits(twice, once)
 
 
 def test_fused_with_the_update_the_dequantization_is_exact() -> None:
@@ -262,7 +251,7 @@ def test_a_resumed_run_is_bit_identical_and_the_state_holds_no_key() -> None:
     saved = jax.tree.map(np.asarray, jax.device_get(half))  # as from a checkpoint
     again = momentum_jax.nesterov(0.01, 0.99, **SR, seed=11)
     resumed = _train(again, *jax.tree.map(jnp.asarray, saved), range(6, 12))
-    _assert_bits_equal(resumed, straight)
+    _problems.assert_same_bits(resumed, straight)
     plain = momentum_jax.nesterov(0.01, 0.99, **INT8).init(params)
     assert jax.tree.structure(plain) == jax.tree.structure(tx.init(params))
 
@@ -363,7 +352,7 @@ def test_restore_state_moves_between_int8_and_float_buffers(tmp_path: Path) -> N
     assert np.all(np.abs(kernel - trained[0].buffer["kernel"]) <= 0.5001 * step)
     # And back: the float buffers hold exactly the dequantized values.
     back = momentum_jax.restore_state(quantized, float32, params)
-    _assert_bits_equal(back[0].buffer, momentum_jax.dequantize(quantized[0].buffer))
+    _problems.assert_same_bits(back[0].buffer, momentum_jax.dequantize(quantized[0].buffer))
     # Pickled, and read by orbax with a target from eval_shape: the same state, which steps on.
     pickled = pickle.loads(pickle.dumps(jax.device_get(quantized)))
     ocp = pytest.importorskip("orbax.checkpoint")
@@ -377,7 +366,7 @@ def test_restore_state_moves_between_int8_and_float_buffers(tmp_path: Path) -> N
         )
         restored = checkpointer.restore(tmp_path / "state", target)
     for state in (pickled, restored, momentum_jax.restore_state(pickled, int8, params)):
-        _assert_bits_equal(jax.tree.map(jnp.asarray, state), quantized)
+        _problems.assert_same_bits(jax.tree.map(jnp.asarray, state), quantized)
         chex.assert_trees_all_equal(
             int8.update(_grads(3), state, params)[0], int8.update(_grads(3), quantized, params)[0]
         )
@@ -471,8 +460,8 @@ def test_lion_is_optax_lion_bit_for_bit(kwargs: dict[str, Any], schedule: bool) 
                 optax.apply_updates(p_ours, u_ours),
                 optax.apply_updates(p_theirs, u_theirs),
             )
-            _assert_bits_equal(p_ours, p_theirs)
-        _assert_bits_equal(s_ours[0].buffer, s_theirs[0].mu)
+            _problems.assert_same_bits(p_ours, p_theirs)
+        _problems.assert_same_bits(s_ours[0].buffer, s_theirs[0].mu)
 
 
 def test_lion_with_an_int8_buffer_trains_like_float32() -> None:

@@ -126,19 +126,7 @@ def _full_sr(seed: Any = 0, layout: str = "per_leaf") -> optax.GradientTransform
 
 
 def _train(tx: optax.GradientTransformation, params: Any, state: Any, ks: range) -> Any:
-    step = jax.jit(
-        lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p))
-    )
-    for k in ks:
-        params, state = step(params, state, _bf16_grads(k))
-    return params, state
-
-
-def _assert_bits_equal(a: Any, b: Any) -> None:
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        assert x.dtype == y.dtype
-        np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32))
+    return _problems.train(tx, params, state, _bf16_grads, ks)
 
 
 @pytest.mark.parametrize("layout", ["per_leaf", "packed"])
@@ -151,7 +139,7 @@ def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(layout: str) -> 
     saved = jax.device_get((half_params, half_state))
     tx_again = _full_sr(seed=11, layout=layout)
     resumed = _train(tx_again, *jax.tree.map(jnp.asarray, saved), range(6, 12))
-    _assert_bits_equal(resumed, straight)
+    _problems.assert_same_bits(resumed, straight)
     # The state is what it is without the option: nothing for the random bits.
     plain = optax.chain(momentum_jax.nesterov(0.01, 0.99, layout=layout))
     plain_leaves = jax.tree.leaves(plain.init(params))
@@ -175,8 +163,8 @@ def test_jit_and_scan_give_the_eager_bits() -> None:
         return (optax.apply_updates(p, u), s), None
 
     scanned, _ = jax.jit(lambda c, gs: jax.lax.scan(body, c, gs))((params, state), grads)
-    _assert_bits_equal(scanned, eager)
-    _assert_bits_equal(_train(tx, params, state, range(5)), eager)
+    _problems.assert_same_bits(scanned, eager)
+    _problems.assert_same_bits(_train(tx, params, state, range(5)), eager)
 
 
 def _round_up_pattern(tx: optax.GradientTransformation, steps: int = 1) -> Any:
@@ -231,7 +219,7 @@ def test_vmap_over_an_ensemble_and_over_seeds() -> None:
     for i in range(members):
         member = jax.tree.map(lambda x, i=i: x[i], (grads, params))
         expected, _ = tx.update(member[0], tx.init(member[1]), member[1])
-        _assert_bits_equal(jax.tree.map(lambda x, i=i: x[i], updates), expected)
+        _problems.assert_same_bits(jax.tree.map(lambda x, i=i: x[i], updates), expected)
 
     # One seed per member, traced: the members draw different bits.
     def one(seed: jax.Array) -> Any:
@@ -373,4 +361,4 @@ def test_the_donated_step_updates_the_velocity_in_place() -> None:
             assert not re.search(r"bf16\[1000\]\S* copy\(", hlo), hlo
         expected = jax.jit(step)(params, tx.init(params), 0.5 * params)
         got = donated(jnp.array(params), tx.init(params), 0.5 * params)
-        _assert_bits_equal(got, expected)
+        _problems.assert_same_bits(got, expected)
