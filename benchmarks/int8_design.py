@@ -44,6 +44,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import _common
+from low_precision import init_mlp, loss_fn  # the tanh MLP of examples/low_precision.py
 
 import momentum_jax
 from momentum_jax._src import _int8, _rounding
@@ -121,21 +122,6 @@ def int8_momentum(lr: Any, mu: Any, design: Design, seed: Any = None) -> Any:
 SIZES = (64, 256, 256, 10)
 
 
-def init_mlp(seed: Any) -> Any:
-    keys = jax.random.split(jax.random.key(seed), len(SIZES) - 1)
-    return [
-        (jax.random.normal(k, (a, b)) * jnp.sqrt(1.0 / a), jnp.zeros(b))
-        for k, (a, b) in zip(keys, itertools.pairwise(SIZES), strict=True)
-    ]
-
-
-def loss_fn(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
-    for w, b in params[:-1]:
-        x = jnp.tanh(x @ w + b)
-    w, b = params[-1]
-    return optax.softmax_cross_entropy_with_integer_labels(x @ w + b, y).mean()
-
-
 def train(
     make: Callable[[Any, Any, Any], Any], settings: Any, seeds: Any, steps: int
 ) -> np.ndarray:
@@ -143,7 +129,7 @@ def train(
     x, y, _, _ = map(jnp.asarray, _common.load_digits())
 
     def one(mu: Any, lr: Any, seed: Any) -> jax.Array:
-        params = init_mlp(seed)
+        params = init_mlp(seed, SIZES)
         tx = make(lr, mu, seed)
 
         def step(carry: Any, _: Any) -> Any:
@@ -164,7 +150,7 @@ def snapshot(steps: int) -> list[np.ndarray]:
     """The float32 velocity of the two 256-wide kernels after ``steps`` steps at μ = 0.99."""
     x, y, _, _ = map(jnp.asarray, _common.load_digits())
     tx = momentum_jax.momentum(0.001, 0.99)
-    params = init_mlp(0)
+    params = init_mlp(0, SIZES)
 
     def step(carry: Any, _: Any) -> Any:
         params, state = carry
