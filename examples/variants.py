@@ -143,8 +143,7 @@ def stays_below(values: np.ndarray, target: float) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = _common.parser(__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer steps, 2 seeds")
+    parser = _common.sized_parser(__doc__, "variants", FULL, QUICK, "digits steps")
     parser.add_argument("--kappa", type=float, default=1000.0, help="quadratic: condition number")
     parser.add_argument("--dim", type=int, default=200, help="quadratic: dimension")
     parser.add_argument("--quad-steps", type=int, default=3000, help="quadratic: steps")
@@ -152,17 +151,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quad-target", type=float, default=1e-6, help="quadratic: target error")
     parser.add_argument("--digits-lr", type=float, default=0.1, help="digits: base α")
     parser.add_argument("--target-loss", type=float, default=0.01, help="digits: target loss")
-    parser.add_argument(
-        "--steps",
-        type=int,
-        help=f"digits: steps (default: {FULL['steps']}, {QUICK['steps']} with --quick)",
-    )
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        help=f"digits: seeds (default: {FULL['seeds']}, {QUICK['seeds']} with --quick)",
-    )
-    parser.add_argument("--out", type=Path, help=_common.out_help("variants"))
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
     steps, num_seeds = args.steps or size["steps"], args.seeds or size["seeds"]
