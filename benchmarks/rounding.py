@@ -56,41 +56,26 @@ TWINS = {
 
 def contenders() -> dict[str, tuple[Any, Callable[[], optax.GradientTransformation]]]:
     """name -> (param dtype, transform factory)."""
-    bf16, int8 = jnp.bfloat16, jnp.int8
-    return {
-        "float32": (jnp.float32, lambda: momentum_jax.momentum(LR, MU)),
-        "bf16 velocity, nearest": (
-            jnp.float32,
-            lambda: momentum_jax.momentum(LR, MU, accumulator_dtype=bf16),
-        ),
-        "bf16 velocity, stochastic": (
-            jnp.float32,
-            lambda: momentum_jax.momentum(LR, MU, accumulator_dtype=bf16, stochastic_rounding=True),
-        ),
-        "bf16 params, nearest": (bf16, lambda: momentum_jax.momentum(LR, MU)),
-        "bf16 params, stochastic": (
-            bf16,
-            lambda: optax.chain(
-                momentum_jax.momentum(LR, MU, stochastic_rounding=True),
-                momentum_jax.stochastic_round_params(),
-            ),
-        ),
-        "int8 velocity, nearest": (
-            jnp.float32,
-            lambda: momentum_jax.momentum(LR, MU, accumulator_dtype=int8),
-        ),
-        "int8 velocity, stochastic": (
-            jnp.float32,
-            lambda: momentum_jax.momentum(LR, MU, accumulator_dtype=int8, stochastic_rounding=True),
-        ),
-        "int8 velocity, bf16 params": (
-            bf16,
-            lambda: optax.chain(
-                momentum_jax.momentum(LR, MU, accumulator_dtype=int8, stochastic_rounding=True),
-                momentum_jax.stochastic_round_params(),
-            ),
-        ),
-    }
+    bf16, f32 = jnp.bfloat16, jnp.float32
+
+    def velocity(dtype: Any, stochastic: bool, round_params: bool = False) -> Callable[[], Any]:
+        def make() -> optax.GradientTransformation:
+            tx = momentum_jax.momentum(
+                LR, MU, accumulator_dtype=dtype, stochastic_rounding=stochastic
+            )
+            return optax.chain(tx, momentum_jax.stochastic_round_params()) if round_params else tx
+
+        return make
+
+    found = {"float32": (f32, velocity(None, False))}
+    for name, dtype in (("bf16", bf16), ("int8", jnp.int8)):
+        for rounding in ("nearest", "stochastic"):
+            found[f"{name} velocity, {rounding}"] = (f32, velocity(dtype, rounding == "stochastic"))
+        if name == "bf16":  # bfloat16 params, and so a bfloat16 velocity
+            found["bf16 params, nearest"] = (bf16, velocity(None, False))
+            found["bf16 params, stochastic"] = (bf16, velocity(None, True, round_params=True))
+    found["int8 velocity, bf16 params"] = (bf16, velocity(jnp.int8, True, round_params=True))
+    return found
 
 
 def run_set(total: int, arrays: int, reps: int, seconds: float) -> dict[str, Any]:
