@@ -10,6 +10,7 @@ import argparse
 import csv
 import gzip
 import importlib
+import json
 import re
 import struct
 import subprocess
@@ -396,16 +397,39 @@ SIZED = [
 ]
 
 
-@pytest.mark.parametrize("name", SIZED)
-def test_help_runs_as_a_script(name: str) -> None:
+# Runs each script as `python examples/NAME.py --help` would (its folder first on
+# sys.path, __name__ == "__main__"), all in one fresh process: one JAX start-up.
+_AS_SCRIPTS = """
+import contextlib, io, json, runpy, sys
+folder, names, out = sys.argv[1], sys.argv[2:], {}
+sys.path.insert(0, folder)
+for name in names:
+    sys.argv = [f"{folder}/{name}.py", "--help"]
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        try:
+            runpy.run_path(sys.argv[0], run_name="__main__")
+            code = "no exit"
+        except SystemExit as exit:
+            code = exit.code
+    out[name] = [code, shown.getvalue()]
+print(json.dumps(out))
+"""
+
+
+def test_help_runs_as_a_script() -> None:
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / f"{name}.py"), "--help"],
+        [sys.executable, "-c", _AS_SCRIPTS, str(EXAMPLES), *SIZED],
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "--quick" in result.stdout
+    shown = json.loads(result.stdout.splitlines()[-1])
+    assert list(shown) == SIZED
+    for name, (code, text) in shown.items():
+        assert code == 0, (name, code)
+        assert "--quick" in text, name
 
 
 @pytest.mark.parametrize("name", [*SIZED, "variants", "quickstart", "flax_nnx", "equinox_mlp"])
