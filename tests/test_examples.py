@@ -402,7 +402,7 @@ SIZED = [
 _AS_SCRIPTS = """
 import contextlib, io, json, runpy, sys
 folder, names, out = sys.argv[1], sys.argv[2:], {}
-sys.path.insert(0, folder)
+sys.path[0] = folder  # where python -c put the current folder
 for name in names:
     sys.argv = [f"{folder}/{name}.py", "--help"]
     shown = io.StringIO()
