@@ -14,7 +14,8 @@ Every property below runs over every row of the table, in both state layouts
   it is bit-identical to that composition written out;
 * the state's structure, shapes and dtypes survive ``lax.scan`` and ``lax.cond``
   carries for float16, bfloat16, float32, complex64 and weakly typed params, and
-  float64 under x64; updates come back in the gradients' dtypes;
+  float64 under x64 (checked while tracing; compiled and run for each public
+  transform's first row); updates come back in the gradients' dtypes;
 * ``jax.eval_shape(tx.init, params)`` matches ``tx.init(params)``;
 * bfloat16 and float16 scalar hyperparameters are accepted, checked in the
   precision the arithmetic uses;
@@ -40,7 +41,7 @@ import pytest
 import momentum_jax
 from momentum_jax import compat
 from tests import _jax_compat, _problems
-from tests._table import COMPOSED, REFERENCED, ROWS, Row, over
+from tests._table import COMPOSED, FAST, REFERENCED, ROWS, Row, over
 
 STEPS = 4
 
@@ -203,15 +204,21 @@ def test_state_is_a_stable_scan_and_cond_carry_for_every_dtype(row: Row, x64: bo
             carry = jax.lax.cond(finite, lambda: (new_params, new_state), lambda: (params, state))
             return carry, None
 
-        (params_n, state_n), _ = jax.jit(lambda c, gs: jax.lax.scan(body, c, gs))(
+        run = jax.jit(lambda c, gs: jax.lax.scan(body, c, gs))
+        # scan and cond check their carries and branches while tracing, and so does the
+        # body: under x64, only each public transform's first row (in both layouts) also
+        # compiles and runs.
+        compiled = not x64 or row.id.removesuffix("[packed]") in FAST
+        (params_n, state_n), _ = (run if compiled else functools.partial(jax.eval_shape, run))(
             (params, state), grads
         )
         chex.assert_trees_all_equal_structs(state_n, state)
         chex.assert_trees_all_equal_shapes_and_dtypes(state_n, state)
         weak = [_jax_compat.is_weakly_typed(leaf) for leaf in jax.tree.leaves(state)]
         assert [_jax_compat.is_weakly_typed(leaf) for leaf in jax.tree.leaves(state_n)] == weak
-        chex.assert_tree_all_finite(params_n)
-        assert not np.array_equal(np.asarray(params_n["f32"]), np.asarray(params["f32"]))
+        if compiled:
+            chex.assert_tree_all_finite(params_n)
+            assert not np.array_equal(np.asarray(params_n["f32"]), np.asarray(params["f32"]))
 
 
 @rows

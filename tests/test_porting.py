@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -159,8 +160,11 @@ def keras_schedules() -> Any:
 
 
 def same(keras_schedule: Any, schedule: Callable[[Any], Any], steps: int = 40) -> None:
-    expected = np.array([float(keras_schedule(k)) for k in range(steps)])
-    np.testing.assert_allclose(values(schedule, steps), expected, rtol=1e-6, atol=1e-9)
+    # Every step in one eager call: Keras' warm-up is an ops.cond, which would compile anew
+    # at each call for one step (vmap makes it a select). Vectorised and scalar float32
+    # cosines may differ in the last place: atol is float32's spacing at the 0.2 peak.
+    expected = np.asarray(jax.vmap(keras_schedule)(jnp.arange(steps)))
+    np.testing.assert_allclose(values(schedule, steps), expected, rtol=1e-6, atol=2e-8)
 
 
 @pytest.mark.parametrize(
