@@ -11,14 +11,18 @@ cleared before each, and are reported as medians and as ratios to optax.sgd
     python benchmarks/compile_time.py                    # 1000 and 5000 leaves
     python benchmarks/compile_time.py --leaves 1000 --repeats 3
     python benchmarks/compile_time.py --leaves 1000 --other-layout   # + the packed layout on CPU
+    python benchmarks/compile_time.py --rev 87c1380      # + 0.4.0's momentum and nesterov
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -31,8 +35,11 @@ from momentum_jax import compat
 SHAPES = [(64, 64), (256, 64), (64,)]
 
 
-def contenders(packed: bool) -> dict[str, Callable[[], optax.GradientTransformation]]:
-    """Each transform in its default layout; with ``packed``, momentum in the packed one too."""
+def contenders(
+    packed: bool, old: Any = None, rev: str = ""
+) -> dict[str, Callable[[], optax.GradientTransformation]]:
+    """Each transform in its default layout; with ``packed``, momentum in the packed one too;
+    with ``old`` (a release's package, from git revision ``rev``), its momentum and nesterov."""
     found: dict[str, Callable[[], optax.GradientTransformation]] = {
         "optax.sgd": lambda: optax.sgd(0.1, momentum=0.9),
         "momentum": lambda: momentum_jax.momentum(0.1, 0.9),
@@ -43,6 +50,9 @@ def contenders(packed: bool) -> dict[str, Callable[[], optax.GradientTransformat
     }
     if packed:
         found["momentum packed"] = lambda: momentum_jax.momentum(0.1, 0.9, layout="packed")
+    if old is not None:
+        found[f"{rev} momentum"] = lambda: old.momentum(0.1, 0.9)
+        found[f"{rev} nesterov"] = lambda: old.nesterov(0.1, 0.9)
     return found
 
 
@@ -76,15 +86,23 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also time momentum in the packed layout",
     )
+    parser.add_argument(
+        "--rev",
+        help="also time an earlier release's momentum and nesterov (a git revision; see "
+        "against_release.py)",
+    )
     args = parser.parse_args(argv)
+    old = None
+    if args.rev:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        old = importlib.import_module("against_release").import_release(args.rev)
     print(f"jax {jax.__version__}, optax {optax.__version__}, backend {jax.default_backend()}")
     for leaves in args.leaves:
         params = params_with(leaves)
-        times: dict[str, list[tuple[float, float]]] = {
-            name: [] for name in contenders(args.other_layout)
-        }
+        found = contenders(args.other_layout, old, args.rev or "")
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in found}
         for _ in range(args.repeats):
-            for name, factory in contenders(args.other_layout).items():
+            for name, factory in found.items():
                 times[name].append(measure(factory(), params))
         # Each contender against optax's same form: Nesterov against optax's Nesterov.
         bases = {
