@@ -15,7 +15,7 @@ Every property below runs over every row of the table, in both state layouts
 * the state's structure, shapes and dtypes survive ``lax.scan`` and ``lax.cond``
   carries for float16, bfloat16, float32, complex64 and weakly typed params, and
   float64 under x64 (checked while tracing; compiled and run for each public
-  transform's first row); updates come back in the gradients' dtypes;
+  transform's first row, in both layouts); updates come back in the gradients' dtypes;
 * ``jax.eval_shape(tx.init, params)`` matches ``tx.init(params)``;
 * bfloat16 and float16 scalar hyperparameters are accepted, checked in the
   precision the arithmetic uses;

@@ -162,7 +162,8 @@ def keras_schedules() -> Any:
 def same(keras_schedule: Any, schedule: Callable[[Any], Any], steps: int = 40) -> None:
     # Every step in one eager call: Keras' warm-up is an ops.cond, which would compile anew
     # at each call for one step (vmap makes it a select). Vectorised and scalar float32
-    # cosines may differ in the last place: atol is float32's spacing at the 0.2 peak.
+    # cosines may differ in the last place, which the schedule scales by its peak: atol is
+    # a few float32 spacings at the peaks used here (0.1 and 0.2).
     expected = np.asarray(jax.vmap(keras_schedule)(jnp.arange(steps)))
     np.testing.assert_allclose(values(schedule, steps), expected, rtol=1e-6, atol=2e-8)
 
