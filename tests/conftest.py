@@ -14,8 +14,6 @@ only when their reason is exactly that.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import pytest
 
@@ -41,19 +39,8 @@ def _allowed_reasons() -> list[str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    del config
     _allowed_reasons()
-    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
-        return  # pytest-xdist's controller: it runs no test
-    # Many tests build the same transform afresh and so trace the same program again;
-    # XLA then compiles it only once per test process. One folder per process: no
-    # two processes write an entry at once. Processes a test starts compile anew.
-    import jax
-
-    folder = tempfile.mkdtemp(prefix="momentum_jax_xla_")
-    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
