@@ -138,4 +138,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    # Compile times are XLA's own, never hits in a cache a JAX_COMPILATION_CACHE_DIR names.
+    jax.config.update("jax_enable_compilation_cache", False)
     main()
