@@ -31,7 +31,9 @@ README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 _RUNNER = r"""
-import importlib.metadata, importlib.util, json, re, sys
+import importlib.metadata, importlib.util, json, re, sys, warnings
+# -W error, except for deprecations raised by orbax's own code (see tests/_worker.py)
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"orbax\.")
 page = sys.argv[1]
 blocks = re.findall(r"```python\n(.*?)```", open(page).read(), flags=re.S)
 has_torch = importlib.util.find_spec("torch") is not None
