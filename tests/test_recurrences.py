@@ -146,7 +146,7 @@ def _stage_schedule(count: jax.Array) -> jax.Array:
 def test_nesterov_is_sutskever_look_ahead_under_momentum_schedule(lr_schedule: bool) -> None:
     """Sutskever et al. (2013), eq. 3-4, computed literally with the gradient at theta + mu*v."""
     eps = (lambda k: 0.05 / (1.0 + 0.1 * k)) if lr_schedule else (lambda k: 0.05)
-    grad = jax.grad(_problems.loss)
+    grad = _problems.gradient()
     theta = _problems.initial_params()
     v = jax.tree.map(jnp.zeros_like, theta)
     reference = []
@@ -176,7 +176,7 @@ def test_tf1_momentum_matches_its_equations() -> None:
         var = jax.tree.map(np.asarray, params)
         reference = []
         for k in range(30):
-            g = jax.tree.map(np.asarray, jax.grad(_problems.loss)(var))
+            g = jax.tree.map(np.asarray, _problems.gradient()(var))
             accum = jax.tree.map(lambda a, gr: 0.8 * a + gr, accum, g)
             lr_k = decayed(k)
             if use_nesterov:

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -152,7 +151,7 @@ def state_after(name: str, steps: int) -> Any:
     params = _problems.initial_params()
     state = tx.init(params)
     for _ in range(steps):
-        grads = jax.grad(_problems.loss)(params)
+        grads = _problems.gradient()(params)
         updates, state = tx.update(grads, state, params)
         params = optax.apply_updates(params, updates)
     return state
