@@ -51,6 +51,18 @@ def test_numpy_gradient_is_the_problem_gradient() -> None:
         np.testing.assert_allclose(ours[key], expected[key], rtol=1e-6)
 
 
+def test_the_jitted_problem_gradient_has_the_eager_bits() -> None:
+    """The trajectories use ``_problems.gradient()``; the golden ones were written with an
+    eager ``jax.grad``, so the two must agree bit for bit, here and far from the start."""
+    rng = np.random.default_rng(3)
+    for scale in (0.0, 1e-3, 1.0, 1e2):
+        params = {
+            key: value + jnp.asarray(scale * rng.standard_normal(value.shape), jnp.float32)
+            for key, value in _problems.initial_params().items()
+        }
+        _problems.assert_same_bits(_problems.gradient()(params), jax.grad(_problems.loss)(params))
+
+
 # --------------------------------------------------------------------------
 # QHM
 # --------------------------------------------------------------------------
