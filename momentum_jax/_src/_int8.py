@@ -48,6 +48,9 @@ MIN_SIZE, MIN_ROW = 4096, 32
 INT8 = np.dtype(np.int8)
 _STEP, _WIDEN = np.float32(1 / 127), np.float32(1 + 2**-20)
 _NAN = -128  # the code of NaN
+# Below this largest magnitude a block is coded 0: 127 / s would overflow to inf near 3.7e-37,
+# and 0 * inf is NaN.
+_TINY = np.float32(2**-120)
 
 
 class Int8Buffer(NamedTuple):
@@ -163,7 +166,7 @@ def _encode(x: jax.Array, scales: jax.Array, key: jax.Array | None) -> jax.Array
     by an ulp (step_with_scales): scaled by ``1 + 2**-20`` and clipped, the largest
     element is coded ±127 for sure, at a cost of ``2**-20`` relative to the rest.
     """
-    inverse = jnp.where(scales > 0, 127 * _WIDEN / scales, 0.0)  # per block, and 0/0 is 0
+    inverse = jnp.where(scales >= _TINY, 127 * _WIDEN / scales, 0.0)  # per block; 0/0 is 0
     t = jnp.clip(x * _spread(inverse, x.shape[-1]), -127, 127)
     if key is None:
         q = jnp.round(t)
