@@ -55,6 +55,13 @@ def _run(tx: optax.GradientTransformation, steps: int = 3) -> tuple[list[bool], 
         ),
         lambda: momentum_jax.momentum(0.1, lambda count: jnp.where(count < 1, 0.9, 1.0)),
         lambda: momentum_jax.scale_by_momentum(lambda count: 0.5 + count * 0.5),
+        # A schedule may return a Python number, which no build-time check sees.
+        lambda: momentum_jax.momentum(0.1, optax.constant_schedule(1.5)),
+        lambda: compat.torch_sgd(optax.constant_schedule(-0.1), momentum=0.9),
+        lambda: momentum_jax.qhm(0.1, 0.9, optax.constant_schedule(2.0)),
+        # Integers injected as int32 arrays, traced by the jitted init.
+        lambda: optax.inject_hyperparams(momentum_jax.momentum)(learning_rate=-1, momentum=0),
+        lambda: optax.inject_hyperparams(momentum_jax.momentum)(learning_rate=0.1, momentum=2),
     ],
     ids=[
         "bf16_momentum_one",
@@ -64,6 +71,11 @@ def _run(tx: optax.GradientTransformation, steps: int = 3) -> tuple[list[bool], 
         "weight_decay",
         "momentum_schedule",
         "block_schedule",
+        "python_momentum_schedule",
+        "python_lr_schedule",
+        "python_nu_schedule",
+        "int_lr",
+        "int_momentum",
     ],
 )
 def test_out_of_range_traced_values_make_the_update_non_finite(make: object) -> None:

@@ -114,15 +114,15 @@ def hyper(value: Any, count: Any, high: float = math.inf, closed: bool = False) 
     output) that lies outside ``[0, high)`` (``[0, high]`` if closed) becomes NaN (a scalar select),
     so that the update is non-finite and ``optax.apply_if_finite`` sees it.
     """
-    value = value(count) if callable(value) else value
-    if type(value) in (int, float):
-        return value
+    scheduled = callable(value)
+    value = value(count) if scheduled else value
+    if type(value) in (int, float):  # checked when the transform was built, unless scheduled
+        inside = 0 <= value and (value <= high if closed else value < high)
+        return value if inside or not scheduled else math.nan
     if not _checks.is_real(value) or jnp.ndim(value) != 0:
         raise _checks.error(TypeError, f"a hyperparameter must be a real scalar, got {value!r}.")
-    if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
-        return value
     inside = (value >= 0) & ((value <= high) if closed else (value < high))
-    return jnp.where(inside, value, jnp.nan)
+    return jnp.where(inside, value, jnp.nan)  # an integer becomes a weakly typed float
 
 
 def buffer_transform(
