@@ -77,6 +77,40 @@ def test_a_per_leaf_checkpoint_read_without_target_restores_packed(tmp_path: Pat
     _same(_train(packed, restored, 2)[0], _train(per_leaf, state, 2)[0])
 
 
+@pytest.mark.parametrize("target", ["packed", "per_leaf"])
+@pytest.mark.parametrize("wrapper", ["masked", "partition"])
+def test_a_packed_checkpoint_of_a_masked_block_read_without_target_restores(
+    tmp_path: Path, wrapper: str, target: str
+) -> None:
+    # The packs are grouped by the params' dtypes, here not the buffers': the layout is
+    # rebuilt from the params found at the block's key paths, fewer than all of them.
+    def make(layout: str) -> optax.GradientTransformation:
+        block = momentum_jax.momentum(0.1, 0.9, accumulator_dtype=jnp.bfloat16, layout=layout)
+        if wrapper == "masked":
+            return optax.masked(block, {"inner": {"w": True, "b": True}, "head": False})
+        labels = {"inner": {"w": "a", "b": "a"}, "head": "b"}
+        return optax.partition({"a": block, "b": optax.sgd(0.1)}, labels)
+
+    packed = make("packed")
+    _, state = _train(packed, packed.init(_params()), 3)
+    tx = make(target)
+    restored = momentum_jax.restore_state(_raw(state, tmp_path / "ckpt"), tx, _params())
+    _same(_train(tx, restored, 2)[0], _train(packed, state, 2)[0])
+
+
+def test_a_packed_checkpoint_read_without_target_restores_into_int8_buffers(
+    tmp_path: Path,
+) -> None:
+    params = {"w": jnp.linspace(-1, 1, 4096).reshape(64, 64), "b": jnp.ones(64)}
+    grads = {"w": jnp.cos(params["w"]), "b": jnp.full(64, 0.5)}
+    packed = momentum_jax.momentum(0.1, 0.9, layout="packed")
+    _, state = packed.update(grads, packed.init(params), params)
+    int8 = momentum_jax.momentum(0.1, 0.9, accumulator_dtype=jnp.int8)
+    from_raw = momentum_jax.restore_state(_raw(state, tmp_path / "ckpt"), int8, params)
+    assert isinstance(from_raw.velocity["w"], momentum_jax.Int8Buffer)
+    _same(from_raw, momentum_jax.restore_state(state, int8, params))
+
+
 MESH_SCRIPT = textwrap.dedent(
     """
     import json

@@ -318,12 +318,12 @@ def _carry(old: Any, new: Any, path: str, params: Any) -> Any:
     old = _int8.converted(old, new)
     raw = _packed_raw(old)
     if raw is not None and (isinstance(new, PackedState) or _is_block(new)):
-        # A packed block read without a target: carried in the layout it was written in.
-        block = new.unpacked() if isinstance(new, PackedState) else new
+        # A packed block read without a target: read in the layout it was written in (with
+        # float buffers, the only ones a packed block has), then carried as an unpacked one.
+        block = _int8.dequantize(new.unpacked() if isinstance(new, PackedState) else new)
         layout = _written_layout(raw, block, params)
         inner = _carry(raw, repack(block, layout).inner, f"{path}.inner", params)
-        carried = PackedState(inner, layout).unpacked()
-        return repack(carried, new.layout) if isinstance(new, PackedState) else carried
+        return _carry(PackedState(inner, layout).unpacked(), new, path, params)
     if isinstance(new, PackedState):
         return repack(_carry(old, new.unpacked(), path, params), new.layout)
     new_children = _children(new)
@@ -349,13 +349,17 @@ def _carry(old: Any, new: Any, path: str, params: Any) -> Any:
 
 
 def _written_layout(raw: Any, block: Any, params: Any) -> Layout:
-    """The layout of a raw packed block: an array that its ``rest`` holds was not packed."""
+    """The layout of a raw packed block: of the params at its buffers' key paths (all of them,
+    or those a wrapper such as ``optax.masked`` passed it), but for the arrays that its
+    ``rest`` holds, which were not packed."""
     field = block._fields[1]
     first = getattr(block, field)[0] if field == "buffers" else getattr(block, field)
-    structures = {str(jax.tree.structure(x, is_leaf=_checks.is_none)) for x in (first, params)}
-    template = params if len(structures) == 1 else first  # packs are grouped by the params' dtypes
+    flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=_checks.is_none)[0]
+    known = {jax.tree_util.keystr(keys): param for keys, param in flat}
+    paths, treedef = jax.tree_util.tree_flatten_with_path(first, is_leaf=_checks.is_none)
+    # Packs are grouped by the params' dtypes, not the buffers'.
+    template = treedef.unflatten([known.get(jax.tree_util.keystr(k), b) for k, b in paths])
     rest = _lookup(raw, (field, "0", "0") if field == "buffers" else (field, "0"))
-    paths = jax.tree_util.tree_flatten_with_path(template, is_leaf=_checks.is_none)[0]
     own = [i for i, (keys, _) in enumerate(paths) if _is_value(_lookup(rest, map(_name, keys)))]
     return Layout.of(template, own)
 
