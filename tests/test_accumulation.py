@@ -263,6 +263,20 @@ def test_a_run_saved_mid_update_resumes_bit_for_bit(tmp_path: Path) -> None:
         _problems.assert_trees_equal(resumed, straight, how)
 
 
+def test_a_micro_step_beyond_k_completes_an_update_instead_of_stalling() -> None:
+    # E.g. a state saved with K = 8 after five calls, restored into K = 2: read modulo 2.
+    tx = momentum_jax.momentum(0.1, 0.9, gradient_accumulation_steps=2)
+    params = _problems.initial_params()
+    state = tx.init(params)
+    state = state._replace(micro_step=jnp.int32(5))
+    moved = []
+    for _ in range(4):
+        updates, state = tx.update(jax.grad(_problems.loss)(params), state, params)
+        moved.append(any(bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates)))
+    assert moved == [True, False, True, False]
+    assert int(state.inner.count) == 2
+
+
 def test_inject_hyperparams_with_the_steps_static() -> None:
     static = ("gradient_accumulation_steps",)
     momentum = optax.inject_hyperparams(momentum_jax.momentum, static_args=static)

@@ -35,7 +35,7 @@ class AccumulationState(NamedTuple):
 
     Attributes:
       micro_step: how many gradients of the current update were added so far,
-        in ``[0, K)``. ``shape=(), dtype=int32``.
+        in ``[0, K)`` (read modulo ``K``). ``shape=(), dtype=int32``.
       inner: the transform's own state (:class:`momentum_jax.MomentumState`,
         :class:`momentum_jax.AggMoState` or
         :class:`momentum_jax.compat.TorchMomentumState`), whose ``count``
@@ -178,7 +178,9 @@ def buffer_transform(
     def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
         if steps > 1:
             _checks.check_state(state, AccumulationState, updates)
-            micro, state = state.micro_step, state.inner
+            # Read modulo K, as optax.MultiSteps counts: a state saved with a larger K
+            # (or edited) still completes an update within K calls.
+            micro, state = state.micro_step % steps, state.inner
             first, last = micro == 0, micro == steps - 1
         _checks.check_state(state, state_type, updates)
         trees = tuple(state[1]) if num_buffers else (state[1],)
