@@ -103,7 +103,8 @@ def momentum(
     Integer and boolean leaves do not train (see :mod:`momentum_jax`). A
     hyperparameter that cannot be checked when the transform is built (a
     traced array, a schedule's value) and lies outside its range makes the
-    update NaN, which ``optax.apply_if_finite`` skips.
+    update NaN, which ``optax.apply_if_finite`` chained after the transform
+    skips (it checks what it receives).
 
     Args:
       learning_rate: the step size :math:`\alpha_t` (``>= 0``), or a schedule.

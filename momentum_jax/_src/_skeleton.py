@@ -112,7 +112,7 @@ def hyper(value: Any, count: Any, high: float = math.inf, closed: bool = False) 
 
     A value not checked when the transform was built (an array, a schedule's
     output) that lies outside ``[0, high)`` (``[0, high]`` if closed) becomes NaN (a scalar select),
-    so that the update is non-finite and ``optax.apply_if_finite`` sees it.
+    so that the update is non-finite and an ``optax.apply_if_finite`` after the transform sees it.
     """
     scheduled = callable(value)
     value = value(count) if scheduled else value
