@@ -16,7 +16,11 @@ keras = pytest.importorskip("keras")
 STEPS = 30
 
 
-def _keras_trajectory(options: dict[str, Any], schedule: bool) -> list[dict[str, np.ndarray]]:
+def _keras_trajectory(
+    options: dict[str, Any], schedule: bool, momenta: Any = None
+) -> list[dict[str, np.ndarray]]:
+    """Keras' SGD; with ``momenta``, its momentum set to ``momenta(t)`` before step ``t``, as a
+    callback scheduling it does (Keras reads the attribute at every step)."""
     lr: Any = (
         keras.optimizers.schedules.ExponentialDecay(0.08, decay_steps=5, decay_rate=0.7)
         if schedule
@@ -26,7 +30,9 @@ def _keras_trajectory(options: dict[str, Any], schedule: bool) -> list[dict[str,
     variables = {"w": keras.Variable(_problems.W0), "b": keras.Variable(_problems.B0)}
     grad = _problems.gradient()
     out = []
-    for _ in range(STEPS):
+    for t in range(STEPS):
+        if momenta is not None:
+            opt.momentum = float(momenta(t))
         values = {k: np.asarray(v.value) for k, v in variables.items()}
         grads = grad(values)
         opt.apply_gradients([(np.asarray(grads[k]), variables[k]) for k in ("w", "b")])
@@ -62,4 +68,19 @@ def test_core_momentum_is_keras_sgd(nesterov: bool) -> None:
     """The seed formula (learning rate inside the velocity) is Keras' SGD."""
     reference = _keras_trajectory({"momentum": 0.9, "nesterov": nesterov}, schedule=True)
     ours = _problems.trajectory(momentum_jax.momentum(_schedule, 0.9, nesterov=nesterov), STEPS)
+    _problems.assert_trajectories_close(ours, reference)
+
+
+def _momenta(count: Any) -> Any:
+    return 0.5 + 0.45 * (count % 3) / 2  # 0.5, 0.725, 0.95, 0.5, ...
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_a_momentum_schedule_matches_keras_setting_its_momentum_every_step(
+    nesterov: bool,
+) -> None:
+    # Keras' Nesterov step uses this step's momentum twice; momentum_jax.nesterov would look
+    # one step ahead (mu_{t+1}), which Keras cannot express.
+    reference = _keras_trajectory({"momentum": 0.5, "nesterov": nesterov}, True, _momenta)
+    ours = _problems.trajectory(compat.keras_sgd(_schedule, _momenta, nesterov), STEPS)
     _problems.assert_trajectories_close(ours, reference)

@@ -151,8 +151,11 @@ MESH_SCRIPT = textwrap.dedent(
 
 def test_restored_counters_are_uncommitted_on_a_mesh() -> None:
     report = _subprocess.run_json(["-c", MESH_SCRIPT], devices=8, timeout=240)
-    names = [f"{tx}/{source}" for tx in ("momentum", "injected", "finite", "packed")
-             for source in ("host", "device0")]
+    names = [
+        f"{tx}/{source}"
+        for tx in ("momentum", "injected", "finite", "packed")
+        for source in ("host", "device0")
+    ]
     assert report == {
         **{name: "ok" for name in names},
         **{f"{name}/placed like init": True for name in names},

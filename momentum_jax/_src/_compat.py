@@ -206,7 +206,10 @@ def keras_sgd(
 
     Args:
       learning_rate: :math:`\alpha_t \ge 0`, or a schedule.
-      momentum: :math:`\mu \in [0, 1)`, or a schedule.
+      momentum: :math:`\mu \in [0, 1)`, or a schedule: Keras with its
+        ``optimizer.momentum`` set before each step, so the Nesterov form reads
+        this step's value in both lines (no look-ahead to the next, unlike
+        :func:`momentum_jax.nesterov`).
       nesterov: Keras' Nesterov form.
       weight_decay: decoupled decay :math:`\lambda \ge 0`, or ``None`` for none;
         needs ``params`` in ``update``.
@@ -253,11 +256,9 @@ def keras_sgd(
         # as inject_hyperparams passes, keeps the velocity: same numbers.)
         parts = [_checked(scale_by_learning_rate(learning_rate))]
     else:
-        parts = [
-            _core.momentum(
-                learning_rate, momentum, nesterov=nesterov, **_checks.state_options(locals())
-            )
-        ]
+        options = _checks.state_options(locals())
+        # Keras' Nesterov step reads the momentum of this step twice: no look-ahead.
+        parts = [_core.heavy_ball(learning_rate, momentum, nesterov, 0.0, options, False)]
     if not (weight_decay is None or _checks.is_python_zero(weight_decay)):
         parts.append(_weight_decay(weight_decay, learning_rate, steps))
     return optax.chain(*parts)

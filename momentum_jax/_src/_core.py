@@ -177,11 +177,28 @@ def momentum(
       ICML 2013.
     """
 
+    accumulation(gradient_accumulation_steps, nesterov, layout)
+    options = _checks.state_options(locals())
+    return heavy_ball(learning_rate, momentum, nesterov, weight_decay, options)
+
+
+def heavy_ball(
+    learning_rate: Any,
+    momentum: Any,
+    nesterov: bool,
+    weight_decay: Any,
+    options: dict[str, Any],
+    look_ahead: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    """The rule of :func:`momentum`; Nesterov's look-ahead reads a momentum schedule at the
+    next count, or (not ``look_ahead``: Keras, whose momentum is one number per step) at this
+    one."""
+
     def coefficients(state: MomentumState) -> tuple[Any, Any, Any]:
         mu = hyper(momentum, state.count, 1.0)
         # Nesterov looks one step ahead: mu_{t+1} is the schedule at the next count.
         next_count = _checks.safe_increment(state.count)
-        ahead = hyper(momentum, next_count, 1.0) if callable(momentum) else mu
+        ahead = hyper(momentum, next_count, 1.0) if callable(momentum) and look_ahead else mu
         return hyper(learning_rate, state.count), mu, ahead
 
     def velocity(c: Any, g: jax.Array, v: jax.Array) -> jax.Array:
@@ -194,12 +211,10 @@ def momentum(
         # (benchmarks/xla_cpu_probes.py forms).
         return -mu_next * v - lr * g if nesterov else -1 * v
 
-    accumulation(gradient_accumulation_steps, nesterov, layout)
-    options = _checks.state_options(locals())
     block = buffer_transform(
         MomentumState, coefficients, velocity, update, options, weight_decay=weight_decay
     )
-    return with_layout(block, layout)
+    return with_layout(block, options["layout"])
 
 
 _momentum = momentum

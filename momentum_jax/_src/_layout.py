@@ -358,7 +358,9 @@ def _written_layout(raw: Any, block: Any, params: Any) -> Layout:
     known = {jax.tree_util.keystr(keys): param for keys, param in flat}
     paths, treedef = jax.tree_util.tree_flatten_with_path(first, is_leaf=_checks.is_none)
     # Packs are grouped by the params' dtypes, not the buffers'.
-    template = treedef.unflatten([known.get(jax.tree_util.keystr(k), b) for k, b in paths])
+    template = jax.tree.unflatten(
+        treedef, [known.get(jax.tree_util.keystr(k), b) for k, b in paths]
+    )
     rest = _lookup(raw, (field, "0", "0") if field == "buffers" else (field, "0"))
     own = [i for i, (keys, _) in enumerate(paths) if _is_value(_lookup(rest, map(_name, keys)))]
     return Layout.of(template, own)

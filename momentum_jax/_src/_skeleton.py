@@ -117,7 +117,7 @@ def hyper(value: Any, count: Any, high: float = math.inf, closed: bool = False) 
     scheduled = callable(value)
     value = value(count) if scheduled else value
     if type(value) in (int, float):  # checked when the transform was built, unless scheduled
-        inside = 0 <= value and (value <= high if closed else value < high)
+        inside = value >= 0 and (value <= high if closed else value < high)
         return value if inside or not scheduled else math.nan
     if not _checks.is_real(value) or jnp.ndim(value) != 0:
         raise _checks.error(TypeError, f"a hyperparameter must be a real scalar, got {value!r}.")
