@@ -5,7 +5,8 @@
   half the time, not always.
 * float16 below its smallest normal (2**-14) is spaced 2**-24: values there are
   rounded onto that grid, unbiased, and a velocity of 1e-8-sized contributions
-  does not stay 0 for ever.
+  does not stay 0 for ever. A value that round-to-nearest keeps finite (below
+  65520) is never rounded up to infinity.
 * Every NaN stays a NaN, the all-ones pattern 0x7FFFFFFF of NVIDIA GPUs included,
   in the velocity and in ``stochastic_round_params``.
 """
@@ -83,6 +84,18 @@ def test_float16_subnormals_round_onto_their_grid_unbiased() -> None:
     p = (values - low) / spacing
     error = 4 * spacing * np.sqrt(p * (1 - p) / 2000)
     np.testing.assert_array_less(np.abs(stored.mean(axis=1) - values), error + 1e-30)
+
+
+def test_float16_rounds_up_to_infinity_only_where_round_to_nearest_does() -> None:
+    # Between 65504 (float16's largest) and 65520 round-to-nearest stores 65504; from
+    # 65520 on, infinity. Stochastic rounding, which would round up to 65536, agrees.
+    values = np.array([65505, -65519, 65519.99, 65520, -1e6])
+    stored = _round_float16(np.repeat(values, 500), 1).reshape(len(values), 500)
+    assert np.all(stored[:3] == np.array([65504, -65504, 65504])[:, None])
+    assert np.all(np.isposinf(stored[3]))
+    assert np.all(np.isneginf(stored[4]))
+    nearest = np.asarray(jnp.asarray(values, jnp.float32).astype(jnp.float16), np.float64)
+    np.testing.assert_array_equal(stored[:, 0], nearest)
 
 
 def test_float16_velocity_keeps_contributions_below_its_normal_range() -> None:

@@ -81,9 +81,11 @@ def stochastic_round(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
     clearing its ``k`` low bits rounds the magnitude up with probability
     (cut-off bits) / 2**k: exactly the fraction cut off. Representable values
     come back unchanged, infinities stay infinite and every NaN stays a NaN.
-    float16 below its smallest normal is spaced 2**-24, not 13 bits below the
-    value: there ``x`` is first shifted by 2**-14 (same sign) into the binade
-    whose float32 grid is 13 bits finer than 2**-24, and shifted back after.
+    Beyond float16's largest value (65504) the result is round-to-nearest's:
+    65504 below 65520, infinity from there on. float16 below its smallest
+    normal is spaced 2**-24, not 13 bits below the value: there ``x`` is first
+    shifted by 2**-14 (same sign) into the binade whose float32 grid is 13 bits
+    finer than 2**-24, and shifted back after.
     """
     dropped = _DROPPED[jnp.dtype(dtype)]
     bits = element_bits(x.shape, key)
@@ -95,7 +97,10 @@ def stochastic_round(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
     mask = np.uint32((0xFFFFFFFF << dropped) & 0xFFFFFFFF)
     rounded = lax.bitcast_convert_type(pattern & mask, jnp.float32)
     if shifted is not x:
-        rounded = rounded - offset
+        # Beyond float16's largest (65504) rounding up would be infinite: below 65520 it
+        # stays 65504, from there on it is x, which the store makes infinite, both as
+        # round-to-nearest does.
+        rounded = jnp.where(jnp.abs(x) < 65520, jnp.clip(rounded - offset, -65504, 65504), x)
     # A NaN's added bits could carry into the sign bit (0x7FFFFFFF, the NaN of NVIDIA GPUs).
     return jnp.where(jnp.isnan(x), x, rounded)
 
