@@ -478,6 +478,15 @@ def test_schedule_returning_a_non_real_scalar_is_refused(value: Any, jit: bool) 
 
 
 @pytest.mark.parametrize("row", STATEFUL, ids=ids(STATEFUL))
+def test_a_none_gradient_for_a_param_that_trains_is_named_by_its_path(row: Row) -> None:
+    tx = row.build()
+    params = small_params()
+    grads = {**jax.tree.map(jnp.ones_like, params), "b": None}
+    with _refused(ValueError, match=r"the gradient at \['b'\] is None, not an array\.$"):
+        tx.update(grads, tx.init(params), params)
+
+
+@pytest.mark.parametrize("row", STATEFUL, ids=ids(STATEFUL))
 @pytest.mark.parametrize(
     "grads",
     [{"w": jnp.ones(3)}, {"w": jnp.ones(3), "b": jnp.ones((1, 2)), "extra": jnp.ones(1)}],

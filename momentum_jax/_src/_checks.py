@@ -288,15 +288,18 @@ def check_tree(tree: Any, reference: Any, what: str = "gradient") -> list[Any]:
         leaves = ref_def.flatten_up_to(tree)  # type: ignore[attr-defined]
     except (ValueError, TypeError):
         leaves = None
-    if leaves is None or any(
-        r is not None and not hasattr(x, "shape") and not isinstance(x, int | float | complex)
-        for x, r in zip(leaves, ref_leaves, strict=True)
-    ):
+    if leaves is None:
         raise error(
             ValueError,
             f"the {what}s do not match the state's params. {what.capitalize()}s: "
             f"{jax.tree.structure(tree, is_leaf=is_none)}; params: {ref_def}.",
         )
+    for index, (x, ref) in enumerate(zip(leaves, ref_leaves, strict=True)):
+        if ref is not None and not hasattr(x, "shape") and not isinstance(x, int | float | complex):
+            kind = "None" if x is None else f"a {type(x).__name__}"
+            raise error(
+                ValueError, f"the {what} at {path(reference, index)} is {kind}, not an array."
+            )
     for index, (x, ref) in enumerate(zip(leaves, ref_leaves, strict=True)):
         if problem := _leaf_problem(x, ref, what):
             kind = "param" if ref is None else what
