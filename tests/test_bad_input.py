@@ -235,8 +235,12 @@ def test_bad_hyperparameters_raise_at_build_time(
         ({"nu": 1.5}, ValueError, r"nu must be in \[0, 1\], got nu=1\.5"),
         ({"nu": -0.2}, ValueError, r"nu must be in \[0, 1\], got nu=-0\.2"),
         ({"nu": jnp.float32(2.0)}, ValueError, r"nu must be in \[0, 1\], got nu=.*2\."),
-        ({"nu": True}, TypeError, r"nu must be a number.*nu=True"),
-        ({"momentum": "0.9"}, TypeError, r"momentum must be a number.*'0\.9'"),
+        ({"nu": True}, TypeError, r"nu must be a real number or a schedule, got True\.$"),
+        (
+            {"momentum": "0.9"},
+            TypeError,
+            r"momentum must be a real number or a schedule, got '0\.9'",
+        ),
         ({"accumulator_dtype": jnp.int32}, TypeError, r"accumulator_dtype.*int32"),
     ],
 )
@@ -244,37 +248,37 @@ def test_bad_qhm_hyperparameters_raise_at_build_time(
     kwargs: dict[str, Any], error: type[Exception], match: str
 ) -> None:
     arguments = {"learning_rate": 0.1, **kwargs}
-    with _refused(error, match=r"momentum_jax\.qhm: " + match):
+    with pytest.raises(error, match=r"momentum_jax\.qhm: " + match):
         qhm(**arguments)
 
 
 @pytest.mark.parametrize(
     ("momenta", "error", "match"),
     [
-        ((), ValueError, r"momenta must hold at least one momentum, got momenta=\(\)"),
-        ([], ValueError, r"momenta must hold at least one momentum, got momenta=\[\]"),
+        ((), ValueError, r"momenta must hold at least one momentum, got momenta=\(\)\.$"),
+        ([], ValueError, r"momenta must hold at least one momentum, got momenta=\[\]\.$"),
         (jnp.zeros(0), ValueError, r"momenta must hold at least one momentum"),
         ((0.9, 1.0), ValueError, r"momenta\[1\] must be in \[0, 1\), got momenta\[1\]=1\.0"),
         ((-0.5,), ValueError, r"momenta\[0\] must be in \[0, 1\), got momenta\[0\]=-0\.5"),
-        (jnp.array([0.5, 0.0, 1.5]), ValueError, r"momenta\[2\] must be in \[0, 1\).*=1\.5"),
-        (0.9, TypeError, r"momenta must be a tuple of numbers.*got float 0\.9.*\(0\.9,\)"),
-        ("0.9", TypeError, r"momenta must be a tuple of numbers.*got str '0\.9'"),
-        ({0.9}, TypeError, r"momenta must be a tuple of numbers.*got set"),
         (
-            (0.9, None),
-            TypeError,
-            r"momenta\[1\] must be a number in \[0, 1\), got None",
+            jnp.array([0.5, 0.0, 1.5]),
+            ValueError,
+            r"momenta\[2\] must be in \[0, 1\), got momenta\[2\]=Array\(1\.5",
         ),
-        ((0.9, "x"), TypeError, r"momenta\[1\] must be a number.*momenta\[1\]='x'"),
-        ((True,), TypeError, r"momenta\[0\] must be a number.*momenta\[0\]=True"),
-        ((lambda count: 0.9,), TypeError, r"momenta\[0\] must be a number.*function"),
-        (jnp.zeros((2, 2)), ValueError, r"momenta must be one-dimensional.*\(2, 2\)"),
+        (0.9, TypeError, r"momenta must be a non-empty tuple of numbers, got 0\.9\.$"),
+        ("0.9", TypeError, r"momenta must be a non-empty tuple of numbers, got '0\.9'\.$"),
+        ({0.9}, TypeError, r"momenta must be a non-empty tuple of numbers, got \{0\.9\}\.$"),
+        ((0.9, None), TypeError, r"momenta\[1\] must be a real number, got None\.$"),
+        ((0.9, "x"), TypeError, r"momenta\[1\] must be a real number, got 'x'\.$"),
+        ((True,), TypeError, r"momenta\[0\] must be a real number, got True\.$"),
+        ((lambda count: 0.9,), TypeError, r"momenta\[0\] must be a real number, got <function"),
+        (jnp.zeros((2, 2)), TypeError, r"momenta must be a non-empty tuple of numbers, got Array"),
     ],
 )
 def test_bad_aggmo_momenta_raise_at_build_time(
     momenta: Any, error: type[Exception], match: str
 ) -> None:
-    with _refused(error, match=r"momentum_jax\.aggmo: " + match):
+    with pytest.raises(error, match=r"momentum_jax\.aggmo: " + match):
         aggmo(0.1, momenta)
 
 
@@ -291,23 +295,22 @@ def test_bad_aggmo_learning_rate_and_dtype_raise_at_build_time() -> None:
         (
             lambda: momentum_jax.momentum(0.1, weight_decay=lambda c: 0.1),
             TypeError,
-            r"weight_decay must be a real number, got <function <lambda>\.<locals>\.<lambda> at 0x7f0004eca2a0>\.",
+            r"momentum: weight_decay must be a real number, got <function <lambda>",
         ),
         (
             lambda: momentum_jax.scale_by_momentum(0.9, dampening=lambda c: 0.1),
             TypeError,
-            r"dampening must be a real number, got <function <lambda>\.<locals>\.<lambda> at 0x7f0004eca980>\.",
+            r"scale_by_momentum: dampening must be a real number, got <function <lambda>",
         ),
         (
             lambda: schedules.sutskever(lambda c: 0.9),
             TypeError,
-            r"max_momentum must be a real number, got <function <lambda>\.<locals>\.<lambda> at 0x7f0004ecae80>\.",
+            r"sutskever: max_momentum must be a real number, got <function <lambda>",
         ),
         (
             lambda: schedules.demon(0.9, 2**40),
             ValueError,
-            r"total_steps must be a positive integer no larger than 2147483647.*2\*\*40|"
-            r"total_steps must be a positive integer no larger than 2147483647.*1099511627776",
+            r"demon: total_steps must be in \[1, 2147483647\], got total_steps=1099511627776\.$",
         ),
         (
             lambda: schedules.sutskever(0.9, steps_per_stage=2**31),
@@ -320,7 +323,7 @@ def test_bad_aggmo_learning_rate_and_dtype_raise_at_build_time() -> None:
 def test_bad_callables_and_counts_are_refused_at_build_time(
     build: Callable[[], Any], error: type[Exception], pattern: str
 ) -> None:
-    with _refused(error, match=pattern):
+    with pytest.raises(error, match=pattern):
         build()
 
 
@@ -444,7 +447,8 @@ def test_schedule_returning_an_array_is_refused(row: Row, arg: str, jit: bool) -
     params = jnp.zeros(3)
     state = tx.init(params)
     update = jax.jit(tx.update) if jit else tx.update
-    with _refused(ValueError, match=rf"{arg} must evaluate to a scalar.*shape \(3,\)"):
+    message = rf": the {arg} schedule returned an array of shape \(3,\), not a scalar\."
+    with pytest.raises(ValueError, match=message):
         update(jnp.ones(3), state, params)
 
 
@@ -470,7 +474,9 @@ def test_schedule_returning_a_non_real_scalar_is_refused(value: Any, jit: bool) 
     for row, arg in NON_REAL_CASES:
         tx = row.build(**{arg: lambda c: value})
         update = jax.jit(tx.update) if jit else tx.update
-        with _refused(TypeError, match=rf"the {arg} schedule .* returned .*real scalar"):
+        with pytest.raises(
+            TypeError, match=rf": the {arg} schedule returned .*, not a real number\."
+        ):
             update(jnp.ones(2), tx.init(jnp.zeros(2)), jnp.zeros(2))
 
 
@@ -482,7 +488,7 @@ def test_a_none_gradient_for_a_param_that_trains_is_named_by_its_path(row: Row) 
     tx = row.build()
     params = small_params()
     grads = {**jax.tree.map(jnp.ones_like, params), "b": None}
-    with _refused(ValueError, match=r"the gradient at \['b'\] is None, not an array\.$"):
+    with pytest.raises(ValueError, match=r"the gradient at \['b'\] is None, not an array\.$"):
         tx.update(grads, tx.init(params), params)
 
 
@@ -498,7 +504,7 @@ def test_gradient_tree_that_does_not_match_the_state_names_both(
     tx = row.build()
     params = small_params()
     state = tx.init(params)
-    with _refused(
+    with pytest.raises(
         ValueError,
         match=r"the gradients do not match the state's params",
     ) as info:
@@ -759,10 +765,10 @@ BAD_SEEDS = [
 def test_bad_stochastic_rounding_and_seed_raise_at_build_time(row: Row) -> None:
     # Without momentum the presets keep no buffer; the arguments are checked all the same.
     name, build = row.name, row.build
-    with _refused(TypeError, match=rf"^{name}: stochastic_rounding must be True or False"):
+    with pytest.raises(TypeError, match=rf"^{name}: stochastic_rounding must be True or False"):
         build(stochastic_rounding=1)
     for seed, error, pattern in BAD_SEEDS:
-        with _refused(error, match=rf"^{name}: {pattern}"):
+        with pytest.raises(error, match=rf"^{name}: {pattern}"):
             build(stochastic_rounding=True, seed=seed)
     # Valid: the range's ends, a NumPy integer, an integer array.
     for seed in (0, 2**31 - 1, np.int64(5), jnp.asarray(7, jnp.uint32)):
@@ -798,26 +804,23 @@ CALLED = [
 @pytest.mark.parametrize("row", CALLED, ids=ids(CALLED))
 def test_every_error_names_the_function_the_user_called(row: Row, layout: str) -> None:
     name, build = row.name, row.build
-    with _refused(ValueError, match=rf"^{name}: momentum must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=rf"^{name}: momentum must be in \[0, 1\)"):
         build(momentum=1.0, layout=layout)
     # Two layouts, no other (there is no automatic choice, and no wrapper for other transforms).
     for other in ("auto", "fused", None):
-        with _refused(ValueError, match=rf"^{name}: layout must be 'per_leaf' .* or 'packed'"):
+        with pytest.raises(
+            ValueError, match=rf"^{name}: layout must be 'per_leaf' or 'packed', got"
+        ):
             build(momentum=0.9, layout=other)
     tx = build(momentum=0.9, layout=layout)
     params = {"w": jnp.zeros(2)}
     state = tx.init(params)
-    with _refused(ValueError, match=rf"^{name}: the gradient at \['w'\] has shape \(3,\)"):
+    with pytest.raises(ValueError, match=rf"^{name}: the gradient at \['w'\] has shape \(3,\)"):
         tx.update({"w": jnp.ones(3)}, state, params)
-    with _refused(TypeError, match=rf"^{name}: the gradient at \['w'\] has dtype int32"):
+    with pytest.raises(
+        TypeError, match=rf"^{name}: the gradient at \['w'\] is int32, not floating point\.$"
+    ):
         tx.update({"w": jnp.ones(2, jnp.int32)}, state, params)
-
-
-def _refused(*args: object, **kwargs: object) -> object:
-    """The error's type and text changed with 0.5.0's one-sentence errors: these cases check
-    that the input is refused (a TypeError or ValueError); their messages are to be pinned
-    again."""
-    return pytest.raises((TypeError, ValueError))
 
 
 def test_a_misspelt_keyword_names_the_right_one() -> None:

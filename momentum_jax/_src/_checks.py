@@ -179,7 +179,7 @@ def _momenta(arg: str, value: Any) -> None:
     if not (isinstance(value, list | tuple) or (np.ndim(value) == 1 and hasattr(value, "dtype"))):
         _fail(TypeError, arg, f"must be a non-empty tuple of numbers, got {value!r}.")
     if len(value) == 0:
-        _fail(ValueError, arg, "must hold at least one momentum, got ().")
+        _fail(ValueError, arg, f"must hold at least one momentum, got {arg}={value!r}.")
     for index, beta in enumerate([] if is_traced(value) else value):
         _CONSTANT(f"{arg}[{index}]", beta)
 
@@ -271,7 +271,7 @@ def _leaf_problem(x: Any, ref: Any, what: str) -> tuple[type[Exception], str] | 
         )
     dtype, shape = jnp.result_type(x), jnp.shape(x)
     if gradient and not jnp.issubdtype(dtype, jnp.inexact):
-        return TypeError, f"is {dtype}."
+        return TypeError, f"is {dtype}, not floating point."
     if gradient and jnp.iscomplexobj(x) and not jnp.issubdtype(ref.dtype, jnp.complexfloating):
         return TypeError, f"is complex but its buffer is {ref.dtype}; init with complex params."
     return None if shape == ref.shape else (ValueError, f"has shape {shape}, expected {ref.shape}.")

@@ -46,10 +46,10 @@ def _weight_decay(weight_decay: Any, learning_rate: Any = None, steps: int = 1) 
     def update(updates: Any, state: Any, params: Any = None) -> Any:
         if params is None:
             raise _checks.needs_params()
-        scale = hyper(weight_decay, None)
+        scale = hyper("weight_decay", weight_decay, None)
         if learning_rate is not None:
             last = state.count % steps == steps - 1
-            scale = -hyper(learning_rate, state.count // steps) * scale
+            scale = -hyper("learning_rate", learning_rate, state.count // steps) * scale
             state = optax.ScaleByScheduleState(_checks.safe_increment(state.count))
 
         def step(u: Any, p: Any) -> Any:
@@ -165,7 +165,7 @@ def torch_sgd(
         damped = 0.0 if _checks.is_python_zero(momentum) else dampening
         torch_rule = type(momentum) not in (int, float)  # momentum 0 at some steps
         parts.append(_core.gradient_buffer(momentum, nesterov, damped, options, torch_rule))
-    scale = scale_by_learning_rate(lr, steps)
+    scale = scale_by_learning_rate(lr, steps, "lr")
     parts.append(scale if len(parts) > int(maximize) else _checked(scale))
     return optax.chain(*parts)
 

@@ -195,11 +195,13 @@ def heavy_ball(
     one."""
 
     def coefficients(state: MomentumState) -> tuple[Any, Any, Any]:
-        mu = hyper(momentum, state.count, 1.0)
+        mu = hyper("momentum", momentum, state.count, 1.0)
         # Nesterov looks one step ahead: mu_{t+1} is the schedule at the next count.
         next_count = _checks.safe_increment(state.count)
-        ahead = hyper(momentum, next_count, 1.0) if callable(momentum) and look_ahead else mu
-        return hyper(learning_rate, state.count), mu, ahead
+        ahead = mu
+        if callable(momentum) and look_ahead:
+            ahead = hyper("momentum", momentum, next_count, 1.0)
+        return hyper("learning_rate", learning_rate, state.count), mu, ahead
 
     def velocity(c: Any, g: jax.Array, v: jax.Array) -> jax.Array:
         lr, mu, _ = c
@@ -374,11 +376,13 @@ def gradient_buffer(
     started = torch_rule and damped
 
     def coefficients(state: Any) -> tuple[Any, ...]:
-        mu = hyper(momentum, state.count, 1.0)
+        mu = hyper("momentum", momentum, state.count, 1.0)
         scale = None
         if damped:
             fresh = (state.count == 0) | (~state.started if started else False)
-            scale = jnp.where(fresh, 1.0, 1.0 - jnp.asarray(hyper(dampening, state.count, 1.0)))
+            scale = jnp.where(
+                fresh, 1.0, 1.0 - jnp.asarray(hyper("dampening", dampening, state.count, 1.0))
+            )
         if not torch_rule:
             return mu, mu, scale, None, None
         # At momentum 0 the buffer is kept (b = 1 * b + 0 * g) and the output is g.

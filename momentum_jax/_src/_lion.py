@@ -106,7 +106,7 @@ def lion(
     """
 
     def coefficients(state: LionState) -> tuple[Any, Any, Any, Any]:
-        beta1, beta2 = hyper(b1, state.count, 1.0), hyper(b2, state.count, 1.0)
+        beta1, beta2 = hyper("b1", b1, state.count, 1.0), hyper("b2", b2, state.count, 1.0)
         return beta1, 1 - beta1, beta2, 1 - beta2
 
     def buffer(c: Any, g: jax.Array, m: jax.Array) -> jax.Array:
@@ -123,5 +123,5 @@ def lion(
     )
     parts = [with_layout(block, layout)]
     if not _checks.is_python_zero(weight_decay):
-        parts.append(optax.add_decayed_weights(hyper(weight_decay, None)))
+        parts.append(optax.add_decayed_weights(hyper("weight_decay", weight_decay, None)))
     return optax.chain(*parts, scale_by_learning_rate(learning_rate))

@@ -107,8 +107,9 @@ def _is_leaf(x: Any) -> bool:
     return x is None or isinstance(x, _int8.Int8Buffer)
 
 
-def hyper(value: Any, count: Any, high: float = math.inf, closed: bool = False) -> Any:
-    """A hyperparameter's value for the update at ``count``: itself, or its schedule's value.
+def hyper(name: str, value: Any, count: Any, high: float = math.inf, closed: bool = False) -> Any:
+    """The value of hyperparameter ``name`` for the update at ``count``: itself, or its
+    schedule's value.
 
     A value not checked when the transform was built (an array, a schedule's
     output) that lies outside ``[0, high)`` (``[0, high]`` if closed) becomes NaN (a scalar select),
@@ -119,8 +120,12 @@ def hyper(value: Any, count: Any, high: float = math.inf, closed: bool = False) 
     if type(value) in (int, float):  # checked when the transform was built, unless scheduled
         inside = value >= 0 and (value <= high if closed else value < high)
         return value if inside or not scheduled else math.nan
-    if not _checks.is_real(value) or jnp.ndim(value) != 0:
-        raise _checks.error(TypeError, f"a hyperparameter must be a real scalar, got {value!r}.")
+    what = f"the {name} schedule returned" if scheduled else f"{name} is"
+    if not _checks.is_real(value):
+        raise _checks.error(TypeError, f"{what} {value!r}, not a real number.")
+    if jnp.ndim(value) != 0:
+        shape = jnp.shape(value)
+        raise _checks.error(ValueError, f"{what} an array of shape {shape}, not a scalar.")
     inside = (value >= 0) & ((value <= high) if closed else (value < high))
     return jnp.where(inside, value, jnp.nan)  # an integer becomes a weakly typed float
 
@@ -194,7 +199,8 @@ def buffer_transform(
         if decay:
             if params is None:
                 raise _checks.needs_params()
-            thetas, wd = _checks.check_tree(params, reference, "param"), hyper(weight_decay, None)
+            thetas = _checks.check_tree(params, reference, "param")
+            wd = hyper("weight_decay", weight_decay, None)
         c = coefficients(state)
         leaves = [leaves_of(t) for t in trees]
         treedef = jax.tree.structure(trees[0], is_leaf=_is_leaf)
@@ -268,12 +274,17 @@ def buffer_transform(
     return optax.GradientTransformationExtraArgs(_checks.named(init_fn), _checks.named(update_fn))
 
 
-def scale_by_learning_rate(learning_rate: Any, steps: Any = None) -> optax.GradientTransformation:
-    """``optax.scale_by_learning_rate``, with an out-of-range array or schedule value made NaN.
+def scale_by_learning_rate(
+    learning_rate: Any, steps: Any = None, name: str = "learning_rate"
+) -> optax.GradientTransformation:
+    """``optax.scale_by_learning_rate``, with an out-of-range array or schedule value made NaN
+    and errors naming the factory that built it.
 
     Its count counts calls: with ``steps`` calls per update, a schedule sees ``count // steps``.
     """
     steps = int(steps or 1)
     if callable(learning_rate):
-        return optax.scale_by_learning_rate(lambda count: hyper(learning_rate, count // steps))
-    return optax.scale_by_learning_rate(hyper(learning_rate, None))
+        inner = optax.scale_by_learning_rate(lambda n: hyper(name, learning_rate, n // steps))
+    else:
+        inner = optax.scale_by_learning_rate(hyper(name, learning_rate, None))
+    return optax.GradientTransformation(inner.init, _checks.named(inner.update))

@@ -114,8 +114,8 @@ def scale_by_qhm(
     """
 
     def coefficients(state: QHMState) -> tuple[Any, Any, Any, Any]:
-        beta = hyper(momentum, state.count, 1.0)
-        weight = hyper(nu, state.count, 1.0, closed=True)
+        beta = hyper("momentum", momentum, state.count, 1.0)
+        weight = hyper("nu", nu, state.count, 1.0, closed=True)
         return beta, 1 - beta, weight, 1 - weight
 
     def buffer(c: Any, g: jax.Array, b: jax.Array) -> jax.Array:
@@ -264,7 +264,7 @@ def scale_by_aggmo(
     count = len(momenta)
 
     def coefficients(state: AggMoState) -> list[Any]:
-        return [hyper(momenta[i], state.count, 1.0) for i in range(count)]
+        return [hyper(f"momenta[{i}]", momenta[i], state.count, 1.0) for i in range(count)]
 
     def buffers(betas: Any, g: jax.Array, *bs: jax.Array) -> tuple[jax.Array, ...]:
         return tuple(beta * b + g for beta, b in zip(betas, bs, strict=True))
