@@ -184,3 +184,19 @@ def test_a_stacked_state_is_refused_with_the_vmap_fix() -> None:
     assert "rebuild" not in str(refused.value)
     restored = jax.vmap(lambda s, p: momentum_jax.restore_state(s, tx, p))(states, members)
     _same(restored, states)
+
+
+def test_a_typed_prng_key_in_the_chain_is_carried() -> None:
+    # optax.add_noise keeps a jax.random.key (optax 0.2.4: raw uint32 key data): a scalar
+    # whose dtype NumPy cannot hold.
+    tx = optax.chain(optax.add_noise(0.1, 0.5, 0), momentum_jax.momentum(0.1, 0.9))
+    _, state = _train(tx, tx.init(_params()), 2)
+    restored = momentum_jax.restore_state(state, tx, _params())
+
+    def data(key: jax.Array) -> jax.Array:
+        typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        return jax.random.key_data(key) if typed else key
+
+    assert restored[0].rng_key.dtype == state[0].rng_key.dtype
+    _same(data(restored[0].rng_key), data(state[0].rng_key))
+    _same(_train(tx, restored, 2)[0], _train(tx, state, 2)[0])

@@ -280,8 +280,10 @@ def _place_like(value: Any, fresh: Any) -> Any:
         return value
     if getattr(fresh, "_committed", True):  # a buffer: sharded like its param, never gathered
         return jax.device_put(value, fresh.sharding)
-    if jnp.ndim(fresh) == 0:  # a counter: uncommitted and (weakly) typed as init leaves it
-        value = np.asarray(value, fresh.dtype)  # a committed array's copy would stay committed
+    if jnp.ndim(fresh) == 0 and isinstance(fresh.dtype, np.dtype):  # not a typed PRNG key
+        # A counter: uncommitted and (weakly) typed as init leaves it. Through the host, as
+        # a committed array's copy would stay committed.
+        value = np.asarray(value, fresh.dtype)
         return jnp.asarray(value.item() if fresh.weak_type else value)
     return jnp.asarray(value, fresh.dtype)
 
