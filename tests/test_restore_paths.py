@@ -89,7 +89,8 @@ def test_a_packed_checkpoint_of_a_masked_block_read_without_target_restores(
         if wrapper == "masked":
             return optax.masked(block, {"inner": {"w": True, "b": True}, "head": False})
         labels = {"inner": {"w": "a", "b": "a"}, "head": "b"}
-        return optax.partition({"a": block, "b": optax.sgd(0.1)}, labels)
+        partition = getattr(optax, "partition", optax.multi_transform)  # optax 0.2.4: none
+        return partition({"a": block, "b": optax.sgd(0.1)}, labels)
 
     packed = make("packed")
     _, state = _train(packed, packed.init(_params()), 3)
