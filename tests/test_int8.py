@@ -150,17 +150,18 @@ def test_fused_with_the_update_the_dequantization_is_exact() -> None:
         state = new
 
 
-def test_a_block_decayed_below_2_to_the_minus_120_is_stored_as_zeros() -> None:
-    """127 / s overflows for s below about 3.7e-37, and its zeros were coded NaN (0 * inf)."""
+def test_a_block_decayed_below_2_to_the_minus_100_is_stored_as_zeros() -> None:
+    """127 / s overflows for s below about 3.7e-37, and its zeros were coded NaN (0 * inf);
+    below about 2**-119 the decoding's s / 127 is subnormal, flushed to 0 by XLA:CPU."""
     x = np.zeros((4, 1024), np.float32)
-    x[0, :3] = [1e-37, -3e-38, 2**-121]  # block (0, 0): largest below 2**-120
-    x[1, 256] = 2**-119  # block (1, 1): just above, coded as usual
+    x[0, :3] = [1e-37, -3e-38, 2**-101]  # block (0, 0): largest below 2**-100
+    x[1, 256] = 2**-99  # block (1, 1): just above, coded as usual
     x[2, 512:] = np.linspace(-1, 1, 512)
     for kwargs in ({}, {"stochastic_rounding": True}):
         got = np.asarray(momentum_jax.dequantize(_stored(jnp.asarray(x), **kwargs)))
         assert not np.isnan(got).any()
         np.testing.assert_array_equal(got[0, :256], 0)
-        assert got[1, 256] == np.float32(2**-119)  # the largest element, exactly
+        assert got[1, 256] == np.float32(2**-99)  # the largest element, exactly
         np.testing.assert_allclose(got[2], x[2], atol=STEP)  # within a code step
     # A row that stops getting gradients decays through 1e-37 and stays 0, not NaN.
     tx = momentum_jax.momentum(1.0, 0.5, **INT8)
@@ -171,6 +172,12 @@ def test_a_block_decayed_below_2_to_the_minus_120_is_stored_as_zeros() -> None:
         updates, state = step(jnp.zeros_like(params), state, params)
         assert not np.isnan(np.asarray(updates)).any()
     np.testing.assert_array_equal(np.asarray(updates), 0)
+    # Just above the threshold a block keeps its values (with s / 127 subnormal it read 0.53 s).
+    state = tx.init(params)
+    for t in range(3):
+        _, state = step(jnp.full_like(params, 2**-99), state, params)
+        exact = 2**-99 * sum(0.5**k for k in range(t + 1))
+        np.testing.assert_allclose(momentum_jax.dequantize(state.velocity), exact, rtol=1e-6)
 
 
 def test_nan_stays_nan_and_infinity_makes_its_block_nan() -> None:

@@ -123,8 +123,9 @@ MESH_SCRIPT = textwrap.dedent(
               "b": jax.device_put(jnp.ones(4), NamedSharding(mesh, P()))}
     report = {}
     host = jax.tree.map(np.asarray, params)
+    on_host = lambda x: np.asarray(x) if isinstance(x.dtype, np.dtype) else x  # not a typed key
     sources = {  # a checkpoint on the host; a state of a single-device run, committed there
-        "host": lambda tx: jax.tree.map(np.asarray, tx.init(params)),
+        "host": lambda tx: jax.tree.map(on_host, tx.init(params)),
         "device0": lambda tx: jax.device_put(tx.init(host), jax.devices()[0]),
     }
     for name, tx in {
@@ -132,11 +133,12 @@ MESH_SCRIPT = textwrap.dedent(
         "injected": optax.inject_hyperparams(momentum_jax.nesterov)(learning_rate=0.1),
         "finite": optax.apply_if_finite(momentum_jax.qhm(0.1, 0.9), 3),
         "packed": momentum_jax.momentum(0.1, 0.9, layout="packed"),
+        "noise": optax.chain(momentum_jax.momentum(0.1, 0.9), optax.add_noise(0.1, 0.5, 0)),
     }.items():
         for source, saved in sources.items():
             state = momentum_jax.restore_state(saved(tx), tx, params)
             fresh = tx.init(params)
-            kind = lambda x: x.sharding if x.ndim else (x._committed, x.weak_type)
+            kind = lambda x: x.sharding if x.ndim else (x._committed, getattr(x, "weak_type", 0))
             placed = [kind(a) == kind(b) for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(fresh))]
             report[f"{name}/{source}/placed like init"] = all(placed)
             step = jax.jit(lambda p, s, g: tx.update(g, s, p))
@@ -154,7 +156,7 @@ def test_restored_counters_are_uncommitted_on_a_mesh() -> None:
     report = _subprocess.run_json(["-c", MESH_SCRIPT], devices=8, timeout=240)
     names = [
         f"{tx}/{source}"
-        for tx in ("momentum", "injected", "finite", "packed")
+        for tx in ("momentum", "injected", "finite", "packed", "noise")
         for source in ("host", "device0")
     ]
     assert report == {

@@ -48,9 +48,10 @@ MIN_SIZE, MIN_ROW = 4096, 32
 INT8 = np.dtype(np.int8)
 _STEP, _WIDEN = np.float32(1 / 127), np.float32(1 + 2**-20)
 _NAN = -128  # the code of NaN
-# Below this largest magnitude a block is coded 0: 127 / s would overflow to inf near 3.7e-37,
-# and 0 * inf is NaN.
-_TINY = np.float32(2**-120)
+# Below this largest magnitude a block is coded 0: 127 / s overflows to inf near 3.7e-37 (and
+# 0 * inf is NaN), and below about 2**-119 the decoding's s / 127 is subnormal, which XLA:CPU
+# flushes to 0.
+_TINY = np.float32(2**-100)
 
 
 class Int8Buffer(NamedTuple):

@@ -237,9 +237,10 @@ def restore_state(
     Every field of every stage is carried, momentum_jax's and optax's alike
     (``optax.inject_hyperparams``, ``MultiSteps``, ``apply_if_finite``,
     ``masked``, ``partition``...), matched by its name: each stage keeps its
-    own count. Values take the dtypes of ``transform.init(params)`` and its
-    placement: each buffer sharded like its param, and counters left
-    uncommitted where a fresh init leaves them. A field the new state has
+    own count. Values take the dtypes (weak types included) of
+    ``transform.init(params)`` and its placement: each buffer sharded like its
+    param, and counters, hyperparameters and keys left uncommitted where a
+    fresh init leaves them (copied through the host). A field the new state has
     and the old one lacks, a field that would be dropped, or a shape that
     differs raises a ``ValueError`` naming the field; the one exception is an
     ``inject_hyperparams`` hyperparameter that the old state did not inject
@@ -280,12 +281,23 @@ def _place_like(value: Any, fresh: Any) -> Any:
         return value
     if getattr(fresh, "_committed", True):  # a buffer: sharded like its param, never gathered
         return jax.device_put(value, fresh.sharding)
-    if jnp.ndim(fresh) == 0 and isinstance(fresh.dtype, np.dtype):  # not a typed PRNG key
-        # A counter: uncommitted and (weakly) typed as init leaves it. Through the host, as
-        # a committed array's copy would stay committed.
-        value = np.asarray(value, fresh.dtype)
-        return jnp.asarray(value.item() if fresh.weak_type else value)
+    if jnp.size(fresh) <= _SMALL:  # a counter, hyperparameter or key: uncommitted, as in init
+        return _through_host(value, fresh)
     return jnp.asarray(value, fresh.dtype)
+
+
+_SMALL = 1024  # elements: what restore_state copies through the host
+
+
+def _through_host(value: Any, fresh: Any) -> Any:
+    """``value`` typed as ``fresh`` (weakly where it is) and uncommitted: a committed array's
+    device copy would stay committed."""
+    if not isinstance(fresh.dtype, np.dtype):  # a typed PRNG key
+        data = jnp.asarray(np.asarray(jax.random.key_data(value)))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(fresh))
+    host = np.asarray(value, fresh.dtype)
+    weak = getattr(fresh, "weak_type", False) and host.ndim == 0
+    return jnp.asarray(host.item() if weak else host)
 
 
 def _children(node: Any) -> dict[str, Any] | None:
