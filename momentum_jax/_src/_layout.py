@@ -32,6 +32,9 @@ from momentum_jax._src._checks import public
 
 #: Arrays with at most this many elements are packed.
 MAX_PACKED_SIZE = 2**16
+# Uncommitted leaves with at most this many elements (counters, hyperparameters, keys):
+# restore_state copies them through the host, which leaves them uncommitted.
+_SMALL = 1024
 
 #: The fields of momentum_jax's states that hold params-shaped buffers.
 BUFFER_FIELDS = ("velocity", "buffer", "buffers")
@@ -284,9 +287,6 @@ def _place_like(value: Any, fresh: Any) -> Any:
     if jnp.size(fresh) <= _SMALL:  # a counter, hyperparameter or key: uncommitted, as in init
         return _through_host(value, fresh)
     return jnp.asarray(value, fresh.dtype)
-
-
-_SMALL = 1024  # elements: what restore_state copies through the host
 
 
 def _through_host(value: Any, fresh: Any) -> Any:
