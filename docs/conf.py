@@ -36,7 +36,6 @@ napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
-autodoc_preserve_defaults = True
 # Show the aliases, not the long unions they stand for.
 autodoc_type_aliases = {
     "ScalarOrSchedule": "momentum_jax.ScalarOrSchedule",

@@ -9,6 +9,7 @@ from types import FrameType
 from typing import Any
 
 import jax.numpy as jnp
+import pytest
 
 import momentum_jax
 
@@ -61,3 +62,41 @@ def test_no_module_imports_another_that_imports_it_back() -> None:
 
     circles = [m for m in imports if reaches(m, m)]
     assert not circles, f"import circles through {circles}: {imports}"
+
+
+_OPTIONS = {
+    "accumulator_dtype": None,
+    "stochastic_rounding": False,
+    "seed": 0,
+    "layout": "per_leaf",
+}
+_ACCUMULATING = ("momentum", "scale_by_momentum", "aggmo", "scale_by_aggmo")
+
+
+def test_every_buffer_transform_lists_its_state_options_keyword_only() -> None:
+    """The options are written once in the code; each signature (help(), the API page,
+    IDEs) still lists them, keyword-only, with their defaults, and each docstring
+    describes them."""
+    import inspect
+
+    names = ("nesterov", "qhm", "scale_by_qhm", "lion", *_ACCUMULATING)
+    factories = {name: getattr(momentum_jax, name) for name in names}
+    compat = momentum_jax.compat
+    factories.update({n: getattr(compat, n) for n in ("torch_sgd", "keras_sgd", "tf1_momentum")})
+    for name, factory in factories.items():
+        wanted = dict(_OPTIONS)
+        if name in _ACCUMULATING or name.endswith(("sgd", "tf1_momentum")):
+            wanted["gradient_accumulation_steps"] = None
+        parameters = inspect.signature(factory).parameters
+        listed = {
+            key: p.default
+            for key, p in parameters.items()
+            if key in wanted and p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        assert listed == wanted, name
+        assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        assert all(f"  {key}: " in factory.__doc__ for key in wanted), name
+        with pytest.raises(
+            TypeError, match=r"unexpected keyword argument 'sed'\. Did you mean seed\?"
+        ):
+            factory(*[0.1] * ("learning_rate" in parameters or "lr" in parameters), sed=1)

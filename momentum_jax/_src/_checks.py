@@ -4,7 +4,10 @@ Every public factory is wrapped by :func:`public`, which binds its arguments,
 checks each one named in :data:`CHECKS` (concrete values only: schedules and
 traced arrays pass), and records the factory's name for the errors raised
 later by the transform it builds (:func:`caller`). A factory called from
-inside another one (a preset building its blocks) is not checked again.
+inside another one (a preset building its blocks) is not checked again. The
+state options every buffer transform shares are written once, in
+:class:`StateOptions`: a factory takes them as ``**options`` and :func:`public`
+gives it a signature that lists them, keyword-only, with their defaults.
 
 ``update`` checks trees, shapes and dtypes, which are static: they cost only
 tracing time. Integer and boolean params (Equinox keeps them in
@@ -21,16 +24,19 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypedDict, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack as Unpack  # Python 3.10: not in typing
+
 # optax 0.2.4 (the floor) names it safe_int32_increment.
 safe_increment = getattr(optax, "safe_increment", None) or optax.safe_int32_increment
-ACCUMULATION = "gradient_accumulation_steps"
+ACCUMULATION: Final = "gradient_accumulation_steps"
 LAYOUTS = ("per_leaf", "packed")
 _CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("caller", default=None)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,10 +86,22 @@ def concrete(value: Any) -> float | None:
     return float(np.asarray(value).real)
 
 
-def state_options(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The state options of a public factory's ``arguments`` (its ``locals()``), to pass on."""
-    keys = ("accumulator_dtype", "stochastic_rounding", "seed", "layout", ACCUMULATION)
-    return {k: arguments[k] for k in keys if k in arguments}
+class StateOptions(TypedDict, total=False):
+    """The keyword-only state options of every buffer transform and preset."""
+
+    accumulator_dtype: Any | None
+    stochastic_rounding: bool
+    seed: int | jax.Array
+    layout: str
+
+
+class AccumulatingOptions(StateOptions, total=False):
+    """:class:`StateOptions` and gradient accumulation."""
+
+    gradient_accumulation_steps: int | None
+
+
+_DEFAULTS = {"stochastic_rounding": False, "seed": 0, "layout": "per_leaf"}
 
 
 def needs_params() -> Exception:
@@ -215,17 +233,32 @@ def _unknown(kwargs: dict[str, Any], parameters: Any) -> str | None:
     return None
 
 
-def public(name: str) -> Callable[[F], F]:
-    """Check a public factory's arguments against :data:`CHECKS`, naming ``name`` in errors."""
+def public(name: str, options: type[StateOptions] | None = None) -> Callable[[F], F]:
+    """Check a public factory's arguments against :data:`CHECKS`, naming ``name`` in errors.
+
+    A factory taking ``options`` (a :class:`StateOptions` type) as ``**options``
+    is given a signature that lists them, and always receives every one of them.
+    """
 
     def wrap(factory: F) -> F:
         signature = inspect.signature(factory)
+        if options is not None:
+            *own, _ = signature.parameters.values()  # the last one is **options
+            listed = [
+                inspect.Parameter(
+                    key,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=_DEFAULTS.get(key),
+                    annotation=getattr(hint, "__forward_arg__", hint),  # the text, as elsewhere
+                )
+                for key, hint in options.__annotations__.items()
+            ]
+            signature = signature.replace(parameters=[*own, *listed])
 
         @functools.wraps(factory)
         def checked(*args: Any, **kwargs: Any) -> Any:
-            if _CALLER.get() is not None:  # built by another public factory: checked there
-                return factory(*args, **kwargs)
-            with calling(name):
+            nested = _CALLER.get() is not None  # built by another public factory: checked there
+            with contextlib.nullcontext() if nested else calling(name):
                 try:
                     bound = signature.bind(*args, **kwargs)
                 except TypeError as error:
@@ -233,10 +266,11 @@ def public(name: str) -> Callable[[F], F]:
                     raise TypeError(f"{name}: {why}") from None
                 bound.apply_defaults()
                 for arg, value in bound.arguments.items():
-                    if arg in CHECKS:
+                    if arg in CHECKS and not nested:
                         CHECKS[arg](arg, value)
-                return factory(*args, **kwargs)
+                return factory(*bound.args, **bound.kwargs)
 
+        checked.__signature__ = signature  # type: ignore[attr-defined]
         return checked  # type: ignore[return-value]
 
     return wrap

@@ -5,14 +5,17 @@ Each preset is a chain of building blocks; none restates another's math.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import optax
 
 from momentum_jax._src import _checks, _core
-from momentum_jax._src._checks import public
+from momentum_jax._src._checks import AccumulatingOptions, public
 from momentum_jax._src._skeleton import accumulation, hyper, scale_by_learning_rate
+
+if TYPE_CHECKING:
+    from momentum_jax._src._checks import Unpack
 
 
 def _checked(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
@@ -63,7 +66,7 @@ def _weight_decay(weight_decay: Any, learning_rate: Any = None, steps: int = 1) 
     return _checked(optax.GradientTransformation(init, update))
 
 
-@public("momentum_jax.compat.torch_sgd")
+@public("momentum_jax.compat.torch_sgd", AccumulatingOptions)
 def torch_sgd(
     lr: optax.ScalarOrSchedule,
     momentum: optax.ScalarOrSchedule = 0.0,
@@ -72,11 +75,7 @@ def torch_sgd(
     nesterov: bool = False,
     *,
     maximize: bool = False,
-    accumulator_dtype: Any | None = None,
-    stochastic_rounding: bool = False,
-    seed: int | jax.Array = 0,
-    layout: str = "per_leaf",
-    gradient_accumulation_steps: int | None = None,
+    **options: Unpack[AccumulatingOptions],
 ) -> optax.GradientTransformationExtraArgs:
     r"""``torch.optim.SGD``, step for step.
 
@@ -155,8 +154,7 @@ def torch_sgd(
     mu, tau = _checks.concrete(momentum), _checks.concrete(dampening)
     if nesterov and ((mu is not None and mu <= 0) or tau not in (None, 0.0)):
         raise _checks.error(ValueError, "nesterov=True needs momentum > 0 and dampening=0.")
-    options = _checks.state_options(locals())
-    steps = accumulation(gradient_accumulation_steps, nesterov, layout)
+    steps = accumulation(options[_checks.ACCUMULATION], nesterov, options["layout"])
     parts: list[Any] = [optax.scale(-1.0)] if maximize else []
     if not _checks.is_python_zero(weight_decay):
         parts.append(_weight_decay(weight_decay))
@@ -170,18 +168,14 @@ def torch_sgd(
     return optax.chain(*parts)
 
 
-@public("momentum_jax.compat.keras_sgd")
+@public("momentum_jax.compat.keras_sgd", AccumulatingOptions)
 def keras_sgd(
     learning_rate: optax.ScalarOrSchedule = 0.01,
     momentum: optax.ScalarOrSchedule = 0.0,
     nesterov: bool = False,
     *,
     weight_decay: float | jax.Array | None = None,
-    accumulator_dtype: Any | None = None,
-    stochastic_rounding: bool = False,
-    seed: int | jax.Array = 0,
-    layout: str = "per_leaf",
-    gradient_accumulation_steps: int | None = None,
+    **options: Unpack[AccumulatingOptions],
 ) -> optax.GradientTransformationExtraArgs:
     r"""Keras 3 ``keras.optimizers.SGD``, step for step.
 
@@ -248,7 +242,7 @@ def keras_sgd(
     References:
       `keras.optimizers.SGD <https://keras.io/api/optimizers/sgd/>`_.
     """
-    steps = accumulation(gradient_accumulation_steps, nesterov, layout)
+    steps = accumulation(options[_checks.ACCUMULATION], nesterov, options["layout"])
     if steps > 1 and callable(learning_rate):
         learning_rate = _at_last_call(learning_rate, steps)
     if _checks.is_python_zero(momentum) and steps == 1:
@@ -256,7 +250,6 @@ def keras_sgd(
         # as inject_hyperparams passes, keeps the velocity: same numbers.)
         parts = [_checked(scale_by_learning_rate(learning_rate))]
     else:
-        options = _checks.state_options(locals())
         # Keras' Nesterov step reads the momentum of this step twice: no look-ahead.
         parts = [_core.heavy_ball(learning_rate, momentum, nesterov, 0.0, options, False)]
     if not (weight_decay is None or _checks.is_python_zero(weight_decay)):
@@ -270,17 +263,13 @@ def _at_last_call(schedule: Any, steps: int) -> Any:
     return lambda n: schedule(n * steps + steps - 1)
 
 
-@public("momentum_jax.compat.tf1_momentum")
+@public("momentum_jax.compat.tf1_momentum", AccumulatingOptions)
 def tf1_momentum(
     learning_rate: optax.ScalarOrSchedule,
     momentum: optax.ScalarOrSchedule,
     *,
     use_nesterov: bool = False,
-    accumulator_dtype: Any | None = None,
-    stochastic_rounding: bool = False,
-    seed: int | jax.Array = 0,
-    layout: str = "per_leaf",
-    gradient_accumulation_steps: int | None = None,
+    **options: Unpack[AccumulatingOptions],
 ) -> optax.GradientTransformationExtraArgs:
     r"""``tf.compat.v1.train.MomentumOptimizer``, step for step.
 
@@ -338,6 +327,6 @@ def tf1_momentum(
       <https://www.tensorflow.org/api_docs/python/tf/compat/v1/train/MomentumOptimizer>`_.
     """
     return optax.chain(
-        _core.gradient_buffer(momentum, use_nesterov, 0.0, _checks.state_options(locals())),
-        scale_by_learning_rate(learning_rate, gradient_accumulation_steps),
+        _core.gradient_buffer(momentum, use_nesterov, 0.0, options),
+        scale_by_learning_rate(learning_rate, options[_checks.ACCUMULATION]),
     )

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from momentum_jax._src import _checks
-from momentum_jax._src._checks import public
+from momentum_jax._src._checks import AccumulatingOptions, StateOptions, public
 from momentum_jax._src._layout import with_layout
 from momentum_jax._src._skeleton import accumulation, buffer_transform, hyper
+
+if TYPE_CHECKING:
+    from momentum_jax._src._checks import Unpack
 
 
 class MomentumState(NamedTuple):
@@ -50,18 +53,14 @@ class TorchMomentumState(NamedTuple):
     started: jax.Array  # shape=(), dtype=bool
 
 
-@public("momentum_jax.momentum")
+@public("momentum_jax.momentum", AccumulatingOptions)
 def momentum(
     learning_rate: optax.ScalarOrSchedule,
     momentum: optax.ScalarOrSchedule = 0.9,
     *,
     nesterov: bool = False,
     weight_decay: float | jax.Array = 0.0,
-    accumulator_dtype: Any | None = None,
-    stochastic_rounding: bool = False,
-    seed: int | jax.Array = 0,
-    layout: str = "per_leaf",
-    gradient_accumulation_steps: int | None = None,
+    **options: Unpack[AccumulatingOptions],
 ) -> optax.GradientTransformationExtraArgs:
     r"""Momentum with the learning rate inside the velocity (heavy ball or Nesterov).
 
@@ -177,8 +176,7 @@ def momentum(
       ICML 2013.
     """
 
-    accumulation(gradient_accumulation_steps, nesterov, layout)
-    options = _checks.state_options(locals())
+    accumulation(options[_checks.ACCUMULATION], nesterov, options["layout"])
     return heavy_ball(learning_rate, momentum, nesterov, weight_decay, options)
 
 
@@ -187,7 +185,7 @@ def heavy_ball(
     momentum: Any,
     nesterov: bool,
     weight_decay: Any,
-    options: dict[str, Any],
+    options: AccumulatingOptions,
     look_ahead: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """The rule of :func:`momentum`; Nesterov's look-ahead reads a momentum schedule at the
@@ -222,16 +220,13 @@ def heavy_ball(
 _momentum = momentum
 
 
-@public("momentum_jax.nesterov")
+@public("momentum_jax.nesterov", StateOptions)
 def nesterov(
     learning_rate: optax.ScalarOrSchedule,
     momentum: optax.ScalarOrSchedule = 0.9,
     *,
     weight_decay: float | jax.Array = 0.0,
-    accumulator_dtype: Any | None = None,
-    stochastic_rounding: bool = False,
-    seed: int | jax.Array = 0,
-    layout: str = "per_leaf",
+    **options: Unpack[StateOptions],
 ) -> optax.GradientTransformationExtraArgs:
     r"""Nesterov momentum: :func:`momentum` with ``nesterov=True``.
 
@@ -279,21 +274,16 @@ def nesterov(
       and momentum in deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_,
       ICML 2013.
     """
-    options = _checks.state_options(locals())
     return _momentum(learning_rate, momentum, nesterov=True, weight_decay=weight_decay, **options)
 
 
-@public("momentum_jax.scale_by_momentum")
+@public("momentum_jax.scale_by_momentum", AccumulatingOptions)
 def scale_by_momentum(
     momentum: optax.ScalarOrSchedule = 0.9,
     *,
     nesterov: bool = False,
     dampening: float | jax.Array = 0.0,
-    accumulator_dtype: Any | None = None,
-    stochastic_rounding: bool = False,
-    seed: int | jax.Array = 0,
-    layout: str = "per_leaf",
-    gradient_accumulation_steps: int | None = None,
+    **options: Unpack[AccumulatingOptions],
 ) -> optax.GradientTransformationExtraArgs:
     r"""The learning-rate-free gradient buffer of PyTorch, TF1 and optax.
 
@@ -356,11 +346,15 @@ def scale_by_momentum(
     """
     if nesterov and _checks.concrete(dampening) not in (None, 0.0):
         raise _checks.error(ValueError, f"nesterov=True needs dampening=0, got {dampening!r}.")
-    return gradient_buffer(momentum, nesterov, dampening, _checks.state_options(locals()))
+    return gradient_buffer(momentum, nesterov, dampening, options)
 
 
 def gradient_buffer(
-    momentum: Any, nesterov: bool, dampening: Any, options: dict[str, Any], torch_rule: bool = False
+    momentum: Any,
+    nesterov: bool,
+    dampening: Any,
+    options: AccumulatingOptions,
+    torch_rule: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """:func:`scale_by_momentum`'s rule (``options``: the state options); with ``torch_rule``,
     PyTorch's at momentum 0.

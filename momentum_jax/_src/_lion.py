@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from momentum_jax._src import _checks
-from momentum_jax._src._checks import public
+from momentum_jax._src._checks import StateOptions, public
 from momentum_jax._src._layout import with_layout
 from momentum_jax._src._skeleton import buffer_transform, hyper, scale_by_learning_rate
+
+if TYPE_CHECKING:
+    from momentum_jax._src._checks import Unpack
 
 
 class LionState(NamedTuple):
@@ -31,17 +34,13 @@ class LionState(NamedTuple):
     buffer: Any
 
 
-@public("momentum_jax.lion")
+@public("momentum_jax.lion", StateOptions)
 def lion(
     learning_rate: optax.ScalarOrSchedule,
     b1: optax.ScalarOrSchedule = 0.9,
     b2: optax.ScalarOrSchedule = 0.99,
     weight_decay: float | jax.Array = 1e-3,
-    *,
-    accumulator_dtype: Any | None = None,
-    stochastic_rounding: bool = False,
-    seed: int | jax.Array = 0,
-    layout: str = "per_leaf",
+    **options: Unpack[StateOptions],
 ) -> optax.GradientTransformationExtraArgs:
     r"""Lion: a step of the same size in every coordinate, signed by a blend of momenta.
 
@@ -117,11 +116,10 @@ def lion(
         beta1, one_minus_beta1, _, _ = c
         return jnp.sign(one_minus_beta1 * g + beta1 * m)
 
-    options = _checks.state_options(locals())
     block = buffer_transform(
         LionState, coefficients, buffer, output, options, output_reads_old=True
     )
-    parts = [with_layout(block, layout)]
+    parts = [with_layout(block, options["layout"])]
     if not _checks.is_python_zero(weight_decay):
         parts.append(optax.add_decayed_weights(hyper("weight_decay", weight_decay, None)))
     return optax.chain(*parts, scale_by_learning_rate(learning_rate))

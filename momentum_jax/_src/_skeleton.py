@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -135,7 +135,7 @@ def buffer_transform(
     coefficients: Callable[[Any], Any],
     buffers: Callable[..., Any],
     output: Callable[..., Any],
-    options: dict[str, Any],
+    options: Mapping[str, Any],
     *,
     num_buffers: int | None = None,
     weight_decay: Any = 0.0,
@@ -145,7 +145,7 @@ def buffer_transform(
     """An optax transform from an update rule.
 
     ``options`` holds the factory's ``accumulator_dtype``, ``stochastic_rounding``
-    and ``seed`` (:func:`momentum_jax._src._checks.state_options`). The state is
+    and ``seed`` (:class:`momentum_jax._src._checks.StateOptions`). The state is
     ``state_type(count, buffers, *fields)``: one params-shaped buffer tree (a
     tuple of ``num_buffers`` of them when that is given).
     ``coefficients(state)`` gives the update's hyperparameters; for each array,

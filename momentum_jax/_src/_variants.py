@@ -9,13 +9,13 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import optax
 
 from momentum_jax._src import _checks
-from momentum_jax._src._checks import public
+from momentum_jax._src._checks import AccumulatingOptions, StateOptions, public
 from momentum_jax._src._layout import with_layout
 from momentum_jax._src._skeleton import (
     accumulation,
@@ -23,6 +23,9 @@ from momentum_jax._src._skeleton import (
     hyper,
     scale_by_learning_rate,
 )
+
+if TYPE_CHECKING:
+    from momentum_jax._src._checks import Unpack
 
 
 class QHMState(NamedTuple):
@@ -66,15 +69,11 @@ class AggMoState(NamedTuple):
     buffers: tuple[Any, ...]
 
 
-@public("momentum_jax.scale_by_qhm")
+@public("momentum_jax.scale_by_qhm", StateOptions)
 def scale_by_qhm(
     momentum: optax.ScalarOrSchedule = 0.999,
     nu: optax.ScalarOrSchedule = 0.7,
-    *,
-    accumulator_dtype: Any | None = None,
-    stochastic_rounding: bool = False,
-    seed: int | jax.Array = 0,
-    layout: str = "per_leaf",
+    **options: Unpack[StateOptions],
 ) -> optax.GradientTransformationExtraArgs:
     r"""The learning-rate-free block of quasi-hyperbolic momentum.
 
@@ -126,22 +125,16 @@ def scale_by_qhm(
         _, _, nu, one_minus_nu = c
         return nu * b + one_minus_nu * g
 
-    block = buffer_transform(
-        QHMState, coefficients, buffer, output, _checks.state_options(locals())
-    )
-    return with_layout(block, layout)
+    block = buffer_transform(QHMState, coefficients, buffer, output, options)
+    return with_layout(block, options["layout"])
 
 
-@public("momentum_jax.qhm")
+@public("momentum_jax.qhm", StateOptions)
 def qhm(
     learning_rate: optax.ScalarOrSchedule,
     momentum: optax.ScalarOrSchedule = 0.999,
     nu: optax.ScalarOrSchedule = 0.7,
-    *,
-    accumulator_dtype: Any | None = None,
-    stochastic_rounding: bool = False,
-    seed: int | jax.Array = 0,
-    layout: str = "per_leaf",
+    **options: Unpack[StateOptions],
 ) -> optax.GradientTransformationExtraArgs:
     r"""Quasi-hyperbolic momentum: a weighted mean of the gradient and its moving average.
 
@@ -202,20 +195,15 @@ def qhm(
       <https://arxiv.org/abs/1810.06801>`_, ICLR 2019.
     """
     return optax.chain(
-        scale_by_qhm(momentum, nu, **_checks.state_options(locals())),
+        scale_by_qhm(momentum, nu, **options),
         scale_by_learning_rate(learning_rate),
     )
 
 
-@public("momentum_jax.scale_by_aggmo")
+@public("momentum_jax.scale_by_aggmo", AccumulatingOptions)
 def scale_by_aggmo(
     momenta: Sequence[float | jax.Array] | jax.Array = (0.0, 0.9, 0.99),
-    *,
-    accumulator_dtype: Any | None = None,
-    stochastic_rounding: bool = False,
-    seed: int | jax.Array = 0,
-    layout: str = "per_leaf",
-    gradient_accumulation_steps: int | None = None,
+    **options: Unpack[AccumulatingOptions],
 ) -> optax.GradientTransformationExtraArgs:
     r"""The learning-rate-free block of aggregated momentum: the mean of ``K`` buffers.
 
@@ -272,22 +260,16 @@ def scale_by_aggmo(
     def output(betas: Any, g: jax.Array, *bs: jax.Array) -> jax.Array:
         return functools.reduce(operator.add, [b.astype(g.dtype) for b in bs]) / count
 
-    options = _checks.state_options(locals())
-    accumulation(gradient_accumulation_steps, layout=layout)
+    accumulation(options[_checks.ACCUMULATION], layout=options["layout"])
     block = buffer_transform(AggMoState, coefficients, buffers, output, options, num_buffers=count)
-    return with_layout(block, layout)
+    return with_layout(block, options["layout"])
 
 
-@public("momentum_jax.aggmo")
+@public("momentum_jax.aggmo", AccumulatingOptions)
 def aggmo(
     learning_rate: optax.ScalarOrSchedule,
     momenta: Sequence[float | jax.Array] | jax.Array = (0.0, 0.9, 0.99),
-    *,
-    accumulator_dtype: Any | None = None,
-    stochastic_rounding: bool = False,
-    seed: int | jax.Array = 0,
-    layout: str = "per_leaf",
-    gradient_accumulation_steps: int | None = None,
+    **options: Unpack[AccumulatingOptions],
 ) -> optax.GradientTransformationExtraArgs:
     r"""Aggregated momentum: the mean of several heavy-ball buffers with different momenta.
 
@@ -315,12 +297,10 @@ def aggmo(
       momenta: the ``K >= 1`` momenta :math:`\beta_i`, each in ``[0, 1)``. A
         tuple of numbers stays static under ``optax.inject_hyperparams``; a
         1-D array is accepted too (and is traced there).
-      accumulator_dtype: dtype of the buffers; ``None`` keeps each param's
-        dtype.
-      stochastic_rounding: round the new buffers stochastically, as in
-        :func:`momentum_jax.momentum`.
-      seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
-      layout: the state layout, as in :func:`momentum_jax.momentum`.
+      accumulator_dtype: the buffers' dtype (``None``: each param's own).
+      stochastic_rounding: as in :func:`momentum_jax.momentum`, for each buffer.
+      seed: the seed of that rounding.
+      layout: the state layout (see :func:`momentum_jax.momentum`).
       gradient_accumulation_steps: the number of calls whose mean gradient
         makes one update (``None``, the default, or 1: none). With ``N >= 2``
         each buffer takes the mean of ``N`` gradients as in
@@ -354,6 +334,6 @@ def aggmo(
       passive damping <https://arxiv.org/abs/1804.00325>`_, ICLR 2019.
     """
     return optax.chain(
-        scale_by_aggmo(momenta, **_checks.state_options(locals())),
-        scale_by_learning_rate(learning_rate, gradient_accumulation_steps),
+        scale_by_aggmo(momenta, **options),
+        scale_by_learning_rate(learning_rate, options[_checks.ACCUMULATION]),
     )
