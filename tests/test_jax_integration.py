@@ -3,7 +3,8 @@
 The table runs jit, scan/cond carries, inject_hyperparams, dtypes and None
 leaves over every transform; what stays here is specific: a schedule turned
 into an injected hyperparameter, the params=None error under injection, the
-values a float32 accumulator keeps for bfloat16 params, and the state type.
+values a float32 accumulator keeps for bfloat16 params, the state type, and
+what JAX's persistent compilation cache does to a donated step.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 import momentum_jax
 from tests import _problems
+from tests._subprocess import run_json
 
 
 def _decay(count: Any) -> Any:
@@ -100,3 +102,51 @@ def test_injected_weight_decay_keeps_bfloat16_updates() -> None:
         assert state.inner_state.velocity.dtype == jnp.bfloat16
     expected = -(0.9 * 0.1 * 0.51 + 0.1 * 0.51)
     np.testing.assert_allclose(np.asarray(updates, np.float32), expected, rtol=2e-2)
+
+
+# Two fresh jits of one donated momentum step in one process: the second compile of the
+# same program is read back from the persistent compilation cache.
+_CACHED_TWICE = """
+import json, shutil, tempfile
+import jax
+
+# Before any array exists: JAX sets its cache up at the first compile.
+directory = tempfile.mkdtemp()
+jax.config.update("jax_compilation_cache_dir", directory)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **_: hits.append(event) if event.endswith("/cache_hits") else None
+)
+import numpy as np
+import momentum_jax
+from tests import _problems
+
+def run():
+    tx = momentum_jax.momentum(0.1, 0.9)
+    step = jax.jit(_problems.step_fn(tx), donate_argnums=(0, 1))
+    params = _problems.initial_params()
+    state = tx.init(params)
+    trajectory = []
+    for _ in range(4):
+        params, state = step(params, state)
+        trajectory.append(np.asarray(params["b"]))
+    return np.stack(trajectory)
+
+try:
+    compiled = run()
+    del hits[:]
+    cached = run()
+    print(json.dumps({"same": bool(np.array_equal(compiled, cached)), "hits": len(hits)}))
+finally:
+    shutil.rmtree(directory)
+"""
+
+
+def test_a_donated_step_read_from_the_persistent_compilation_cache() -> None:
+    """docs/production.md's warning: on the CPU, jax 0.4.35 reads a donated step back from its
+    persistent compilation cache as a program that computes other params; newer versions
+    (0.6.0 and later by a check by hand) read back one that computes the same params."""
+    report = run_json(["-c", _CACHED_TWICE], what="the compilation cache check")
+    assert report["hits"] >= 1  # the second run's step came from the cache
+    assert report["same"] == (jax.__version_info__ >= (0, 6)), jax.__version__
