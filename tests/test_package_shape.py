@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import sys
 from pathlib import Path
 from types import FrameType
@@ -77,8 +78,6 @@ def test_every_buffer_transform_lists_its_state_options_keyword_only() -> None:
     """The options are written once in the code; each signature (help(), the API page,
     IDEs) still lists them, keyword-only, with their defaults, and each docstring
     describes them."""
-    import inspect
-
     names = ("nesterov", "qhm", "scale_by_qhm", "lion", *_ACCUMULATING)
     factories = {name: getattr(momentum_jax, name) for name in names}
     compat = momentum_jax.compat
