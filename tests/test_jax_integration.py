@@ -9,6 +9,7 @@ what JAX's persistent compilation cache does to a donated step.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -148,5 +149,9 @@ def test_a_donated_step_read_from_the_persistent_compilation_cache() -> None:
     persistent compilation cache as a program that computes other params; newer versions
     (0.6.0 and later by a check by hand) read back one that computes the same params."""
     report = run_json(["-c", _CACHED_TWICE], what="the compilation cache check")
-    assert report["hits"] >= 1  # the second run's step came from the cache
-    assert report["same"] == (jax.__version_info__ >= (0, 6)), jax.__version__
+    if os.environ.get("MOMENTUM_JAX_NO_SKIPS") == "1":  # CI: the check must really run
+        assert report["hits"] >= 1
+    if report["hits"] == 0:  # JAX refused its own entry on this CPU: both runs compiled
+        assert report["same"]
+    else:  # the second run's step came from the cache
+        assert report["same"] == (jax.__version_info__ >= (0, 6)), jax.__version__

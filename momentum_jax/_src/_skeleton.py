@@ -144,8 +144,8 @@ def buffer_transform(
 ) -> optax.GradientTransformationExtraArgs:
     """An optax transform from an update rule.
 
-    ``options`` holds the factory's ``accumulator_dtype``, ``stochastic_rounding``
-    and ``seed`` (:class:`momentum_jax._src._checks.StateOptions`). The state is
+    ``options`` holds the factory's state options, each of them
+    (:class:`momentum_jax._src._checks.AccumulatingOptions`). The state is
     ``state_type(count, buffers, *fields)``: one params-shaped buffer tree (a
     tuple of ``num_buffers`` of them when that is given).
     ``coefficients(state)`` gives the update's hyperparameters; for each array,
