@@ -299,11 +299,15 @@ def test_inject_hyperparams_with_the_steps_static() -> None:
             "torch_sgd/injected": torch_sgd(
                 lr=LR, momentum=MU, dampening=0.1, gradient_accumulation_steps=4
             ),
+            # torch_sgd's default momentum 0, injected: plain SGD on the mean gradient.
+            "sgd": compat.torch_sgd(LR, gradient_accumulation_steps=4),
+            "sgd/injected": torch_sgd(lr=LR, gradient_accumulation_steps=4),
         },
         12,
     )
     chex.assert_trees_all_close(out["momentum/injected"], out["momentum"], rtol=1e-6)
     chex.assert_trees_all_close(out["torch_sgd/injected"], out["torch_sgd"], rtol=1e-6)
+    chex.assert_trees_all_close(out["sgd/injected"], out["sgd"], rtol=1e-6)
     # Left out, it is no hyperparameter: the injected state of earlier versions.
     state = optax.inject_hyperparams(momentum_jax.momentum)(LR, MU).init(jnp.zeros(2))
     assert set(state.hyperparams) == {"learning_rate", "momentum", "weight_decay", "seed"}

@@ -3,7 +3,8 @@
 * A momentum that is 0 at some steps (a schedule, or a value injected with
   ``optax.inject_hyperparams``): PyTorch leaves its buffer alone at such a step and
   starts it, undamped (``buf = clone(grad)``), at the first step whose momentum is
-  not 0. Checked against the closed form and against ``torch.optim.SGD`` itself.
+  not 0. Checked against the closed form and against ``torch.optim.SGD`` itself, also
+  accumulating gradients, where the buffer holds the mean gradient until it starts.
 * Weight decay keeps the gradient's dtype (PyTorch adds it in place), so mixed
   precision params and a strongly typed decay work in the packed layout too.
 """
@@ -70,6 +71,43 @@ def test_momentum_zero_at_some_steps_matches_torch(dampening: float, injected: b
     expected = theta.detach().numpy()
     np.testing.assert_allclose(_ours(dampening, injected), expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(_ours(dampening, injected, "packed"), _ours(dampening, injected))
+
+
+# Updates with momentum 0 before the buffer starts, as a warm-up from 0 gives.
+WARM_UP = [0.0, 0.0, 0.9, 0.9, 0.8]
+
+
+@pytest.mark.parametrize("dampening", [0.0, 0.3])
+@pytest.mark.parametrize("injected", [False, True], ids=["schedule", "injected"])
+def test_accumulating_from_momentum_zero_matches_torch_on_the_mean_gradient(
+    dampening: float, injected: bool
+) -> None:
+    torch = pytest.importorskip("torch")
+    k = 2
+    if injected:  # as optax.inject_hyperparams passes the default momentum 0: an array
+        inject = optax.inject_hyperparams(
+            compat.torch_sgd, static_args=("gradient_accumulation_steps",)
+        )
+        tx = inject(lr=0.1, dampening=dampening, gradient_accumulation_steps=k)
+    else:
+        tx = compat.torch_sgd(
+            0.1, lambda n: jnp.asarray(WARM_UP)[n], dampening, gradient_accumulation_steps=k
+        )
+    params = jnp.zeros(3)
+    state, ours = tx.init(params), []
+    theta = torch.zeros(3, dtype=torch.float32, requires_grad=True)
+    optimizer = torch.optim.SGD([theta], lr=0.1, momentum=0.0, dampening=dampening)
+    for n, mu in enumerate(WARM_UP):
+        for call in range(k):
+            if injected:
+                state.hyperparams["momentum"] = jnp.asarray(mu)
+            updates, state = tx.update(jnp.asarray(_grads(k * n + call)), state, params)
+            params = optax.apply_updates(params, updates)
+        ours.append(np.asarray(params))
+        optimizer.param_groups[0]["momentum"] = mu
+        theta.grad = torch.from_numpy((_grads(k * n) + _grads(k * n + 1)) / k)
+        optimizer.step()
+        np.testing.assert_allclose(ours[-1], theta.detach().numpy(), rtol=1e-6, atol=1e-7)
 
 
 def _mixed() -> dict[str, jax.Array]:

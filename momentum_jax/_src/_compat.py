@@ -128,9 +128,11 @@ def torch_sgd(
         then keeps one, holding the mean), and the update is
         :math:`-\alpha_t b_t` on the ``K``-th call and 0 on the others, with
         the schedule at completed updates: ``optax.MultiSteps(torch_sgd(...),
-        K)``'s trajectory. It refuses ``nesterov=True``; with a momentum
-        schedule or array, an update whose momentum is 0 (PyTorch's output
-        is then the mean gradient, kept nowhere) is NaN.
+        K)``'s trajectory. It refuses ``nesterov=True``. With a momentum
+        schedule or array, the buffer holds the mean gradient of the updates
+        whose momentum is 0 until PyTorch's buffer starts; an update whose
+        momentum is 0 after that (PyTorch's output is then the mean gradient,
+        kept nowhere) is NaN.
 
     Returns:
       The chain above, an ``optax.GradientTransformationExtraArgs``; its buffer

@@ -39,8 +39,8 @@ class MomentumState(NamedTuple):
 class TorchMomentumState(NamedTuple):
     """State of the buffer of :func:`momentum_jax.compat.torch_sgd` when its momentum
     may be 0 at some steps (a schedule, or an injected value) and its dampening is not
-    a Python 0: PyTorch starts its buffer, undamped, at the first step whose momentum
-    is not 0, which ``started`` records.
+    a Python 0, or it accumulates gradients: PyTorch starts its buffer, undamped, at the
+    first step whose momentum is not 0, which ``started`` records.
 
     Attributes:
       count: number of updates done so far. ``shape=(), dtype=int32``.
@@ -361,13 +361,14 @@ def gradient_buffer(
 
     ``torch.optim.SGD`` leaves its buffer alone at a step whose momentum is 0
     (the output is then the gradient) and starts it, undamped, at the first
-    step whose momentum is not 0. Accumulating gradients, such a step's output (their
-    mean) is in no state: it is NaN.
+    step whose momentum is not 0. Accumulating gradients, the buffer holds the
+    mean gradient of such an update until it starts; after that, such an
+    update's output (the mean gradient) is in no state: it is NaN.
     """
     steps = accumulation(options.get(_checks.ACCUMULATION), nesterov, options["layout"])
     # b_1 = g_1: the first step (with torch's rule, the first with momentum) is undamped.
     damped = not _checks.is_python_zero(dampening)
-    started = torch_rule and damped
+    started = torch_rule and (damped or steps > 1)
 
     def coefficients(state: Any) -> tuple[Any, ...]:
         mu = hyper("momentum", momentum, state.count, 1.0)
@@ -379,11 +380,14 @@ def gradient_buffer(
             )
         if not torch_rule:
             return mu, mu, scale, None, None
+        idle, scale = jnp.asarray(mu) == 0, 1.0 if scale is None else scale
+        if steps > 1:  # not started: b = 0 * b + g, the mean gradient (the output at momentum 0)
+            on = state.started
+            keep = jnp.where(on, jnp.where(idle, 1.0, mu), 0.0)
+            return keep, mu, jnp.where(on & idle, 0.0, scale), on & idle, on | ~idle
         # At momentum 0 the buffer is kept (b = 1 * b + 0 * g) and the output is g.
-        idle = jnp.asarray(mu) == 0
-        scale = jnp.where(idle, 0.0, 1.0 if scale is None else scale)
         begun = state.started | ~idle if started else None
-        return jnp.where(idle, 1.0, mu), mu, scale, idle, begun
+        return jnp.where(idle, 1.0, mu), mu, jnp.where(idle, 0.0, scale), idle, begun
 
     def buffer(c: Any, g: jax.Array, b: jax.Array) -> jax.Array:
         keep, _, scale, _, _ = c
