@@ -130,13 +130,13 @@ BAD_VALUES = [
         compat.torch_sgd,
         {"lr": 0.1, "momentum": 0.0, "nesterov": True},
         ValueError,
-        r"nesterov=True needs momentum > 0 and dampening=0\.",
+        r"nesterov=True needs momentum > 0 and dampening=0, got momentum=0\.0, dampening=0\.0\.",
     ),
     (
         compat.torch_sgd,
         {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": True},
         ValueError,
-        r"nesterov=True needs momentum > 0 and dampening=0\.",
+        r"nesterov=True needs momentum > 0 and dampening=0, got momentum=0\.9, dampening=0\.1\.",
     ),
     (
         compat.torch_sgd,
@@ -536,6 +536,28 @@ def test_integer_gradients_are_refused(row: Row) -> None:
     state = tx.init(params)
     with pytest.raises(TypeError, match=r"gradient.*\['w'\].*int32"):
         tx.update({"w": jnp.ones(3, jnp.int32)}, state, params)
+
+
+@pytest.mark.parametrize("row", STATELESS, ids=ids(STATELESS))
+def test_integer_gradients_without_params_are_refused(row: Row) -> None:
+    # Without params no buffer names the leaves that train: the gradient's own dtype does.
+    tx = row.build(weight_decay=0)
+    state = tx.init({"w": jnp.zeros(3), "n": jnp.zeros((), jnp.int32)})
+    with pytest.raises(TypeError, match=r"the param at \['n'\] does not train"):
+        tx.update({"w": jnp.ones(3), "n": jnp.ones((), jnp.int32)}, state)
+    updates, _ = tx.update({"w": jnp.ones(3), "n": None}, state)
+    assert updates["n"] is None
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [momentum_jax.momentum, momentum_jax.nesterov, compat.torch_sgd, momentum_jax.lion],
+    ids=lambda f: f.__name__,
+)
+def test_weight_decay_none_is_refused_where_it_is_not_the_default(factory: Any) -> None:
+    with pytest.raises(TypeError, match=r"weight_decay must be a real number, got None\."):
+        factory(0.1, weight_decay=None)
+    compat.keras_sgd(0.1, weight_decay=None)  # Keras' default: no decay
 
 
 def test_complex_gradient_into_a_real_state_is_refused() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import inspect
 import sys
+import typing
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -94,6 +95,9 @@ def test_every_buffer_transform_lists_its_state_options_keyword_only() -> None:
         }
         assert listed == wanted, name
         assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        hints = typing.get_type_hints(factory)  # as runtime type checkers read them
+        assert set(wanted) <= set(hints), name
+        assert hints["layout"] is str, name
         assert all(f"  {key}: " in factory.__doc__ for key in wanted), name
         with pytest.raises(
             TypeError, match=r"unexpected keyword argument 'sed'\. Did you mean seed\?"

@@ -203,3 +203,12 @@ def test_a_typed_prng_key_in_the_chain_is_carried() -> None:
     assert restored[0].rng_key.dtype == state[0].rng_key.dtype
     _same(data(restored[0].rng_key), data(state[0].rng_key))
     _same(_train(tx, restored, 2)[0], _train(tx, state, 2)[0])
+
+
+def test_arguments_are_named_as_in_the_api() -> None:
+    tx = momentum_jax.momentum(0.1, 0.9)
+    params = jnp.zeros(2)
+    state = momentum_jax.restore_state(old_state=tx.init(params), tx=tx, params=params)
+    assert isinstance(state, momentum_jax.MomentumState)
+    with pytest.raises(TypeError, match=r"argument 'transform'\. Did you mean tx\?"):
+        momentum_jax.restore_state(state, transform=tx, params=params)

@@ -141,6 +141,16 @@ def test_schedules_accept_traced_hyperparameters() -> None:
         )
 
     np.testing.assert_allclose(values(0.8, 0.9), [0.8, 0.45 / 0.55], rtol=1e-6)
+    # Integer arguments too: a sweep over stage lengths and horizons, one program.
+    sweep = jax.vmap(
+        lambda s, t: jnp.stack([schedules.sutskever(0.99, s)(600), schedules.demon(0.9, t)(50)])
+    )
+    lengths, horizons = jnp.asarray([250, 100]), jnp.asarray([100, 200])
+    expected = [
+        [sutskever_formula(600, 0.99, s), demon_formula(50, 0.9, t)]
+        for s, t in ((250, 100), (100, 200))
+    ]
+    np.testing.assert_allclose(sweep(lengths, horizons), expected, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------

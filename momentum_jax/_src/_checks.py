@@ -159,10 +159,10 @@ def _kind(test: Callable[[Any], bool], wanted: str, kind: type[Exception] = Type
 
 def _dtype(value: Any) -> bool:
     try:
-        dtype = None if value is None else jnp.dtype(value)
+        dtype = jnp.dtype(value)
     except TypeError:
         return False
-    return dtype is None or dtype == np.int8 or bool(jnp.issubdtype(dtype, jnp.inexact))
+    return dtype == np.int8 or bool(jnp.issubdtype(dtype, jnp.inexact))
 
 
 def _integer(low: int, high: int = 2**31 - 1) -> Any:
@@ -181,16 +181,14 @@ def _integer(low: int, high: int = 2**31 - 1) -> Any:
 
 
 def _steps(arg: str, value: Any) -> None:
-    """``None`` or an integer in ``[1, 2**31 - 1]``, never an array: the state's structure
-    depends on it."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer)):
+    """An integer in ``[1, 2**31 - 1]``, never an array: the state's structure depends on it."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
         fix = f"; under optax.inject_hyperparams pass static_args=({arg!r},)"
         fix *= isinstance(value, np.ndarray | jax.Array)
         _fail(
             TypeError, arg, f"must be an integer in [1, {2**31 - 1}] or None, got {value!r}{fix}."
         )
-    if value is not None:
-        _integer(1)(arg, value)
+    _integer(1)(arg, value)
 
 
 def _momenta(arg: str, value: Any) -> None:
@@ -209,7 +207,7 @@ CHECKS: dict[str, Callable[[str, Any], object]] = {
     **dict.fromkeys(("max_momentum", "init_momentum", "dampening"), _CONSTANT),
     **dict.fromkeys(("momentum", "b1", "b2"), in_range(1.0)),
     "nu": in_range(1.0, closed=True),
-    "weight_decay": lambda arg, value: value is None or _DECAY(arg, value),
+    "weight_decay": _DECAY,
     "momenta": _momenta,
     **dict.fromkeys(("nesterov", "use_nesterov", "maximize", "stochastic_rounding"), _FLAG),
     "accumulator_dtype": _kind(_dtype, "None, a float dtype or jnp.int8"),
@@ -218,7 +216,12 @@ CHECKS: dict[str, Callable[[str, Any], object]] = {
     **dict.fromkeys(("steps_per_stage", "total_steps"), _integer(1)),
     ACCUMULATION: _steps,
 }
-_SYNONYMS = {"learning_rate": "lr", "lr": "learning_rate", "use_nesterov": "nesterov"}
+_SYNONYMS = {
+    "learning_rate": "lr",
+    "lr": "learning_rate",
+    "use_nesterov": "nesterov",
+    "transform": "tx",  # restore_state's name for it before 0.5.0
+}
 
 
 def _unknown(kwargs: dict[str, Any], parameters: Any) -> str | None:
@@ -266,11 +269,18 @@ def public(name: str, options: type[StateOptions] | None = None) -> Callable[[F]
                     raise TypeError(f"{name}: {why}") from None
                 bound.apply_defaults()
                 for arg, value in bound.arguments.items():
-                    if arg in CHECKS and not nested:
+                    # None is valid where it is the default (accumulator_dtype, Keras' decay).
+                    as_default = value is None and signature.parameters[arg].default is None
+                    if arg in CHECKS and not nested and not as_default:
                         CHECKS[arg](arg, value)
                 return factory(*bound.args, **bound.kwargs)
 
         checked.__signature__ = signature  # type: ignore[attr-defined]
+        if options is not None:  # typing.get_type_hints then reads the options one by one
+            checked.__annotations__ = {
+                **{p.name: p.annotation for p in signature.parameters.values()},
+                "return": signature.return_annotation,
+            }
         return checked  # type: ignore[return-value]
 
     return wrap

@@ -22,9 +22,10 @@ def _checked(inner: optax.GradientTransformation) -> optax.GradientTransformatio
     """``inner``, a stage before any buffer, after a check of the gradients against the params."""
 
     def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
-        if params is not None:
-            trainable = jax.tree.map(lambda p: p if _checks.trains(p) else None, params)
-            _checks.check_tree(updates, trainable)
+        reference = updates if params is None else params  # without params: floating gradients
+        _checks.check_tree(
+            updates, jax.tree.map(lambda p: p if _checks.trains(p) else None, reference)
+        )
         return inner.update(updates, state, params)
 
     return optax.GradientTransformationExtraArgs(
@@ -155,7 +156,11 @@ def torch_sgd(
     """
     mu, tau = _checks.concrete(momentum), _checks.concrete(dampening)
     if nesterov and ((mu is not None and mu <= 0) or tau not in (None, 0.0)):
-        raise _checks.error(ValueError, "nesterov=True needs momentum > 0 and dampening=0.")
+        raise _checks.error(
+            ValueError,
+            "nesterov=True needs momentum > 0 and dampening=0, "
+            f"got momentum={momentum!r}, dampening={dampening!r}.",
+        )
     steps = accumulation(options[_checks.ACCUMULATION], nesterov, options["layout"])
     parts: list[Any] = [optax.scale(-1.0)] if maximize else []
     if not _checks.is_python_zero(weight_decay):

@@ -372,7 +372,7 @@ def gradient_buffer(
 
     def coefficients(state: Any) -> tuple[Any, ...]:
         mu = hyper("momentum", momentum, state.count, 1.0)
-        scale = None
+        scale: Any = None
         if damped:
             fresh = (state.count == 0) | (~state.started if started else False)
             scale = jnp.where(

@@ -228,9 +228,9 @@ def with_layout(block: optax.GradientTransformationExtraArgs, layout: str) -> An
 
 @public("momentum_jax.restore_state")
 def restore_state(
-    old_state: Any, transform: optax.GradientTransformation, params: optax.Params
+    old_state: Any, tx: optax.GradientTransformation, params: optax.Params
 ) -> optax.OptState:
-    """Carry a saved state into ``transform.init(params)``: every field, or an error naming it.
+    """Carry a saved state into ``tx.init(params)``: every field, or an error naming it.
 
     The saved state may be in the other layout (written with
     ``layout="packed"`` and resumed with ``layout="per_leaf"``, or the other
@@ -241,26 +241,26 @@ def restore_state(
     (``optax.inject_hyperparams``, ``MultiSteps``, ``apply_if_finite``,
     ``masked``, ``partition``...), matched by its name: each stage keeps its
     own count. Values take the dtypes (weak types included) of
-    ``transform.init(params)`` and its placement: each buffer sharded like its
+    ``tx.init(params)`` and its placement: each buffer sharded like its
     param, and counters, hyperparameters and keys left uncommitted where a
     fresh init leaves them (copied through the host). A field the new state has
     and the old one lacks, a field that would be dropped, or a shape that
     differs raises a ``ValueError`` naming the field; the one exception is an
     ``inject_hyperparams`` hyperparameter that the old state did not inject
-    (it was static then), which takes the value ``transform`` is built with.
+    (it was static then), which takes the value ``tx`` is built with.
 
     Under ``jax.vmap`` (an ensemble's stacked states) map it over the members:
     ``jax.vmap(lambda s, p: restore_state(s, tx, p))(states, params)``.
 
     Args:
       old_state: the saved state, of the same optimizer for the same params.
-      transform: the optimizer, rebuilt with the same arguments (its layout may
+      tx: the optimizer, rebuilt with the same arguments (its layout may
         differ).
       params: the params the state belongs to (only their structure, shapes,
         dtypes and shardings are used).
 
     Returns:
-      A state for ``transform`` that continues the saved run step for step.
+      A state for ``tx`` that continues the saved run step for step.
 
     Example:
       >>> import jax.numpy as jnp
@@ -275,7 +275,7 @@ def restore_state(
       >>> print(moved[0].buffer["b"], moved[0].count)
       [0.271 0.271] 3
     """
-    fresh = transform.init(params)
+    fresh = tx.init(params)
     return jax.tree.map(_place_like, _carry(old_state, fresh, "state", params), fresh)
 
 

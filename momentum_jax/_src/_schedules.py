@@ -12,7 +12,9 @@ from momentum_jax._src._checks import public
 
 
 @public("momentum_jax.schedules.sutskever")
-def sutskever(max_momentum: float | jax.Array, steps_per_stage: int = 250) -> optax.Schedule:
+def sutskever(
+    max_momentum: float | jax.Array, steps_per_stage: int | jax.Array = 250
+) -> optax.Schedule:
     r"""The staged momentum schedule of Sutskever et al. (2013).
 
     .. math::
@@ -31,7 +33,8 @@ def sutskever(max_momentum: float | jax.Array, steps_per_stage: int = 250) -> op
       max_momentum: the cap :math:`\mu_{\max}` in ``[0, 1)``; the paper tries
         0.9, 0.99, 0.995 and 0.999.
       steps_per_stage: :math:`s`, a positive integer: how many updates each
-        stage lasts (250 in the paper).
+        stage lasts (250 in the paper). An integer array works too (traced, as
+        in a sweep under ``jax.vmap``).
 
     Returns:
       A schedule ``count -> momentum`` returning a float32 scalar; pass it as
@@ -49,10 +52,9 @@ def sutskever(max_momentum: float | jax.Array, steps_per_stage: int = 250) -> op
       and momentum in deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_,
       ICML 2013.
     """
-    stage_length = int(steps_per_stage)
 
     def schedule(count: Any) -> jax.Array:
-        stage = jnp.maximum(jnp.floor_divide(jnp.asarray(count), stage_length), 0)
+        stage = jnp.maximum(jnp.floor_divide(jnp.asarray(count), steps_per_stage), 0)
         # 2^(-1 - log2(n)) is exactly 1 / (2n); this form avoids the float32
         # rounding of log2 and exp2, so stage values come out exact.
         rising = 1.0 - 0.5 / (stage.astype(jnp.float32) + 1.0)
@@ -62,7 +64,7 @@ def sutskever(max_momentum: float | jax.Array, steps_per_stage: int = 250) -> op
 
 
 @public("momentum_jax.schedules.demon")
-def demon(init_momentum: float | jax.Array, total_steps: int) -> optax.Schedule:
+def demon(init_momentum: float | jax.Array, total_steps: int | jax.Array) -> optax.Schedule:
     r"""Decaying momentum (Demon): momentum that decays to zero over training.
 
     .. math::
@@ -79,7 +81,8 @@ def demon(init_momentum: float | jax.Array, total_steps: int) -> optax.Schedule:
       init_momentum: :math:`\beta_0` in ``[0, 1)``, the momentum at ``t = 0``
         (0.9 in the paper).
       total_steps: :math:`T`, a positive integer; the momentum is 0 from this
-        update count on.
+        update count on. An integer array works too (traced, as in a sweep
+        under ``jax.vmap``).
 
     Returns:
       The function ``count -> momentum`` (a float32 scalar), for the
@@ -96,15 +99,14 @@ def demon(init_momentum: float | jax.Array, total_steps: int) -> optax.Schedule:
       Chen, Wolfe, Li and Kyrillidis, `Demon: improved neural network training with
       momentum decay <https://arxiv.org/abs/1910.04952>`_, ICASSP 2022.
     """
-    horizon = int(total_steps)
 
     def schedule(count: Any) -> jax.Array:
         # Multiplying through by T gives beta0 (T - t) / (T - beta0 t): one
         # division, which is exactly 1 at t = 0 (so mu = beta0 exactly) and
         # exactly 0 at t = T. Clipping the count gives 0 from t = T on (and
         # treats t < 0 as t = 0).
-        done = jnp.clip(jnp.asarray(count), 0, horizon).astype(jnp.float32)
+        done = jnp.clip(jnp.asarray(count), 0, total_steps).astype(jnp.float32)
         beta = jnp.asarray(init_momentum, jnp.float32)
-        return (beta * ((horizon - done) / (horizon - beta * done))).astype(jnp.float32)
+        return (beta * ((total_steps - done) / (total_steps - beta * done))).astype(jnp.float32)
 
     return schedule
