@@ -160,7 +160,8 @@ def _mixed_params(row: Row, x64: bool) -> dict[str, jax.Array]:
         "empty": jnp.zeros((0, 3), jnp.float32),
     }
     if x64:
-        params["f64"] = jnp.asarray(rng.standard_normal(3), jnp.float64)
+        # Large enough for an int8 buffer, whose scales stay float32.
+        params["f64"] = jnp.asarray(rng.standard_normal((64, 64)), jnp.float64)
         return params
     params["f16"] = jnp.asarray(rng.standard_normal(3), jnp.float16)
     params["bf16"] = jnp.asarray(rng.standard_normal((2, 2)), jnp.bfloat16)

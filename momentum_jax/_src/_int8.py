@@ -283,10 +283,9 @@ def store(new: Any, like: Any, seed: Any, count: Any) -> tuple[Any, Any]:
     stored: list[Any] = []
     read: list[Any] = []
     for x, b, key in zip(leaves, likes, keys, strict=True):
-        if isinstance(x, _Pending):
-            stored.append(
-                Int8Buffer(_encode(x.values.astype(jnp.float32), x.scales, key), x.scales)
-            )
+        if isinstance(x, _Pending):  # float32 scales, also from float64 arithmetic (x64)
+            scales = x.scales.astype(jnp.float32)
+            stored.append(Int8Buffer(_encode(x.values.astype(jnp.float32), scales, key), scales))
             read.append(x.values)
         else:
             stored.append(x if isinstance(b, optax.MaskedNode) else x.astype(b.dtype))
