@@ -494,6 +494,36 @@ def test_lion_is_optax_lion_bit_for_bit(kwargs: dict[str, Any], schedule: bool) 
         _problems.assert_same_bits(s_ours[0].buffer, s_theirs[0].mu)
 
 
+@pytest.mark.parametrize(
+    ("param_dtype", "buffer_dtype"),
+    [
+        (jnp.bfloat16, jnp.float32),
+        (jnp.float16, jnp.float32),
+        (jnp.float32, jnp.bfloat16),
+        (jnp.bfloat16, None),
+    ],
+    ids=["bf16_params_f32_buffer", "f16_params_f32_buffer", "f32_params_bf16_buffer", "bf16"],
+)
+def test_lion_is_optax_lion_bit_for_bit_in_mixed_precision(
+    param_dtype: Any, buffer_dtype: Any
+) -> None:
+    # optax computes each product in the gradient's dtype and returns the promoted update.
+    ours = momentum_jax.lion(3e-3, weight_decay=0.1, accumulator_dtype=buffer_dtype)
+    theirs = optax.lion(3e-3, weight_decay=0.1, mu_dtype=buffer_dtype)
+    p_ours = p_theirs = jax.tree.map(lambda x: x.astype(param_dtype), _params())
+    s_ours, s_theirs = ours.init(p_ours), theirs.init(p_theirs)
+    update_ours, update_theirs = jax.jit(ours.update), jax.jit(theirs.update)
+    for k in range(8):
+        g = jax.tree.map(lambda x, k=k: (x * (-1.0) ** k + 0.01 * k).astype(param_dtype), _grads(k))
+        u_ours, s_ours = update_ours(g, s_ours, p_ours)
+        u_theirs, s_theirs = update_theirs(g, s_theirs, p_theirs)
+        chex.assert_trees_all_equal_dtypes(u_ours, u_theirs)
+        p_ours = optax.apply_updates(p_ours, u_ours)
+        p_theirs = optax.apply_updates(p_theirs, u_theirs)
+        _problems.assert_same_bits(p_ours, p_theirs)
+    _problems.assert_same_bits(s_ours[0].buffer, s_theirs[0].mu)
+
+
 def test_lion_with_an_int8_buffer_trains_like_float32() -> None:
     target = jnp.asarray(np.random.default_rng(5).standard_normal((32, 512)), jnp.float32)
 

@@ -56,8 +56,9 @@ def lion(
     and ``optax.apply_updates`` adds ``u_t`` to the params. The sign reads
     the buffer before it is updated, and the weight decay :math:`\lambda` is
     decoupled: it is not in the buffer, and the learning rate scales it. It is
-    ``optax.lion`` step for step: ``optax.chain`` of the sign stage,
-    ``optax.add_decayed_weights(weight_decay)`` (left out for a Python ``0``)
+    ``optax.lion`` step for step, ``accumulator_dtype`` acting as its ``mu_dtype``
+    (the update's dtype is the gradient's promoted with the buffer's): ``optax.chain``
+    of the sign stage, ``optax.add_decayed_weights(weight_decay)`` (left out for a Python ``0``)
     and ``optax.scale_by_learning_rate(learning_rate)``. The sign is that of
     :func:`momentum_jax.scale_by_qhm`'s output with :math:`\beta = \beta_2`
     and :math:`\nu = \beta_1 / \beta_2`, but computed as above, which keeps

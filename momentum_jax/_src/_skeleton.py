@@ -153,9 +153,10 @@ def buffer_transform(
     ``output(c, g, *new_b)`` its output (``output(c, g, *old_b)`` with
     ``output_reads_old``: Lion's reads the buffer before the update). ``g``
     arrives as ``g + weight_decay * theta`` (unless that is a Python 0), in the
-    widest dtype of the gradient and the buffers. ``extra(c)``, if given, gives
-    the state's fields after the buffers, and ``extra(None)`` their initial
-    values.
+    widest dtype of the gradient and the buffers (with ``output_reads_old``, in its
+    own dtype, the output in that of the gradient and the stored buffers).
+    ``extra(c)``, if given, gives the state's fields after the buffers, and
+    ``extra(None)`` their initial values.
     """
     accumulator_dtype, seed = options["accumulator_dtype"], options["seed"]
     dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
@@ -216,7 +217,10 @@ def buffer_transform(
                 for b in (_int8.dequantize(bs) if int8 else bs)
             )
             wide = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in wide_bs)))
-            early = out(g, wide, *wide_bs) if output_reads_old else None
+            early = None
+            if output_reads_old:  # Lion: optax.lion's arithmetic and dtypes (int8 codes count)
+                wide, stored = g, (getattr(b, "codes", b).dtype for b in bs)
+                early = output(c, g, *wide_bs).astype(jnp.result_type(g.dtype, *stored))
             if steps > 1:  # b' = A b + B g/K on an update's first call, b + B g/K on the others
                 kept = [jnp.where(first, 0, b) for b in wide_bs]
                 wide, wide_bs = wide / steps, tuple(jnp.where(first, b, 0) for b in wide_bs)
