@@ -26,37 +26,44 @@ SR = {"accumulator_dtype": jnp.bfloat16, "stochastic_rounding": True, "seed": 0}
 
 
 def _round_ups(tx: optax.GradientTransformation, params: dict, grads: dict) -> dict:
-    """Per array, whether each element's stored velocity rounded up (away from zero)."""
-    state = tx.init(params)
-    _, state = tx.update(grads, state, params)
-    velocity = optax.tree_utils.tree_get_all_with_path(state, "velocity")
-    found = {}
-    for _, tree in velocity:
-        for key, value in tree.items():
-            if not isinstance(value, optax.MaskedNode):
-                exact = grads[key]  # lr * g with lr = 1: the first velocity
-                found[key] = np.abs(np.asarray(value, np.float32)) > np.abs(np.asarray(exact))
-    return found
+    """Per array, whether each element's first velocity rounded up (away from zero).
+
+    With a learning rate of 1 the first update is ``-v``, and ``v`` is ``g`` rounded.
+    """
+    updates, _ = tx.update(grads, tx.init(params), params)
+    flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+    exact = dict(jax.tree_util.tree_flatten_with_path(grads)[0])
+    return {
+        jax.tree_util.keystr(path): np.abs(np.asarray(u)) > np.abs(np.asarray(exact[path]))
+        for path, u in flat
+    }
 
 
-def test_partition_groups_with_one_seed_draw_unrelated_bits() -> None:
+@pytest.mark.parametrize("layout", ["per_leaf", "packed"])
+def test_partition_groups_with_one_seed_draw_unrelated_bits(layout: str) -> None:
     # Halfway between two bfloat16 values, in every element of both arrays.
     params = {"a": jnp.zeros(N), "b": jnp.zeros(N)}
     grads = {"a": jnp.full(N, 1.0 + 2**-8), "b": jnp.full(N, 1.0 + 2**-8)}
-    block = momentum_jax.momentum(1.0, 0.9, **SR)
+    block = momentum_jax.momentum(1.0, 0.9, **SR, layout=layout)
     # optax.partition is optax 0.2.5's name for multi_transform (0.2.4, our floor).
     partition = getattr(optax, "partition", None) or optax.multi_transform
     tx = partition({"a": block, "b": block}, {"a": "a", "b": "b"})
     ups = _round_ups(tx, params, grads)
-    assert 0.45 < float(np.mean(ups["a"])) < 0.55  # each array's bits are fair
-    agree = float(np.mean(ups["a"] == ups["b"]))
+    assert 0.45 < float(np.mean(ups["['a']"])) < 0.55  # each array's bits are fair
+    agree = float(np.mean(ups["['a']"] == ups["['b']"]))
     # Independent fair bits agree 50% +- 0.8% (one standard deviation at N = 4096).
     assert 0.45 < agree < 0.55, agree
     masked = optax.chain(
         optax.masked(block, {"a": True, "b": False}), optax.masked(block, {"a": False, "b": True})
     )
     ups = _round_ups(masked, params, grads)
-    assert 0.45 < float(np.mean(ups["a"] == ups["b"])) < 0.55
+    assert 0.45 < float(np.mean(ups["['a']"] == ups["['b']"])) < 0.55
+    # Labels for whole subtrees: "q", the second array of its group, and "r", the first of
+    # the other after the first group's placeholder, have one position in their trees.
+    params = {"a": {"p": jnp.zeros(N), "q": jnp.zeros(N)}, "b": {"r": jnp.zeros(N)}}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 1.0 + 2**-8), params)
+    ups = _round_ups(partition({"x": block, "y": block}, {"a": "x", "b": "y"}), params, grads)
+    assert 0.45 < float(np.mean(ups["['a']['q']"] == ups["['b']['r']"])) < 0.55
 
 
 def _round_float16(values: np.ndarray, steps: int) -> np.ndarray:

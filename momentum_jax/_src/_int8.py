@@ -279,7 +279,8 @@ def store(new: Any, like: Any, seed: Any, count: Any) -> tuple[Any, Any]:
     likes = jax.tree.leaves(like, is_leaf=lambda x: isinstance(x, (*_NODES, Int8Buffer)))
     keys: list[Any] = [None] * len(leaves)
     if seed is not None:
-        keys = _rounding.leaf_keys(seed, _rounding.BUFFERS, count, len(leaves))
+        stage = _rounding.BUFFERS ^ _rounding.salt(new, lambda x: isinstance(x, _NODES))
+        keys = _rounding.leaf_keys(seed, stage, count, len(leaves))
     stored: list[Any] = []
     read: list[Any] = []
     for x, b, key in zip(leaves, likes, keys, strict=True):

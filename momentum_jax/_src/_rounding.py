@@ -117,6 +117,22 @@ def leaf_keys(seed: Any, stage: int, count: Any, num_leaves: int) -> list[jax.Ar
     return [lax.index_in_dim(keys, i, keepdims=False) for i in range(num_leaves)]
 
 
+def salt(tree: Any, is_leaf: Any) -> int:
+    """A stage's salt from where ``optax.MaskedNode`` stands in ``tree`` (0 if nowhere).
+
+    Under ``optax.masked`` and ``optax.partition`` a MaskedNode stands for other groups'
+    arrays, so two groups' trees place them differently: mixed into their keys, the salt
+    keeps their bits apart also where an array of each has the same position (the packs of
+    the packed layout, whose packed arrays are ``None``; subtrees labelled whole).
+    """
+    value = 0
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: x is None or is_leaf(x))
+    for index, leaf in enumerate(leaves):  # FNV-1a over the positions
+        if isinstance(leaf, optax.MaskedNode):
+            value = ((value ^ (index + 1)) * 0x01000193) & 0xFFFFFFFF
+    return value
+
+
 def warn_no_effect(what: str, nothing: str, fix: str) -> None:
     warnings.warn(
         f"{_checks.caller()}: {what} has no effect: {nothing} is bfloat16 or float16. "
@@ -140,7 +156,7 @@ def round_tree(new: Any, like: Any, seed: Any, stage: int, count: Any) -> Any:
     """
     leaves, treedef = jax.tree.flatten(new, is_leaf=_position)
     dtypes = [getattr(b, "dtype", None) for b in jax.tree.leaves(like, is_leaf=_position)]
-    keys = leaf_keys(seed, stage, count, len(leaves))
+    keys = leaf_keys(seed, stage ^ salt(new, _position), count, len(leaves))
     out = [
         stochastic_round(x.astype(jnp.float32), d, key).astype(d).astype(jnp.float32)
         if d is not None and narrow(d)
