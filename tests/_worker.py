@@ -485,6 +485,17 @@ def packed_on_explicit_axes(devices: np.ndarray) -> dict[str, list[str]]:
     except ValueError as error:
         wrong.append(str(error))
     found["explicit_checkpoint_on_host"] = wrong
+    # An int8 buffer whose blocks of 256 a split would cut (192 columns per device): refused.
+    split = {"w": ((8, 768), jnp.float32, P(None, "model"))}
+    with jax.set_mesh(mesh):
+        params = place(host_tree(split, 2), split, mesh)
+        tx = momentum_jax.momentum(0.1, 0.9, accumulator_dtype=jnp.int8)
+        try:
+            tx.init(params)
+            found["explicit_int8_cut_blocks"] = ["an int8 buffer with cut blocks was built"]
+        except ValueError as error:
+            cut = "192 columns per device, which cuts its blocks of 256" in str(error)
+            found["explicit_int8_cut_blocks"] = [] if cut else [str(error)]
     return found
 
 

@@ -92,7 +92,7 @@ def test_packed_layout_on_a_mesh(report: dict[str, Any]) -> None:
     phases += ["restored_per_leaf", "restored_packed"]
     if worker.HAS_EXPLICIT_AXES:
         phases += ["explicit_eager_init", "explicit_jit_init", "explicit_update"]
-        phases += ["explicit_checkpoint_on_host"]
+        phases += ["explicit_checkpoint_on_host", "explicit_int8_cut_blocks"]
     assert sorted(packed) == sorted(phases)
     for phase, problems in packed.items():
         assert problems == [], f"{phase}: {problems}"

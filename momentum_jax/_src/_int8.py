@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from momentum_jax._src import _rounding
+from momentum_jax._src import _checks, _rounding
 from momentum_jax._src._checks import public
 
 #: Elements per scale, along the last axis.
@@ -182,8 +182,30 @@ def _scales(blocks: jax.Array) -> jax.Array:
     return jnp.max(jnp.abs(blocks), axis=-1)
 
 
+def _refuse_split_blocks(x: jax.Array) -> None:
+    """Refuse a last axis split over explicit mesh axes inside its blocks: JAX cannot view
+    such an array as blocks without an output sharding, and no block may span devices."""
+    typeof = getattr(jax, "typeof", None)  # JAX 0.4 has no explicit axes
+    sharding = getattr(typeof(x), "sharding", None) if typeof else None
+    spec = tuple(getattr(sharding, "spec", None) or ())
+    axes = spec[x.ndim - 1] if len(spec) >= x.ndim else None
+    if axes is None:
+        return
+    names = axes if isinstance(axes, tuple) else (axes,)
+    per_device = x.shape[-1] // math.prod(sharding.mesh.shape[n] for n in names)  # type: ignore[union-attr]
+    size = block_size(x.shape[-1])
+    if per_device % size:
+        raise _checks.error(
+            ValueError,
+            f"an int8 buffer of shape {x.shape} split over explicit mesh axes {names} holds "
+            f"{per_device} columns per device, which cuts its blocks of {size}: split the last "
+            f"axis in multiples of {size}, or use accumulator_dtype=jnp.bfloat16.",
+        )
+
+
 def quantize(x: jax.Array) -> Int8Buffer:
     """The :class:`Int8Buffer` of ``x``, rounded to nearest."""
+    _refuse_split_blocks(x)
     x = x.astype(jnp.float32)
     scales = _scales(_view(x))
     return Int8Buffer(_encode(x, scales, None), scales)
