@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import momentum_jax
@@ -84,3 +86,25 @@ def test_a_momentum_schedule_matches_keras_setting_its_momentum_every_step(
     reference = _keras_trajectory({"momentum": 0.5, "nesterov": nesterov}, True, _momenta)
     ours = _problems.trajectory(compat.keras_sgd(_schedule, _momenta, nesterov), STEPS)
     _problems.assert_trajectories_close(ours, reference)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_bfloat16_variables_with_float32_schedules_match_keras_bit_for_bit(
+    nesterov: bool,
+) -> None:
+    # Keras casts its momentum and learning rate to the variable's dtype: a float32
+    # schedule value must meet a bfloat16 velocity as bfloat16, as a Python number does.
+    momenta = momentum_jax.schedules.sutskever(0.9, steps_per_stage=1)
+    opt = keras.optimizers.SGD(0.5, momentum=0.5, nesterov=nesterov)
+    variable = keras.Variable(np.linspace(-1, 1, 8, dtype=np.float32), dtype="bfloat16")
+    tx = compat.keras_sgd(lambda n: jnp.float32(0.5), momenta, nesterov)
+    params = jnp.linspace(-1, 1, 8, dtype=jnp.float32).astype(jnp.bfloat16)
+    state = tx.init(params)
+    for t in range(12):
+        grad = jnp.cos(3.0 * params.astype(jnp.float32) + t).astype(jnp.bfloat16)
+        opt.momentum = float(momenta(t))
+        opt.apply([keras.ops.convert_to_tensor(grad)], [variable])
+        updates, state = tx.update(grad, state, params)
+        params = optax.apply_updates(params, updates)
+        keras_params = np.asarray(keras.ops.cast(variable.value, "float32"))
+        np.testing.assert_array_equal(np.asarray(params, np.float32), keras_params)

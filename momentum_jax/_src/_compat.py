@@ -258,7 +258,7 @@ def keras_sgd(
         parts = [_checked(scale_by_learning_rate(learning_rate))]
     else:
         # Keras' Nesterov step reads the momentum of this step twice: no look-ahead.
-        parts = [_core.heavy_ball(learning_rate, momentum, nesterov, 0.0, options, False)]
+        parts = [_core.heavy_ball(learning_rate, momentum, nesterov, 0.0, options, keras=True)]
     if not (weight_decay is None or _checks.is_python_zero(weight_decay)):
         parts.append(_weight_decay(weight_decay, learning_rate, steps))
     return optax.chain(*parts)

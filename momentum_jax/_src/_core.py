@@ -186,27 +186,31 @@ def heavy_ball(
     nesterov: bool,
     weight_decay: Any,
     options: AccumulatingOptions,
-    look_ahead: bool = True,
+    keras: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """The rule of :func:`momentum`; Nesterov's look-ahead reads a momentum schedule at the
-    next count, or (not ``look_ahead``: Keras, whose momentum is one number per step) at this
-    one."""
+    next count. As ``keras`` (whose momentum is one number per step) it reads it at this one,
+    and the hyperparameters are cast to each buffer's dtype, as Keras casts them to the
+    variable's (a float32 schedule value meets a bfloat16 buffer as a Python number does)."""
 
     def coefficients(state: MomentumState) -> tuple[Any, Any, Any]:
         mu = hyper("momentum", momentum, state.count, 1.0)
         # Nesterov looks one step ahead: mu_{t+1} is the schedule at the next count.
         next_count = _checks.safe_increment(state.count)
         ahead = mu
-        if callable(momentum) and look_ahead:
+        if callable(momentum) and not keras:
             ahead = hyper("momentum", momentum, next_count, 1.0)
         return hyper("learning_rate", learning_rate, state.count), mu, ahead
 
+    def cast(c: Any, v: jax.Array) -> Any:
+        return tuple(jnp.asarray(x, v.dtype) for x in c) if keras else c
+
     def velocity(c: Any, g: jax.Array, v: jax.Array) -> jax.Array:
-        lr, mu, _ = c
+        lr, mu, _ = cast(c, v)
         return mu * v + lr * g
 
     def update(c: Any, g: jax.Array, v: jax.Array) -> jax.Array:
-        lr, _, mu_next = c
+        lr, _, mu_next = cast(c, v)
         # -1 * v rather than -v: XLA:CPU then runs apply_updates' add as a faster loop
         # (benchmarks/xla_cpu_probes.py forms).
         return -mu_next * v - lr * g if nesterov else -1 * v
