@@ -278,7 +278,11 @@ def public(name: str, options: type[StateOptions] | None = None) -> Callable[[F]
         checked.__signature__ = signature  # type: ignore[attr-defined]
         if options is not None:  # typing.get_type_hints then reads the options one by one
             checked.__annotations__ = {
-                **{p.name: p.annotation for p in signature.parameters.values()},
+                **{
+                    p.name: p.annotation
+                    for p in signature.parameters.values()
+                    if p.annotation is not p.empty
+                },
                 "return": signature.return_annotation,
             }
         return checked  # type: ignore[return-value]
