@@ -246,7 +246,7 @@ def public(name: str, options: type[StateOptions] | None = None) -> Callable[[F]
     def wrap(factory: F) -> F:
         signature = inspect.signature(factory)
         if options is not None:
-            *own, _ = signature.parameters.values()  # the last one is **options
+            *own, last = signature.parameters.values()  # the last one is **options
             listed = [
                 inspect.Parameter(
                     key,
@@ -257,6 +257,9 @@ def public(name: str, options: type[StateOptions] | None = None) -> Callable[[F]
                 for key, hint in options.__annotations__.items()
             ]
             signature = signature.replace(parameters=[*own, *listed])
+            # typing.get_type_hints reads the options one by one, as the signature lists them.
+            hints = {k: v for k, v in factory.__annotations__.items() if k != last.name}
+            factory.__annotations__ = hints | {p.name: p.annotation for p in listed}
 
         @functools.wraps(factory)
         def checked(*args: Any, **kwargs: Any) -> Any:
@@ -276,15 +279,6 @@ def public(name: str, options: type[StateOptions] | None = None) -> Callable[[F]
                 return factory(*bound.args, **bound.kwargs)
 
         checked.__signature__ = signature  # type: ignore[attr-defined]
-        if options is not None:  # typing.get_type_hints then reads the options one by one
-            checked.__annotations__ = {
-                **{
-                    p.name: p.annotation
-                    for p in signature.parameters.values()
-                    if p.annotation is not p.empty
-                },
-                "return": signature.return_annotation,
-            }
         return checked  # type: ignore[return-value]
 
     return wrap
