@@ -257,3 +257,16 @@ def assert_trees_equal(a: Any, b: Any, what: str) -> None:
     ):
         path, leaf = path_leaf
         assert np.array_equal(leaf, other), f"{what}: {jax.tree_util.keystr(path)} changed"
+
+
+def updates_like(grads: Any, state: Any, lion: bool) -> Any:
+    """Arrays shaped and typed as a transform's updates: its gradients; Lion's, as optax.lion's,
+    in the gradients' dtype promoted with the stored buffer's (an int8 buffer's codes')."""
+    if not lion:
+        return grads
+
+    def promoted(g: jax.Array, b: Any) -> jax.Array:
+        dtype = jnp.result_type(g, b.codes if isinstance(b, momentum_jax.Int8Buffer) else b)
+        return g if dtype == g.dtype else jnp.zeros(g.shape, dtype)
+
+    return jax.tree.map(promoted, grads, state[0].buffer)

@@ -76,19 +76,6 @@ def _run(
     return out
 
 
-def _update_dtypes(row: Row, grads: Any, state: Any) -> Any:
-    """The updates' shapes and dtypes: the gradients'; Lion's, as optax.lion's, the gradients'
-    promoted with the stored buffers' (an int8 buffer's codes)."""
-    if row.public is not momentum_jax.lion:
-        return grads
-
-    def promoted(g: jax.Array, b: Any) -> jax.ShapeDtypeStruct:
-        b = b.codes if isinstance(b, momentum_jax.Int8Buffer) else b
-        return jax.ShapeDtypeStruct(g.shape, jnp.result_type(g, b))
-
-    return jax.tree.map(promoted, grads, state[0].buffer)
-
-
 @rows
 def test_jit_and_inject_hyperparams_follow_the_eager_trajectory(row: Row) -> None:
     """The plain transform jitted; every numeric hyperparameter injected at once (init eager,
@@ -210,7 +197,8 @@ def test_state_is_a_stable_scan_and_cond_carry_for_every_dtype(row: Row, x64: bo
         def body(carry: Any, g: Any) -> tuple[Any, None]:
             params, state = carry
             updates, new_state = tx.update(g, state, params)
-            chex.assert_trees_all_equal_shapes_and_dtypes(updates, _update_dtypes(row, g, state))
+            expected = _problems.updates_like(g, state, row.public is momentum_jax.lion)
+            chex.assert_trees_all_equal_shapes_and_dtypes(updates, expected)
             new_params = optax.apply_updates(params, updates)
             chex.assert_trees_all_equal_shapes_and_dtypes(new_params, params)
             # lax.cond needs identical structure, shapes and dtypes on both branches.
@@ -273,7 +261,7 @@ def test_low_precision_scalar_hyperparameters_are_accepted(row: Row, dtype: Any)
     for k in range(2):
         grads = {"w": jnp.asarray([1.0, -0.5 * k, 0.25 + k], dtype)}
         updates, new_state = update(grads, state, params)
-        expected = _update_dtypes(row, grads, state.inner_state)
+        expected = _problems.updates_like(grads, state.inner_state, row.public is momentum_jax.lion)
         chex.assert_trees_all_equal_shapes_and_dtypes(updates, expected)
         chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
         params, state = optax.apply_updates(params, updates), new_state
