@@ -219,8 +219,8 @@ def buffer_transform(
             wide = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in wide_bs)))
             early = None
             if output_reads_old:  # Lion: optax.lion's arithmetic and dtypes (int8 codes count)
-                wide, stored = g, (getattr(b, "codes", b).dtype for b in bs)
-                early = output(c, g, *wide_bs).astype(jnp.result_type(g.dtype, *stored))
+                wide, kept_as = g, (getattr(b, "codes", b).dtype for b in bs)
+                early = output(c, g, *wide_bs).astype(jnp.result_type(g.dtype, *kept_as))
             if steps > 1:  # b' = A b + B g/K on an update's first call, b + B g/K on the others
                 kept = [jnp.where(first, 0, b) for b in wide_bs]
                 wide, wide_bs = wide / steps, tuple(jnp.where(first, b, 0) for b in wide_bs)
