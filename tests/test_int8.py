@@ -286,17 +286,21 @@ def test_a_resumed_run_is_bit_identical_and_the_state_holds_no_key() -> None:
     assert jax.tree.structure(plain) == jax.tree.structure(tx.init(params))
 
 
+@pytest.mark.parametrize("steps", [None, 4], ids=["update", "accumulating"])
 @pytest.mark.parametrize("shape", [(256, 1024), (300, 700)], ids=["aligned", "padded"])
-def test_the_step_keeps_no_float32_copy_of_the_buffer(shape: tuple[int, int]) -> None:
+def test_the_step_keeps_no_float32_copy_of_the_buffer(
+    shape: tuple[int, int], steps: int | None
+) -> None:
     """The new values are computed twice (scales, then codes) rather than stored in between.
 
     A float32 temporary the size of the param would cost the step more than the int8
     buffer saves in traffic (benchmarks/int8_design.py). The XLA of JAX 0.4.35 has no
     YNNPACK reductions and plans its buffers otherwise: there one float32 temporary of
-    the param's size (1.14x its bytes, measured) is allowed, not two.
+    the param's size (1.14x its bytes, measured) is allowed, not two. Accumulating
+    gradients keeps it so.
     """
     recent = tuple(int(part) for part in jax.__version__.split(".")[:2]) >= (0, 10)
-    tx = momentum_jax.momentum(1e-3, 0.9, **SR)
+    tx = momentum_jax.momentum(1e-3, 0.9, **SR, gradient_accumulation_steps=steps)
 
     def step(p: Any, s: Any, g: Any) -> Any:
         u, s = tx.update(g, s, p)

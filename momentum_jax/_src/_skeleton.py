@@ -222,8 +222,10 @@ def buffer_transform(
                 wide, kept_as = g, (getattr(b, "codes", b).dtype for b in bs)
                 early = output(c, g, *wide_bs).astype(jnp.result_type(g.dtype, *kept_as))
             if steps > 1:  # b' = A b + B g/K on an update's first call, b + B g/K on the others
-                kept = [jnp.where(first, 0, b) for b in wide_bs]
-                wide, wide_bs = wide / steps, tuple(jnp.where(first, b, 0) for b in wide_bs)
+                # Products by 0 or 1, not selects, which XLA:CPU's reduction of int8 blocks
+                # would not fuse (each would be a float32 copy of the buffer).
+                kept = [b * ~first for b in wide_bs]
+                wide, wide_bs = wide / steps, tuple(b * first for b in wide_bs)
             values = buffers(c, wide, *wide_bs)
             values = values if num_buffers else (values,)
             if steps > 1:
