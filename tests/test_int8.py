@@ -528,6 +528,24 @@ def test_lion_is_optax_lion_bit_for_bit_in_mixed_precision(
     _problems.assert_same_bits(s_ours[0].buffer, s_theirs[0].mu)
 
 
+def test_lion_masks_its_weight_decay_as_optax_lion_does() -> None:
+    mask = {"w": True, "b": False}
+    params = {"w": jnp.linspace(-1.0, 1.0, 6), "b": jnp.linspace(2.0, 3.0, 3)}
+    ours, theirs = (f(3e-3, weight_decay=0.5, mask=mask) for f in (momentum_jax.lion, optax.lion))
+    p_ours = p_theirs = params
+    s_ours, s_theirs = ours.init(params), theirs.init(params)
+    for k in range(4):
+        g = jax.tree.map(lambda p, k=k: jnp.cos(p * (k + 1)), p_ours)
+        u_ours, s_ours = ours.update(g, s_ours, p_ours)
+        u_theirs, s_theirs = theirs.update(g, s_theirs, p_theirs)
+        p_ours = optax.apply_updates(p_ours, u_ours)
+        p_theirs = optax.apply_updates(p_theirs, u_theirs)
+    _problems.assert_same_bits(p_ours, p_theirs)
+    unmasked = momentum_jax.lion(3e-3, weight_decay=0.5)
+    u, _ = unmasked.update(g, unmasked.init(params), params)
+    assert not np.array_equal(u["b"], ours.update(g, ours.init(params), params)[0]["b"])
+
+
 def test_lion_with_an_int8_buffer_trains_like_float32() -> None:
     target = jnp.asarray(np.random.default_rng(5).standard_normal((32, 512)), jnp.float32)
 

@@ -40,6 +40,8 @@ def lion(
     b1: optax.ScalarOrSchedule = 0.9,
     b2: optax.ScalarOrSchedule = 0.99,
     weight_decay: float | jax.Array = 1e-3,
+    *,
+    mask: Any = None,
     **options: Unpack[StateOptions],
 ) -> optax.GradientTransformationExtraArgs:
     r"""Lion: a step of the same size in every coordinate, signed by a blend of momenta.
@@ -58,8 +60,8 @@ def lion(
     decoupled: it is not in the buffer, and the learning rate scales it. It is
     ``optax.lion`` step for step, ``accumulator_dtype`` acting as its ``mu_dtype``
     (the update's dtype is the gradient's promoted with the buffer's): ``optax.chain``
-    of the sign stage, ``optax.add_decayed_weights(weight_decay)`` (left out for a Python ``0``)
-    and ``optax.scale_by_learning_rate(learning_rate)``. The sign is that of
+    of the sign stage, ``optax.add_decayed_weights(weight_decay, mask)`` (left out for
+    a Python ``0``) and ``optax.scale_by_learning_rate(learning_rate)``. The sign is that of
     :func:`momentum_jax.scale_by_qhm`'s output with :math:`\beta = \beta_2`
     and :math:`\nu = \beta_1 / \beta_2`, but computed as above, which keeps
     it equal to optax's in float32 too. Lion's steps are larger than those of
@@ -75,6 +77,9 @@ def lion(
       b2: :math:`\beta_2` in ``[0, 1)``, the decay of the buffer; or a schedule.
       weight_decay: the decoupled decay :math:`\lambda \ge 0`; unless it is a
         Python ``0``, ``params`` must be passed to ``update``.
+      mask: which params the weight decay applies to, as in ``optax.lion``: a
+        tree of booleans shaped like the params (or a prefix of them), or a
+        function of the params returning one; ``None`` for all.
       accumulator_dtype: the buffer's dtype (``None``: each param's own), as
         in :func:`momentum_jax.momentum`; ``jnp.int8`` keeps about one byte
         per param.
@@ -122,5 +127,5 @@ def lion(
     )
     parts = [with_layout(block, options["layout"])]
     if not _checks.is_python_zero(weight_decay):
-        parts.append(optax.add_decayed_weights(hyper("weight_decay", weight_decay, None)))
+        parts.append(optax.add_decayed_weights(hyper("weight_decay", weight_decay, None), mask))
     return optax.chain(*parts, scale_by_learning_rate(learning_rate))
