@@ -94,7 +94,7 @@ def test_accumulating_from_momentum_zero_matches_torch_on_the_mean_gradient(
             0.1, lambda n: jnp.asarray(WARM_UP)[n], dampening, gradient_accumulation_steps=k
         )
     params = jnp.zeros(3)
-    state, ours = tx.init(params), []
+    state = tx.init(params)
     theta = torch.zeros(3, dtype=torch.float32, requires_grad=True)
     optimizer = torch.optim.SGD([theta], lr=0.1, momentum=0.0, dampening=dampening)
     for n, mu in enumerate(WARM_UP):
@@ -103,11 +103,32 @@ def test_accumulating_from_momentum_zero_matches_torch_on_the_mean_gradient(
                 state.hyperparams["momentum"] = jnp.asarray(mu)
             updates, state = tx.update(jnp.asarray(_grads(k * n + call)), state, params)
             params = optax.apply_updates(params, updates)
-        ours.append(np.asarray(params))
         optimizer.param_groups[0]["momentum"] = mu
         theta.grad = torch.from_numpy((_grads(k * n) + _grads(k * n + 1)) / k)
         optimizer.step()
-        np.testing.assert_allclose(ours[-1], theta.detach().numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(params, theta.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_bfloat16_buffers_keep_pytorchs_momentum_when_it_is_given_in_float32() -> None:
+    # One gradient, then none: the buffer decays by mu per step. PyTorch multiplies a
+    # bfloat16 buffer by 0.9 in float32; a Python 0.9 meets a bfloat16 buffer as 0.8984375.
+    torch = pytest.importorskip("torch")
+    theta = torch.zeros(1, dtype=torch.bfloat16, requires_grad=True)
+    optimizer = torch.optim.SGD([theta], lr=1.0, momentum=0.9)
+    buffers = {}
+    for name, mu in (("python", 0.9), ("float32", jnp.float32(0.9))):
+        tx = compat.torch_sgd(1.0, mu)
+        params = jnp.zeros(1, jnp.bfloat16)
+        state = tx.init(params)
+        for t in range(20):
+            _, state = tx.update(jnp.full(1, float(t == 0), jnp.bfloat16), state, params)
+        buffers[name] = float(state[0].velocity[0])
+    for t in range(20):
+        theta.grad = torch.full((1,), float(t == 0), dtype=torch.bfloat16)
+        optimizer.step()
+    expected = float(optimizer.state[theta]["momentum_buffer"][0])
+    assert buffers["float32"] == expected
+    assert buffers["python"] < expected  # 0.8984375 ** 19 against 0.9 ** 19, in bfloat16
 
 
 def _mixed() -> dict[str, jax.Array]:
