@@ -123,11 +123,17 @@ def _eps(dtype: Any) -> float:
     return float(jnp.finfo(dtype).eps)
 
 
-def assert_close(actual: Any, expected: Any, ulps: float, what: str) -> None:
+def assert_close(
+    actual: Any, expected: Any, ulps: float, what: str, computed_in: Any = None
+) -> None:
+    """Leaves equal within ``ulps`` of their dtype, or of ``computed_in`` where that is coarser
+    (a float32 buffer that Lion or a weight decay fed from bfloat16 arithmetic)."""
     assert jax.tree.structure(actual) == jax.tree.structure(expected), what
     for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
         assert a.dtype == e.dtype, what
-        tol = ulps * _eps(a.dtype) if jnp.issubdtype(a.dtype, jnp.inexact) else 0.0
+        inexact = jnp.issubdtype(a.dtype, jnp.inexact)
+        coarser = computed_in is not None and inexact and _eps(computed_in) > _eps(a.dtype)
+        tol = ulps * _eps(computed_in if coarser else a.dtype) if inexact else 0.0
         tiny = 4 * float(jnp.finfo(a.dtype).tiny) if jnp.issubdtype(a.dtype, jnp.inexact) else 0
         np.testing.assert_allclose(
             np.asarray(a, np.complex128),
@@ -186,9 +192,10 @@ def test_jit_equals_eager(
         for k, g in enumerate(grads):
             eager_updates, eager_state = tx.update(g, eager_state, params)
             jit_updates, jit_state = update(g, jit_state, params)
-            # Fusion may keep low-precision intermediates wider: a few ulps.
-            assert_close(jit_updates, eager_updates, 16, f"{name}: updates at step {k + 1}")
-            assert_close(jit_state, eager_state, 16, f"{name}: state at step {k + 1}")
+            # Fusion may keep low-precision intermediates wider: a few ulps of the params'
+            # dtype, also in a wider buffer fed from arithmetic in that dtype.
+            assert_close(jit_updates, eager_updates, 16, f"{name}: updates at step {k + 1}", dtype)
+            assert_close(jit_state, eager_state, 16, f"{name}: state at step {k + 1}", dtype)
 
 
 @ROW_SETTINGS
