@@ -428,6 +428,43 @@ def test_dequantize_reads_any_tree() -> None:
     assert read.velocity["bias"] is state.velocity["bias"]
 
 
+def test_tree_map_params_gives_shardings_with_int8_buffers_as_leaves() -> None:
+    """production.md's recipe: with is_leaf, an Int8Buffer meets its param's spec, which its
+    codes and its scales (split along the same axes) both take; the state jits onto it."""
+    P = jax.sharding.PartitionSpec
+    params = {**_params(), "frozen": jnp.int32(3)}
+    specs = {"kernel": P(None, "x"), "odd": P("x"), "bias": P("x"), "frozen": None}
+    tx = optax.chain(optax.clip_by_global_norm(1.0), momentum_jax.lion(1e-3, **INT8))
+    state = tx.init(params)
+
+    def is_int8(x: Any) -> bool:
+        return isinstance(x, momentum_jax.Int8Buffer)
+
+    shardings = optax.tree_utils.tree_map_params(
+        tx,
+        lambda buffer, spec: momentum_jax.Int8Buffer(spec, spec) if is_int8(buffer) else spec,
+        state,
+        specs,
+        transform_non_params=lambda _: P(),
+        is_leaf=is_int8,
+    )
+    buffer = shardings[1][0].buffer
+    assert buffer["kernel"] == momentum_jax.Int8Buffer(P(None, "x"), P(None, "x"))
+    assert buffer["bias"] == P("x")
+    assert buffer["frozen"] is None
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("x",))
+    named = jax.tree.map(
+        lambda spec: jax.sharding.NamedSharding(mesh, spec),
+        shardings,
+        is_leaf=lambda x: isinstance(x, P),
+    )
+    placed = jax.jit(tx.init, out_shardings=named)(params)
+    assert placed[1][0].buffer["kernel"].scales.sharding.spec == P(None, "x")
+    # Without is_leaf, the Int8Buffer is a subtree where the specs have a leaf.
+    with pytest.raises(ValueError, match=r"Int8Buffer|named tuple"):  # JAX 0.4: "named tuple"
+        optax.tree_utils.tree_map_params(tx, lambda _, spec: spec, state, specs)
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 
