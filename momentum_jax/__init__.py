@@ -26,7 +26,7 @@ arguments and the params, never on the backend or the environment. Each
 param has its own buffer (``layout="per_leaf"``, the default); with
 ``layout="packed"`` the buffers of all small arrays are one flat array per
 dtype (:class:`PackedState`), an option for GPUs and models with many small
-arrays. Both layouts give the same numbers.
+arrays. Both layouts give the same numbers (stochastic rounding draws other bits).
 
 Gradient accumulation: ``gradient_accumulation_steps=K`` adds the mean of
 ``K`` successive gradients into the buffers one call at a time and updates

@@ -510,6 +510,7 @@ COMPOSED = rows_with(lambda row: row.blocks is not None, ROWS)
 # which keep none, as PyTorch and Keras do.
 STATELESS = rows_named("torch_sgd_defaults", "keras_sgd_defaults")
 STATEFUL = rows_named(
+    "torch_sgd_maximize_lr_schedule",
     "momentum_weight_decay",
     "nesterov",
     "scale_by_momentum_dampening",

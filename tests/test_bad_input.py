@@ -549,6 +549,19 @@ def test_integer_gradients_without_params_are_refused(row: Row) -> None:
     assert updates["n"] is None
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_maximize_checks_the_gradients_before_negating_them(momentum: float) -> None:
+    # Negated first, an integer gradient would be a float one and a float0 one a NumPy error.
+    tx = compat.torch_sgd(0.1, momentum, maximize=True)
+    params = {"w": jnp.zeros(2), "n": jnp.zeros((), jnp.int32)}
+    state = tx.init(params)
+    with pytest.raises(TypeError, match=r"the gradient at \['w'\] is int32, not floating point"):
+        tx.update({"w": jnp.ones(2, jnp.int32), "n": None}, state, params)
+    float0 = np.zeros((), jax.dtypes.float0)  # jax.grad(..., allow_int=True) of an integer
+    with pytest.raises(TypeError, match=r"the param at \['n'\] does not train"):
+        tx.update({"w": jnp.ones(2), "n": float0}, state, params)
+
+
 @pytest.mark.parametrize(
     "factory",
     [momentum_jax.momentum, momentum_jax.nesterov, compat.torch_sgd, momentum_jax.lion],

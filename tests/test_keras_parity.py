@@ -108,3 +108,47 @@ def test_bfloat16_variables_with_float32_schedules_match_keras_bit_for_bit(
         params = optax.apply_updates(params, updates)
         keras_params = np.asarray(keras.ops.cast(variable.value, "float32"))
         np.testing.assert_array_equal(np.asarray(params, np.float32), keras_params)
+
+
+@pytest.mark.parametrize(
+    ("keras_clip", "clip"),
+    [
+        ({"global_clipnorm": 1.0}, optax.clip_by_global_norm(1.0)),
+        ({"clipvalue": 0.5}, optax.clip(0.5)),
+    ],
+    ids=["global_clipnorm", "clipvalue"],
+)
+def test_clipping_with_accumulation_is_multisteps_around_the_chain(
+    keras_clip: dict[str, float], clip: optax.GradientTransformation
+) -> None:
+    """docs/porting.md: accumulating, Keras clips the mean gradient. MultiSteps around the
+    chain does too (its schedule read at Keras' call count); a clip chained before
+    keras_sgd(gradient_accumulation_steps=K) clips each gradient, which differs."""
+    k, calls = 2, 8
+    keras_lr = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=3, decay_rate=0.7)
+    settings = {"momentum": 0.9, "weight_decay": 1e-2}
+    opt = keras.optimizers.SGD(keras_lr, gradient_accumulation_steps=k, **settings, **keras_clip)
+    variable = keras.Variable(_problems.W0)
+    opt.build([variable])
+    schedule = optax.exponential_decay(0.05, 3, 0.7)
+    recipe = optax.MultiSteps(
+        optax.chain(clip, compat.keras_sgd(lambda n: schedule(n * k + k - 1), **settings)), k
+    )
+    chained = optax.chain(
+        clip, compat.keras_sgd(schedule, **settings, gradient_accumulation_steps=k)
+    )
+
+    def grad(theta: Any, t: int) -> Any:
+        return _problems.gradient()({"w": theta, "b": _problems.B0})["w"] + 0.5 * np.sin(t + 1.0)
+
+    thetas = {"recipe": jnp.asarray(_problems.W0), "chained": jnp.asarray(_problems.W0)}
+    txs = {"recipe": recipe, "chained": chained}
+    states = {key: tx.init(thetas[key]) for key, tx in txs.items()}
+    for t in range(calls):
+        opt.apply_gradients([(np.asarray(grad(np.asarray(variable.value), t)), variable)])
+        for key, tx in txs.items():
+            updates, states[key] = tx.update(grad(thetas[key], t), states[key], thetas[key])
+            thetas[key] = optax.apply_updates(thetas[key], updates)
+    expected = np.asarray(variable.value)
+    np.testing.assert_allclose(thetas["recipe"], expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(thetas["chained"], expected, rtol=1e-4, atol=1e-5)

@@ -169,12 +169,15 @@ def same(keras_schedule: Any, schedule: Callable[[Any], Any], steps: int = 40) -
 
 
 @pytest.mark.parametrize(
-    ("boundaries", "rates"), [([0, 10], [0.1, 0.05, 0.01]), ([6, 7, 20], [1.0, 0.5, 0.3, 0.2])]
+    ("boundaries", "rates"),
+    [([0, 10], [0.1, 0.05, 0.01]), ([6, 7, 20], [1.0, 0.5, 0.3, 0.2]), ([3, 9], [0.1, 0.0, 0.01])],
 )
 def test_keras_piecewise_constant(boundaries: list[int], rates: list[float]) -> None:
-    scales = {b + 1: rates[i + 1] / rates[i] for i, b in enumerate(boundaries)}
-    keras_schedule = keras_schedules().PiecewiseConstantDecay(boundaries, rates)
-    same(keras_schedule, optax.piecewise_constant_schedule(rates[0], scales))
+    # The table's row: values[i] up to and including step boundaries[i], a 0 among them too.
+    ours = optax.join_schedules(
+        [optax.constant_schedule(r) for r in rates], [b + 1 for b in boundaries]
+    )
+    same(keras_schedules().PiecewiseConstantDecay(boundaries, rates), ours)
 
 
 @pytest.mark.parametrize(("decay_steps", "alpha"), [(10, 0.0), (25, 0.1), (7, 0.5)])

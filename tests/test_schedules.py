@@ -350,3 +350,13 @@ def _refused(*args: object, **kwargs: object) -> object:
     that the input is refused (a TypeError or ValueError); their messages are to be pinned
     again."""
     return pytest.raises((TypeError, ValueError))
+
+
+@pytest.mark.parametrize("total_steps", [2**24 + 3, 50_000_000])
+def test_demon_is_accurate_at_the_end_of_long_runs(total_steps: int) -> None:
+    # Beyond 2**24 float32 holds no step count exactly: T - t must not round to 0 or double.
+    schedule = schedules.demon(0.999, total_steps)
+    for t in (total_steps - k for k in (1, 2, 3, 17, 1000)):
+        left = 1 - t / total_steps
+        expected = 0.999 * left / ((1 - 0.999) + 0.999 * left)
+        np.testing.assert_allclose(float(schedule(jnp.int32(t))), expected, rtol=1e-3)

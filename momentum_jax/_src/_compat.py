@@ -162,7 +162,7 @@ def torch_sgd(
             f"got momentum={momentum!r}, dampening={dampening!r}.",
         )
     steps = accumulation(options[_checks.ACCUMULATION], nesterov, options["layout"])
-    parts: list[Any] = [optax.scale(-1.0)] if maximize else []
+    parts: list[Any] = [_checked(optax.scale(-1.0))] if maximize else []
     if not _checks.is_python_zero(weight_decay):
         parts.append(_weight_decay(weight_decay))
     if not _checks.is_python_zero(momentum) or steps > 1:
@@ -171,7 +171,7 @@ def torch_sgd(
         torch_rule = type(momentum) not in (int, float)  # momentum 0 at some steps
         parts.append(_core.gradient_buffer(momentum, nesterov, damped, options, torch_rule))
     scale = scale_by_learning_rate(lr, steps, "lr")
-    parts.append(scale if len(parts) > int(maximize) else _checked(scale))
+    parts.append(scale if parts else _checked(scale))  # the first stage checks the gradients
     return optax.chain(*parts)
 
 

@@ -130,7 +130,7 @@ def momentum(
         buffer per param; ``"packed"`` keeps the buffers of all small arrays
         in one flat array per dtype (:class:`momentum_jax.PackedState`), an
         option for GPUs and models with many small arrays. Both give the same
-        numbers.
+        numbers, but for the bits that stochastic rounding draws.
       gradient_accumulation_steps: ``K``, the number of calls whose mean
         gradient makes one update; ``None`` (the default) or 1 for none. With
         ``K >= 2`` the first call of an update decays the velocity and adds

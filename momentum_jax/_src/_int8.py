@@ -13,10 +13,11 @@ Exactness: the block's largest element is coded ±127 (see ``_encode``) and
 ±127 reads back as ±s by a select rather than a product (XLA may reassociate
 products); so a zero block, a block of one magnitude and every block's
 largest element are stored exactly. NaN has a code of its own, -128: a NaN
-is stored as NaN, and its block's scale is that of the other elements
-(XLA:CPU's fast max skips NaN; where the max propagates it, the whole block
-reads back as NaN). An infinity makes its block's scale infinite, and the
-whole block reads back as NaN. Non-finite values stay non-finite, so
+is stored as NaN. Its block's scale is that of the other elements where the
+max skips NaN (XLA:CPU with jax 0.10); where the max propagates it (XLA:CPU
+with jax 0.12), the whole block reads back as NaN. An infinity makes its
+block's scale infinite, and the whole block reads back as NaN. Non-finite
+values stay non-finite, so
 ``optax.apply_if_finite`` sees them and momentum carries them on, as a float
 buffer does.
 

@@ -104,9 +104,11 @@ def demon(init_momentum: float | jax.Array, total_steps: int | jax.Array) -> opt
         # Multiplying through by T gives beta0 (T - t) / (T - beta0 t): one
         # division, which is exactly 1 at t = 0 (so mu = beta0 exactly) and
         # exactly 0 at t = T. Clipping the count gives 0 from t = T on (and
-        # treats t < 0 as t = 0).
-        done = jnp.clip(jnp.asarray(count), 0, total_steps).astype(jnp.float32)
+        # treats t < 0 as t = 0). T - t is taken in integers: in float32 it would
+        # be wrong near the end for T > 2**24.
+        done = jnp.clip(jnp.asarray(count), 0, total_steps)
+        left = (total_steps - done).astype(jnp.float32)
         beta = jnp.asarray(init_momentum, jnp.float32)
-        return (beta * ((total_steps - done) / (total_steps - beta * done))).astype(jnp.float32)
+        return (beta * (left / (total_steps - beta * done.astype(jnp.float32)))).astype(jnp.float32)
 
     return schedule
