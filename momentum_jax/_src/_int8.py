@@ -17,9 +17,8 @@ is stored as NaN. Its block's scale is that of the other elements where the
 max skips NaN (XLA:CPU with jax 0.10); where the max propagates it (XLA:CPU
 with jax 0.12), the whole block reads back as NaN. An infinity makes its
 block's scale infinite, and the whole block reads back as NaN. Non-finite
-values stay non-finite, so
-``optax.apply_if_finite`` sees them and momentum carries them on, as a float
-buffer does.
+values stay non-finite, so ``optax.apply_if_finite`` sees them and momentum
+carries them on, as a float buffer does.
 
 Stochastic quantization rounds ``t = x * 127 / s`` up with probability
 ``t - floor(t)``, drawing 24 uniform bits per element from the counter-based
