@@ -379,9 +379,9 @@ def gradient_buffer(
         scale: Any = None
         if damped:
             fresh = (state.count == 0) | (~state.started if started else False)
-            scale = jnp.where(
-                fresh, 1.0, 1.0 - jnp.asarray(hyper("dampening", dampening, state.count, 1.0))
-            )
+            tau = jnp.asarray(hyper("dampening", dampening, state.count, 1.0))
+            # 1 + 0 * tau: a dampening out of range (NaN) makes the undamped first update NaN too.
+            scale = jnp.where(fresh, 1.0 + 0 * tau, 1.0 - tau)
         if not torch_rule:
             return mu, mu, scale, None, None
         idle, scale = jnp.asarray(mu) == 0, 1.0 if scale is None else scale

@@ -112,6 +112,8 @@ def lion(
 
     def coefficients(state: LionState) -> tuple[Any, Any, Any, Any]:
         beta1, beta2 = hyper("b1", b1, state.count, 1.0), hyper("b2", b2, state.count, 1.0)
+        if not isinstance(beta2, int | float):  # NaN if out of range: the sign must show it too
+            beta1 = jnp.where(jnp.isnan(beta2), jnp.nan, beta1)
         return beta1, 1 - beta1, beta2, 1 - beta2
 
     def buffer(c: Any, g: jax.Array, m: jax.Array) -> jax.Array:
