@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from momentum_jax._src import _checks
-from momentum_jax._src._checks import AccumulatingOptions, StateOptions, public
+from momentum_jax._src._checks import AccumulatingOptions, public
 from momentum_jax._src._layout import with_layout
 from momentum_jax._src._skeleton import accumulation, buffer_transform, hyper
 
@@ -116,9 +116,11 @@ def momentum(
         traces the same computation it initialised).
       accumulator_dtype: dtype of the velocity; ``None`` keeps each param's
         dtype. ``jnp.float32`` keeps an exact buffer for bfloat16 params;
-        ``jnp.int8`` about one byte per param: each array of 4096 elements or
-        more an :class:`momentum_jax.Int8Buffer` (int8 codes and a float32
-        scale per block of 256 along the last axis), the smaller ones float32.
+        ``jnp.int8`` int8 codes: each array of 4096 elements or more with a
+        last axis of at least 32 an :class:`momentum_jax.Int8Buffer` (int8
+        codes and a float32 scale per block of 256 along the last axis, or per
+        row when it is shorter: 1.016 bytes per param, 1 + 4/n for rows of
+        n < 256), the other arrays float32.
       stochastic_rounding: with a bfloat16, float16 or int8 velocity, compute
         the new velocity in float32 and round (quantize) it stochastically into
         the buffer (unbiased: small contributions survive on average); no
@@ -224,13 +226,13 @@ def heavy_ball(
 _momentum = momentum
 
 
-@public("momentum_jax.nesterov", StateOptions)
+@public("momentum_jax.nesterov", AccumulatingOptions)
 def nesterov(
     learning_rate: optax.ScalarOrSchedule,
     momentum: optax.ScalarOrSchedule = 0.9,
     *,
     weight_decay: float | jax.Array = 0.0,
-    **options: Unpack[StateOptions],
+    **options: Unpack[AccumulatingOptions],
 ) -> optax.GradientTransformationExtraArgs:
     r"""Nesterov momentum: :func:`momentum` with ``nesterov=True``.
 
@@ -253,6 +255,9 @@ def nesterov(
         :func:`momentum`.
       seed: the rounding's seed, as in :func:`momentum`.
       layout: the state layout, as in :func:`momentum`.
+      gradient_accumulation_steps: ``None`` (the default) or 1, as :func:`momentum`
+        takes it; ``K >= 2`` raises a ``ValueError``: the Nesterov step needs
+        the mean gradient, which no buffer keeps (use ``optax.MultiSteps``).
 
     Returns:
       ``momentum(learning_rate, momentum, nesterov=True, ...)``.

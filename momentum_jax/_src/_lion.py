@@ -81,8 +81,8 @@ def lion(
         tree of booleans shaped like the params (or a prefix of them), or a
         function of the params returning one; ``None`` for all.
       accumulator_dtype: the buffer's dtype (``None``: each param's own), as
-        in :func:`momentum_jax.momentum`; ``jnp.int8`` keeps about one byte
-        per param.
+        in :func:`momentum_jax.momentum`; ``jnp.int8`` keeps int8 codes and
+        block scales for large arrays, as there.
       stochastic_rounding: round the new buffer stochastically, as in
         :func:`momentum_jax.momentum`.
       seed: the rounding's seed, as in :func:`momentum_jax.momentum`.
