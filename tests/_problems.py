@@ -259,14 +259,16 @@ def assert_trees_equal(a: Any, b: Any, what: str) -> None:
         assert np.array_equal(leaf, other), f"{what}: {jax.tree_util.keystr(path)} changed"
 
 
-def updates_like(grads: Any, state: Any, lion: bool) -> Any:
-    """Arrays shaped and typed as a transform's updates: its gradients; Lion's, as optax.lion's,
-    in the gradients' dtype promoted with the stored buffer's (an int8 buffer's codes')."""
-    if not lion:
+def updates_like(grads: Any, state: Any, row_id: str) -> Any:
+    """Arrays shaped and typed as the updates of the contract table's row ``row_id``: its
+    gradients; Lion's, as optax.lion's, in the gradients' dtype promoted with the stored
+    buffer's, but with int8 buffers, whose codes promote to the gradients' dtype (also where
+    a small array keeps a float32 buffer)."""
+    if not row_id.startswith("lion") or "int8" in row_id:
         return grads
 
     def promoted(g: jax.Array, b: Any) -> jax.Array:
-        dtype = jnp.result_type(g, b.codes if isinstance(b, momentum_jax.Int8Buffer) else b)
+        dtype = jnp.result_type(g, b)
         return g if dtype == g.dtype else jnp.zeros(g.shape, dtype)
 
     return jax.tree.map(promoted, grads, state[0].buffer)

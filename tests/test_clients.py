@@ -26,6 +26,8 @@ import optax
 import pytest
 from flax import nnx
 
+import momentum_jax
+from momentum_jax import compat
 from tests._table import Row, rows_named
 
 pytestmark = pytest.mark.slow  # trains Flax NNX and Equinox models
@@ -145,6 +147,51 @@ def test_flax_nnx_optimizer_matches_optax(row: Row, wrapper: str) -> None:
     # The partitioned-off layer never moves; the trained one does.
     chex.assert_trees_all_equal(end["body"], start["body"])
     assert float(jnp.abs(end["head"]["kernel"] - start["head"]["kernel"]).max()) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: momentum_jax.momentum(
+            0.05, 0.9, accumulator_dtype=jnp.int8, stochastic_rounding=True
+        ),
+        lambda: momentum_jax.lion(1e-3, accumulator_dtype=jnp.int8, weight_decay=0.0),
+        lambda: compat.torch_sgd(
+            0.05, 0.9, accumulator_dtype=jnp.int8, gradient_accumulation_steps=2
+        ),
+    ],
+    ids=["momentum", "lion", "torch_sgd_accumulating"],
+)
+def test_flax_nnx_optimizer_with_int8_buffers_is_the_plain_jax_run(make: Any) -> None:
+    # NNX writes the new state back into its variables, where an Int8Buffer becomes a
+    # mapping of its two fields: the next update must read it as the buffer it was.
+    model = nnx.Linear(64, 128, rngs=nnx.Rngs(0))  # an 8192-element kernel: int8 codes
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    x = jax.random.normal(jax.random.key(2), (16, 64))
+    tx = make()
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def nnx_step(model: nnx.Linear, optimizer: nnx.Optimizer) -> None:
+        grads = nnx.grad(lambda m: jnp.mean(jnp.sin(m(x)) ** 2))(model)
+        if _NNX_UPDATE_TAKES_MODEL:
+            optimizer.update(model, grads)
+        else:  # Flax 0.10: Optimizer.update(grads)
+            optimizer.update(grads)  # type: ignore[call-arg]
+
+    @jax.jit
+    def step(params: Any, state: Any) -> Any:
+        def loss(p: Any) -> jax.Array:
+            return jnp.mean(jnp.sin(x @ p["kernel"] + p["bias"]) ** 2)
+
+        updates, state = tx.update(jax.grad(loss)(params), state, params)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    for _ in range(4):
+        nnx_step(model, optimizer)
+        params, state = step(params, state)
+    chex.assert_trees_all_equal(nnx.to_pure_dict(nnx.state(model, nnx.Param)), params)
 
 
 # --- Equinox ------------------------------------------------------------------------

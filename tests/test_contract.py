@@ -197,7 +197,7 @@ def test_state_is_a_stable_scan_and_cond_carry_for_every_dtype(row: Row, x64: bo
         def body(carry: Any, g: Any) -> tuple[Any, None]:
             params, state = carry
             updates, new_state = tx.update(g, state, params)
-            expected = _problems.updates_like(g, state, row.public is momentum_jax.lion)
+            expected = _problems.updates_like(g, state, row.id)
             chex.assert_trees_all_equal_shapes_and_dtypes(updates, expected)
             new_params = optax.apply_updates(params, updates)
             chex.assert_trees_all_equal_shapes_and_dtypes(new_params, params)
@@ -261,7 +261,7 @@ def test_low_precision_scalar_hyperparameters_are_accepted(row: Row, dtype: Any)
     for k in range(2):
         grads = {"w": jnp.asarray([1.0, -0.5 * k, 0.25 + k], dtype)}
         updates, new_state = update(grads, state, params)
-        expected = _problems.updates_like(grads, state.inner_state, row.public is momentum_jax.lion)
+        expected = _problems.updates_like(grads, state.inner_state, row.id)
         chex.assert_trees_all_equal_shapes_and_dtypes(updates, expected)
         chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
         params, state = optax.apply_updates(params, updates), new_state

@@ -414,6 +414,20 @@ def test_bfloat16_params_with_an_int8_buffer() -> None:
     assert state[0].velocity["kernel"].codes.dtype == jnp.int8
 
 
+def test_lion_with_int8_buffers_keeps_bfloat16_params_bfloat16() -> None:
+    # A small array keeps a float32 buffer; its update must still be bfloat16, or a plain
+    # p + u (eqx.apply_updates) would widen the param and the next step would recompile.
+    tx = momentum_jax.lion(1e-3, **SR)
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), _params())
+    state = tx.init(params)
+    assert state[0].buffer["bias"].dtype == jnp.float32
+    for k in range(2):
+        grads = jax.tree.map(lambda g: g.astype(jnp.bfloat16), _grads(k))
+        updates, state = tx.update(grads, state, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+        chex.assert_trees_all_equal_dtypes(params, grads)
+
+
 def test_dequantize_reads_any_tree() -> None:
     params = {**_params(), "frozen": None}
     state = momentum_jax.momentum(0.1, **INT8).init(params)

@@ -286,6 +286,22 @@ def converted(old: Any, new: Any) -> Any:
     return old
 
 
+def as_buffers(tree: Any, grads: Any) -> Any:
+    """``tree``, a buffer tree, with each mapping of an :class:`Int8Buffer`'s two fields that
+    stands where ``grads`` has one array made an :class:`Int8Buffer` again (Flax NNX's
+    ``Optimizer`` writes a new state back into its variables that way)."""
+    treedef = jax.tree.structure(grads)
+    try:
+        subtrees = treedef.flatten_up_to(tree)  # type: ignore[attr-defined]
+    except (ValueError, TypeError):
+        return tree  # the gradients do not fit: the checks of update name how
+    fields = set(Int8Buffer._fields)
+    subtrees = [
+        Int8Buffer(**x) if isinstance(x, Mapping) and set(x) == fields else x for x in subtrees
+    ]
+    return jax.tree.unflatten(treedef, subtrees)
+
+
 def store(new: Any, like: Any, seed: Any, count: Any) -> tuple[Any, Any]:
     """``new`` in ``like``'s buffers: int8 buffers quantized, others cast.
 

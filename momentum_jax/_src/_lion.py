@@ -59,7 +59,8 @@ def lion(
     the buffer before it is updated, and the weight decay :math:`\lambda` is
     decoupled: it is not in the buffer, and the learning rate scales it. It is
     ``optax.lion`` step for step, ``accumulator_dtype`` acting as its ``mu_dtype``
-    (the update's dtype is the gradient's promoted with the buffer's): ``optax.chain``
+    (the update's dtype is the gradient's promoted with it; ``jnp.int8``, which optax
+    lacks, keeps the gradient's, also where a small array keeps a float32 buffer): ``optax.chain``
     of the sign stage, ``optax.add_decayed_weights(weight_decay, mask)`` (left out for
     a Python ``0``) and ``optax.scale_by_learning_rate(learning_rate)``. The sign is that of
     :func:`momentum_jax.scale_by_qhm`'s output with :math:`\beta = \beta_2`

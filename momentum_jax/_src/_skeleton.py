@@ -194,6 +194,8 @@ def buffer_transform(
             raise _checks.error(
                 ValueError, f"the state holds {len(trees)} buffers, expected {size}."
             )
+        if int8:
+            trees = tuple(_int8.as_buffers(t, updates) for t in trees)
         reference = _int8.plain(trees[0]) if int8 else trees[0]
         grads = _checks.check_tree(updates, reference)
         thetas = [None] * len(grads)
@@ -218,8 +220,8 @@ def buffer_transform(
             )
             wide = g.astype(jnp.result_type(g.dtype, *(b.dtype for b in wide_bs)))
             early = None
-            if output_reads_old:  # Lion: optax.lion's arithmetic and dtypes (int8 codes count)
-                wide, kept_as = g, (getattr(b, "codes", b).dtype for b in bs)
+            if output_reads_old:  # Lion: optax.lion's arithmetic and dtypes (int8 keeps g's)
+                wide, kept_as = g, [_int8.INT8] if int8 else [b.dtype for b in bs]
                 early = output(c, g, *wide_bs).astype(jnp.result_type(g.dtype, *kept_as))
             if steps > 1:  # b' = A b + B g/K on an update's first call, b + B g/K on the others
                 # Products by 0 or 1, not selects, which XLA:CPU's reduction of int8 blocks
