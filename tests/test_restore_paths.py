@@ -165,6 +165,81 @@ def test_restored_counters_are_uncommitted_on_a_mesh() -> None:
     }
 
 
+MOVE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, tempfile
+    import jax, jax.numpy as jnp, numpy as np
+    import orbax.checkpoint as ocp
+    AxisType = getattr(jax.sharding, "AxisType", None)
+    if AxisType is None or not hasattr(jax, "set_mesh"):  # JAX 0.4 (the floor)
+        print(json.dumps({})); sys.exit()
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    import momentum_jax
+
+    shapes = {"kernel": (64, 1024), "bias": (1024,)}  # on one device, both are packed
+
+    def trained(layout, params):
+        tx = momentum_jax.momentum(0.1, 0.9, layout=layout)
+        state = tx.init(params)
+        for k in range(2):
+            grads = jax.tree.map(lambda p: p * (0.5 + k), params)  # sharded like the param
+            _, state = tx.update(grads, state)
+        return state
+
+    def raw(state):  # saved, then read back without a target
+        path = tempfile.mkdtemp() + "/state"
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(path, state)
+        checkpointer.wait_until_finished()
+        return checkpointer.restore(path)
+
+    def check(saved, layout, params):
+        tx = momentum_jax.momentum(0.1, 0.9, layout=layout)
+        try:
+            state = momentum_jax.restore_state(saved, tx, params)
+        except Exception as error:  # reported, asserted in the test
+            return str(error)[:300]
+        fresh = tx.init(params)
+        placed = all(a.sharding == b.sharding for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(fresh)))
+        values = all(np.array_equal(jax.device_get(state.velocity[k]), expected[k]) for k in shapes)
+        return {"placed like init": placed, "values": values}
+
+    single = {k: jnp.ones(s) for k, s in shapes.items()}
+    expected = jax.tree.map(np.asarray, trained("per_leaf", single).velocity)
+    from_one_device = {layout: raw(trained(layout, single)) for layout in ("per_leaf", "packed")}
+    report = {}
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    with jax.set_mesh(mesh):
+        specs = {"kernel": P(None, "model"), "bias": P()}  # the kernel, split, keeps its buffer
+        sharded = {k: jax.device_put(jnp.ones(s), NamedSharding(mesh, specs[k])) for k, s in shapes.items()}
+        from_mesh = {layout: raw(trained(layout, sharded)) for layout in ("per_leaf", "packed")}
+        for source, saved in from_one_device.items():
+            for layout in ("per_leaf", "packed"):
+                report[f"one device {source} -> mesh {layout}"] = check(saved, layout, sharded)
+    for source, saved in from_mesh.items():
+        for layout in ("per_leaf", "packed"):
+            report[f"mesh {source} -> one device {layout}"] = check(saved, layout, single)
+    print(json.dumps(report))
+    """
+)
+
+
+def test_checkpoints_read_without_target_move_to_and_from_explicit_mesh_axes() -> None:
+    # A packed checkpoint's layout is the one it was written in, whatever the new params'
+    # shardings would pack; values arrive placed as init places them, before any packing.
+    pytest.importorskip("orbax.checkpoint")
+    report = _subprocess.run_json(["-c", MOVE_SCRIPT], devices=8, timeout=240)
+    explicit_axes = hasattr(jax.sharding, "AxisType") and hasattr(jax, "set_mesh")  # not JAX 0.4
+    moves = [
+        f"{a} {source} -> {b} {layout}"
+        for a, b in (("one device", "mesh"), ("mesh", "one device"))
+        for source in ("per_leaf", "packed")
+        for layout in ("per_leaf", "packed")
+    ]
+    expected = {move: {"placed like init": True, "values": True} for move in moves}
+    assert report == (expected if explicit_axes else {})
+
+
 def test_shape_only_params_in_the_packed_layout() -> None:
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _params())
     tx = momentum_jax.momentum(0.1, 0.9, layout="packed")

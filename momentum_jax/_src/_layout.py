@@ -61,9 +61,9 @@ class Layout(NamedTuple):
     groups: tuple[tuple[str, int], ...]
 
     @classmethod
-    def of(cls, params: Any, own: Any = ()) -> Layout:
-        """The layout packing each small floating-point array of ``params`` (but those in ``own``,
-        leaf indices)."""
+    def of(cls, params: Any, own: Any = None) -> Layout:
+        """The layout packing each small floating-point array of ``params``; with ``own`` (leaf
+        indices), each floating-point array but those, as a checkpoint's was written."""
         if type(params).__name__ == "_ParamsPlaceholder":
             raise _checks.error(
                 TypeError, "tree_map_params cannot map a packed state; use layout='per_leaf'."
@@ -71,7 +71,7 @@ class Layout(NamedTuple):
         sizes: dict[str, int] = {}
         slots: list[Slot | None] = []
         for index, leaf in enumerate(jax.tree.leaves(params, is_leaf=_checks.is_none)):
-            if index in own or not _packs(leaf):
+            if not (_packs(leaf) if own is None else index not in own and _checks.trains(leaf)):
                 slots.append(None)
                 continue
             group, shape = _group(leaf), tuple(int(d) for d in jnp.shape(leaf))
@@ -284,9 +284,14 @@ def _place_like(value: Any, fresh: Any) -> Any:
         return value
     if getattr(fresh, "_committed", True):  # a buffer: sharded like its param, never gathered
         return jax.device_put(value, fresh.sharding)
-    if jnp.size(fresh) <= _SMALL:  # a counter, hyperparameter or key: uncommitted, as in init
+    # A counter, hyperparameter or key, or a value on other devices: uncommitted, as in init.
+    if jnp.size(fresh) <= _SMALL or getattr(value, "sharding", fresh.sharding) != fresh.sharding:
         return _through_host(value, fresh)
     return jnp.asarray(value, fresh.dtype)
+
+
+def _on_this_host(x: Any) -> bool:
+    return isinstance(x, jax.Array) and x.is_fully_addressable
 
 
 def _through_host(value: Any, fresh: Any) -> Any:
@@ -336,7 +341,11 @@ def _carry(old: Any, new: Any, path: str, params: Any) -> Any:
         # float buffers, the only ones a packed block has), then carried as an unpacked one.
         block = _int8.dequantize(new.unpacked() if isinstance(new, PackedState) else new)
         layout = _written_layout(raw, block, params)
-        inner = _carry(raw, repack(block, layout).inner, f"{path}.inner", params)
+        shape_of = jax.ShapeDtypeStruct  # the template's structure and shapes, not its values
+        shapes = jax.tree.map(lambda x: shape_of(x.shape, x.dtype), block)  # type: ignore[no-untyped-call]
+        # Sliced on the host: the packs may have been written on other devices than these.
+        raw = jax.tree.map(lambda x: np.asarray(x) if _on_this_host(x) else x, raw)
+        inner = _carry(raw, repack(shapes, layout).inner, f"{path}.inner", params)
         return _carry(PackedState(inner, layout).unpacked(), new, path, params)
     if isinstance(new, PackedState):
         return repack(_carry(old, new.unpacked(), path, params), new.layout)
@@ -398,7 +407,7 @@ def _carry_leaf(old: Any, new: Any, path: str) -> Any:
         stacked = jnp.shape(old)[1:] == jnp.shape(new)
         fix = "a stacked state? jax.vmap restore_state over it" if stacked else None
         raise _error(path, f"has shape {jnp.shape(old)}, expected {jnp.shape(new)}", fix)
-    return jnp.asarray(old, jnp.result_type(new))
+    return _place_like(jnp.asarray(old, jnp.result_type(new)), new)  # placed before any packing
 
 
 def _where(path: str, name: str) -> str:
