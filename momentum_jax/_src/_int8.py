@@ -277,8 +277,7 @@ def converted(old: Any, new: Any) -> Any:
     """``old``, a saved buffer, in the form of ``new``, a fresh one: a float buffer quantized
     (to nearest) for an int8 one, an int8 buffer (or its fields, read without a target)
     dequantized for a float one; anything else as it is."""
-    if isinstance(old, Mapping) and set(old) == set(Int8Buffer._fields):
-        old = Int8Buffer(**old)
+    old = _from_fields(old)
     if isinstance(new, Int8Buffer) and isinstance(old, jax.Array | np.ndarray):
         return quantize(jnp.asarray(old)) if old.shape == new.codes.shape else old
     if isinstance(old, Int8Buffer) and isinstance(new, jax.Array):
@@ -295,11 +294,13 @@ def as_buffers(tree: Any, grads: Any) -> Any:
         subtrees = treedef.flatten_up_to(tree)  # type: ignore[attr-defined]
     except (ValueError, TypeError):
         return tree  # the gradients do not fit: the checks of update name how
-    fields = set(Int8Buffer._fields)
-    subtrees = [
-        Int8Buffer(**x) if isinstance(x, Mapping) and set(x) == fields else x for x in subtrees
-    ]
-    return jax.tree.unflatten(treedef, subtrees)
+    return jax.tree.unflatten(treedef, [_from_fields(x) for x in subtrees])
+
+
+def _from_fields(x: Any) -> Any:
+    """``x``, or the :class:`Int8Buffer` of a mapping of its two fields."""
+    is_fields = isinstance(x, Mapping) and set(x) == set(Int8Buffer._fields)
+    return Int8Buffer(**x) if is_fields else x
 
 
 def store(new: Any, like: Any, seed: Any, count: Any) -> tuple[Any, Any]:
