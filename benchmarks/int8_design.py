@@ -16,6 +16,9 @@ Three questions, each answered with numbers (BENCHMARKS.md, "Eight-bit buffers")
    padded last block or a block that divides the length.
 5. **Threshold.** The package's int8 step against float32 for 1000 arrays of 1K to 64K
    elements: does the cost per array depend on its size?
+6. **Shapes.** The state's bytes per param for whole models (GPT-2 small, ResNet-50 with
+   PyTorch's and with Flax's kernel layout), and the int8 step against float32 for one
+   array of each kind of shape: a long last axis, rows of 32, conv kernels.
 
 Two code maps: ``linear`` (code q stands for q/127 of the block's largest magnitude) and
 ``sqrt`` (q stands for (q/127)² of it: finer steps near zero, coarser near the top). The
@@ -24,6 +27,7 @@ the two neighbouring values it can store).
 
     python benchmarks/int8_design.py            # ~10 min on 2 CPU cores
     python benchmarks/int8_design.py --quick    # a smoke run
+    python benchmarks/int8_design.py --shapes   # section 6 alone
 """
 
 from __future__ import annotations
@@ -219,10 +223,13 @@ def time_steps(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps, seeds and repetitions")
+    parser.add_argument("--shapes", action="store_true", help="section 6 alone (about 1 min)")
     args = parser.parse_args(argv)
     steps, seeds, reps, total = (
         (100, [0, 1], 3, 1 << 20) if args.quick else (1000, [0, 1, 2], 7, 10 * (1 << 20))
     )
+    if args.shapes:
+        return by_shape(reps)
 
     designs = [Design(b, m) for m in MAPS for b in (64, 128, 256, 2048)]
     print("1. quantization error of a trained velocity (round-to-nearest)")
@@ -296,6 +303,50 @@ def main(argv: list[str] | None = None) -> None:
         }
         shapes = [(n // 256, 256)] * (1000 if not args.quick else 50)
         print(f"{n:>8}: int8 / float32 = {time_steps(builders, shapes, reps)['int8']:.2f}")
+    _int8.MIN_SIZE = 4096
+
+    by_shape(reps)
+
+
+def by_shape(reps: int) -> None:
+    """Section 6: state bytes per param of whole models, the step by shape."""
+    print("\n6. by shape: state bytes per param of whole models, step time against float32")
+    bench = _bench_step()
+    resnet = bench.resnet50_shapes()
+    models = {
+        "GPT-2 small": bench.gpt2_small_shapes(),
+        "ResNet-50, (out, in, h, w) kernels": resnet,
+        "ResNet-50, (h, w, in, out) kernels": [
+            (*s[2:], s[1], s[0]) if len(s) == 4 else s for s in resnet
+        ],
+    }
+    tx = momentum_jax.momentum(1e-3, 0.9, accumulator_dtype=jnp.int8)
+    for name, shapes in models.items():
+        params = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+        state = jax.eval_shape(tx.init, params).velocity
+        size = sum(np.prod(s) for s in shapes)
+        coded = sum(np.prod(b.codes.shape) for b in state if isinstance(b, momentum_jax.Int8Buffer))
+        nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+        print(f"{name:>36}: {nbytes / size:.4f} bytes per param, {coded / size:.1%} in int8")
+    builders = {
+        "float32": lambda: momentum_jax.momentum(1e-3, 0.9),
+        "int8": lambda: momentum_jax.momentum(1e-3, 0.9, accumulator_dtype=jnp.int8),
+        "int8 stochastic": lambda: momentum_jax.momentum(
+            1e-3, 0.9, accumulator_dtype=jnp.int8, stochastic_rounding=True
+        ),
+    }
+    for shape in [(16384, 256), (131072, 32), (512, 512, 3, 3), (3, 3, 512, 512)]:
+        ratios = time_steps(builders, [shape], reps)
+        cells = ", ".join(f"{k} {ratios[k]:.2f}" for k in list(builders)[1:])
+        print(f"{shape!s:>36}: {cells} (float32 {ratios['ms float32']:.2f} ms)")
+
+
+def _bench_step() -> Any:
+    """benchmarks/bench_step.py, for its model shapes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_step
+
+    return bench_step
 
 
 def reductions(reps: int) -> dict[str, float]:

@@ -248,6 +248,9 @@ SHARDED: Spec = {
     "replicated": ((5,), jnp.float32, P()),
     # Large enough for an int8 buffer: blocks of 256 along 'model', 512 elements per device.
     "wide": ((4, 2048), jnp.float32, P("data", "model")),
+    # A conv kernel (out, in, h, w): int8 blocks of 256 elements from the input channels on,
+    # 16 input channels by 4 x 4: one block per device.
+    "conv": ((8, 64, 4, 4), jnp.float32, P("data", "model")),
 }
 # The packed layout on a 1x8 mesh: the kernel (more than 2**16 elements) keeps
 # its own buffer, split over 'model'; the replicated vectors are packed.
@@ -485,17 +488,35 @@ def packed_on_explicit_axes(devices: np.ndarray) -> dict[str, list[str]]:
     except ValueError as error:
         wrong.append(str(error))
     found["explicit_checkpoint_on_host"] = wrong
-    # An int8 buffer whose blocks of 256 a split would cut (192 columns per device): refused.
-    split = {"w": ((8, 768), jnp.float32, P(None, "model"))}
-    with jax.set_mesh(mesh):
-        params = place(host_tree(split, 2), split, mesh)
-        tx = momentum_jax.momentum(0.1, 0.9, accumulator_dtype=jnp.int8)
-        try:
-            tx.init(params)
-            found["explicit_int8_cut_blocks"] = ["an int8 buffer with cut blocks was built"]
-        except ValueError as error:
-            cut = "192 columns per device, which cuts its blocks of 256" in str(error)
-            found["explicit_int8_cut_blocks"] = [] if cut else [str(error)]
+    # int8 buffers whose blocks a split would cut: 192 columns per device for blocks of 256,
+    # or a conv kernel's blocks (256 elements from its input channels on) split along a
+    # later axis. Refused.
+    found["explicit_int8_cut_blocks"] = []
+    cuts = [
+        (
+            (8, 768),
+            P(None, "model"),
+            "192 indices of axis 1 per device, which cuts its blocks "
+            "of 256 consecutive elements from axis 1 on",
+        ),
+        (
+            (64, 64, 4, 4),
+            P(None, None, "model"),
+            "1 indices of axis 2 per device, which cuts "
+            "its blocks of 256 consecutive elements from axis 1 on",
+        ),
+    ]
+    for shape, spec, why in cuts:
+        split = {"w": (shape, jnp.float32, spec)}
+        with jax.set_mesh(mesh):
+            params = place(host_tree(split, 2), split, mesh)
+            tx = momentum_jax.momentum(0.1, 0.9, accumulator_dtype=jnp.int8)
+            try:
+                tx.init(params)
+                found["explicit_int8_cut_blocks"].append(f"{shape}: built with cut blocks")
+            except ValueError as error:
+                if why not in str(error):
+                    found["explicit_int8_cut_blocks"].append(str(error))
     return found
 
 

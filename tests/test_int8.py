@@ -53,7 +53,7 @@ def _params(seed: int = 0) -> dict[str, jax.Array]:
     rng = np.random.default_rng(seed)
     return {
         "kernel": jnp.asarray(rng.standard_normal((64, 512)), jnp.float32),  # two blocks a row
-        "odd": jnp.asarray(rng.standard_normal((40, 300)), jnp.float32),  # a short last block
+        "odd": jnp.asarray(rng.standard_normal((40, 300)), jnp.float32),  # blocks of 150
         "bias": jnp.asarray(rng.standard_normal(512), jnp.float32),  # small: float32
     }
 
@@ -72,7 +72,8 @@ def _train(tx: optax.GradientTransformation, params: Any, state: Any, ks: range)
 def test_large_arrays_get_codes_and_block_scales_small_ones_float32() -> None:
     params = {
         **_params(),
-        "narrow": jnp.zeros((4096, 16)),
+        "narrow": jnp.zeros((4096, 16)),  # 16 rows a block
+        "conv": jnp.zeros((64, 64, 3, 3)),  # PyTorch's layout: blocks of 192 from axis 1 on
         "half": jnp.zeros((64, 512), "bfloat16"),
     }
     state = momentum_jax.momentum(0.1, **INT8).init(params)
@@ -82,17 +83,64 @@ def test_large_arrays_get_codes_and_block_scales_small_ones_float32() -> None:
     assert velocity["kernel"].codes.shape == (64, 512)
     assert velocity["kernel"].scales.shape == (64, 2)
     assert velocity["kernel"].scales.dtype == jnp.float32
-    assert velocity["odd"].scales.shape == (40, 2)  # 256 + 44 elements a row
+    assert velocity["odd"].scales.shape == (40, 2)
+    assert velocity["narrow"].scales.shape == (256, 1)
+    assert velocity["conv"].codes.shape == (64, 64, 3, 3)
+    assert velocity["conv"].scales.shape == (64, 3, 1, 1)
     assert velocity["half"].codes.shape == (64, 512)  # bfloat16 params too
-    # Below the size threshold, or with a last axis too short to share a scale: float32.
-    for name in ("bias", "narrow"):
-        assert velocity[name].dtype == jnp.float32
+    assert velocity["bias"].dtype == jnp.float32  # below the size threshold
     # Measured from the leaves: 1 + 4/256 bytes per param.
     kernel = velocity["kernel"]
     per_param = sum(x.nbytes for x in kernel) / params["kernel"].size
     assert per_param == 1 + 4 / 256 <= 1.05
     big = momentum_jax.momentum(0.1, **INT8).init(jnp.zeros((1024, 1024)))
     assert sum(x.nbytes for x in jax.tree.leaves(big.velocity)) / 2**20 <= 1.05
+
+
+def test_every_array_of_4096_elements_or_more_keeps_at_most_1_031_bytes_per_param() -> None:
+    """api.md's budget, 1.05 bytes, on any shape: model shapes (a PyTorch-layout conv
+    kernel, an attention kernel with heads of 64, an embedding of width 32) and random
+    ones of 1 to 4 axes, short axes included. Blocks hold 128 to 256 elements (or the
+    last one per leading index shorter, with at least 257 elements in two blocks)."""
+    rng = np.random.default_rng(0)
+    shapes = [(512, 512, 3, 3), (64, 3, 7, 7), (768, 12, 64), (50257, 32), (4096,), (4097,)]
+    while len(shapes) < 300:
+        shape = tuple(int(n) for n in rng.integers(1, 2 ** rng.integers(1, 12, rng.integers(1, 5))))
+        if 4096 <= math.prod(shape) <= 2**22:
+            shapes.append(shape)
+    init = momentum_jax.momentum(0.1, **INT8).init
+    for shape in shapes:
+        buffer = jax.eval_shape(init, jax.ShapeDtypeStruct(shape, jnp.float32)).velocity
+        assert isinstance(buffer, momentum_jax.Int8Buffer), shape
+        assert buffer.scales.ndim == len(shape), shape
+        per_param = sum(x.size * x.dtype.itemsize for x in buffer) / math.prod(shape)
+        assert per_param <= 1 + 4 / 128, (shape, per_param)
+
+
+@pytest.mark.parametrize("shape", [(1024, 32), (64, 64, 3, 3), (97, 3, 5, 7), (40, 300)])
+def test_a_block_is_a_run_of_consecutive_elements(shape: tuple[int, ...]) -> None:
+    """A block is a run of consecutive elements of the row ``shape[a:]``, ``a`` the last
+    axis from which the array holds 256 elements a row: 256 of them, or a divisor of the
+    row from 128 to 256 (192 for 576, 150 for 300), else 256 with the last block shorter
+    (10185 = 39 x 256 + 201). Its scale is its largest magnitude, the scales have one
+    entry per block along ``a`` and length 1 after it, and every element reads back
+    within half a code of it."""
+    a, size = {(1024, 32): (0, 256), (64, 64, 3, 3): (1, 192), (97, 3, 5, 7): (0, 256)}.get(
+        shape, (1, 150)
+    )
+    rng = np.random.default_rng(3)
+    magnitudes = 10.0 ** rng.integers(-3, 3, (*shape[: a + 1], *(1,) * (len(shape) - a - 1)))
+    x = (rng.standard_normal(shape) * magnitudes).astype(np.float32)
+    buffer = _stored(jnp.asarray(x))
+    lead, length = math.prod(shape[:a]), math.prod(shape[a:])
+    rows = np.pad(x.reshape(lead, length), [(0, 0), (0, -length % size)])
+    largest = np.abs(rows).reshape(lead, -1, size).max(-1)
+    np.testing.assert_array_equal(np.asarray(buffer.scales).reshape(lead, -1), largest)
+    assert buffer.scales.shape == (*shape[:a], largest.shape[1], *(1,) * (len(shape) - a - 1))
+    top = np.repeat(largest, size, -1)[:, :length].reshape(shape)
+    got = np.asarray(momentum_jax.dequantize(buffer))
+    assert np.all(np.abs(got - x) <= 0.5001 * top / 127)
+    np.testing.assert_array_equal(got[np.abs(x) == top], x[np.abs(x) == top])  # the largest
 
 
 @pytest.mark.parametrize(
@@ -287,7 +335,9 @@ def test_a_resumed_run_is_bit_identical_and_the_state_holds_no_key() -> None:
 
 
 @pytest.mark.parametrize("steps", [None, 4], ids=["update", "accumulating"])
-@pytest.mark.parametrize("shape", [(256, 1024), (300, 700)], ids=["aligned", "padded"])
+@pytest.mark.parametrize(
+    "shape", [(256, 1024), (300, 700), (128, 128, 3, 3)], ids=["aligned", "padded", "conv"]
+)
 def test_the_step_keeps_no_float32_copy_of_the_buffer(
     shape: tuple[int, int], steps: int | None
 ) -> None:

@@ -78,8 +78,8 @@ def test_state_is_laid_out_like_the_params_and_updates_without_communication(
 def test_the_checks_can_fail(report: dict[str, Any]) -> None:
     detector = report["detector"]
     # A replicated velocity for sharded params is flagged, leaf by leaf (the
-    # five sharded params; the replicated ones are fine).
-    assert detector["wrong_velocity_problems"] == 5
+    # six sharded params; the replicated ones are fine).
+    assert detector["wrong_velocity_problems"] == 6
     # An optimizer state with no buffer at all (optax.identity) is not a pass.
     assert detector["empty_state_problems"] == [worker.EMPTY_STATE]
     # Gathering a sharded array shows up in the compiled HLO.

@@ -116,11 +116,10 @@ def momentum(
         traces the same computation it initialised).
       accumulator_dtype: dtype of the velocity; ``None`` keeps each param's
         dtype. ``jnp.float32`` keeps an exact buffer for bfloat16 params;
-        ``jnp.int8`` int8 codes: each array of 4096 elements or more with a
-        last axis of at least 32 an :class:`momentum_jax.Int8Buffer` (int8
-        codes and a float32 scale per block of 256 along the last axis, or per
-        row when it is shorter: 1.016 bytes per param, 1 + 4/n for rows of
-        n < 256), the other arrays float32.
+        ``jnp.int8`` int8 codes: each array of 4096 elements or more an
+        :class:`momentum_jax.Int8Buffer` (int8 codes and a float32 scale per
+        block of 128 to 256 consecutive elements: 1.016 to 1.031 bytes per
+        param), the other arrays float32.
       stochastic_rounding: with a bfloat16, float16 or int8 velocity, compute
         the new velocity in float32 and round (quantize) it stochastically into
         the buffer (unbiased: small contributions survive on average); no

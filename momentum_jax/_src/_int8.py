@@ -1,13 +1,16 @@
 """Eight-bit buffers: int8 codes shaped like the param, one float32 scale per block.
 
-A block is a run of consecutive elements along the last axis: ``BLOCK`` (256)
-of them, or the whole row when it is shorter, or a divisor of the row's
-length from 128 to 256 when 256 does not divide it (:func:`block_size`). Its
-scale ``s`` is its largest magnitude, and element ``x`` is stored as the code
-``q``, ``x * 127 / s`` rounded to an integer in ``[-127, 127]``, read back as
-``q * (s / 127)``. The codes shard exactly like the param and the scales
-along the same axes, so a block never spans two devices when the last axis is
-split in multiples of the block.
+A block is a run of ``BLOCK`` (256) consecutive elements of a row (:func:`rows`):
+the last axis when it holds 256 or more, else the fewest last axes that hold 256
+together, merged (rows of 32 go eight to a block, a (512, 512, 3, 3) kernel has
+rows of 4608). Where 256 does not divide the row, a block is a divisor of it from
+128 to 256, else 256 with the last block shorter. Its scale ``s`` is its largest
+magnitude, and element ``x`` is stored as the code ``q``, ``x * 127 / s``
+rounded to an integer in ``[-127, 127]``, read back as ``q * (s / 127)``. The
+codes shard exactly like the param and the scales along the same axes (their
+length is 1 on the row's axes but the first), so a block never spans two
+devices when the param is split along the axes before its row, or along the
+row's first axis into whole blocks.
 
 Exactness: the block's largest element is coded ±127 (see ``_encode``) and
 ±127 reads back as ±s by a select rather than a product (XLA may reassociate
@@ -41,10 +44,10 @@ import optax
 from momentum_jax._src import _checks, _rounding
 from momentum_jax._src._checks import public
 
-#: Elements per scale, along the last axis.
+#: Elements per scale (at most; at least half as many where the shape allows).
 BLOCK = 256
-#: Arrays with fewer elements, or a last axis shorter than ``MIN_ROW``, keep a float32 buffer.
-MIN_SIZE, MIN_ROW = 4096, 32
+#: Arrays with fewer elements keep a float32 buffer.
+MIN_SIZE = 4096
 INT8 = np.dtype(np.int8)
 _STEP, _WIDEN = np.float32(1 / 127), np.float32(1 + 2**-20)
 _NAN = -128  # the code of NaN
@@ -58,16 +61,18 @@ class Int8Buffer(NamedTuple):
     """An array's eight-bit buffer: ``value ≈ code * scale / 127``, one scale per block.
 
     ``accumulator_dtype=jnp.int8`` gives each array of at least 4096 elements
-    (and a last axis of at least 32) one of these; smaller arrays keep a
-    float32 buffer. Read its values with :func:`momentum_jax.dequantize`.
+    one of these; smaller arrays keep a float32 buffer. Read its values with
+    :func:`momentum_jax.dequantize`.
 
     Attributes:
       codes: ``int8``, shaped like the param, in ``[-127, 127]`` (-128 is NaN).
-      scales: ``float32``, shaped like the param but for the last axis, which
-        holds one scale per block of consecutive elements along it: blocks of
-        256, or the whole axis when it is shorter, or of a divisor of its
-        length from 128 to 256 when 256 does not divide it. A scale is its
-        block's largest magnitude.
+      scales: ``float32``, one per block of 256 consecutive elements (128 to 256
+        where 256 does not divide the row), the block's largest magnitude. A row
+        is the last axis when it holds 256 elements or more, else the fewest last
+        axes that hold 256 together; the scales are shaped like the param with
+        one entry per block on the row's first axis and length 1 on the others:
+        (64, 512) has (64, 2) scales, (1024, 32) has (128, 1) and
+        (512, 512, 3, 3) has (512, 18, 1, 1).
     """
 
     codes: jax.Array
@@ -82,7 +87,7 @@ def is_leaf(x: Any) -> bool:
 def quantizes(x: Any) -> bool:
     """True for the arrays whose int8 buffer is an :class:`Int8Buffer`."""
     shape = jnp.shape(x)
-    return len(shape) > 0 and math.prod(shape) >= MIN_SIZE and shape[-1] >= MIN_ROW
+    return len(shape) > 0 and math.prod(shape) >= MIN_SIZE
 
 
 class _Pending(NamedTuple):
@@ -95,43 +100,52 @@ class _Pending(NamedTuple):
 _NODES = (optax.MaskedNode, _Pending)  # one position each in a tree of new buffers
 
 
-def block_size(length: int) -> int:
-    """Elements per block along a last axis of ``length``: all of them up to ``BLOCK``;
-    else ``BLOCK`` or ``BLOCK / 2`` if it divides the length, else the largest divisor
-    between them; else ``BLOCK``, the last block shorter.
+def rows(shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """``shape`` with the axes that hold a block merged into one row, and the elements
+    per block along it.
 
-    Measured on XLA:CPU (benchmarks/int8_design.py): a padded last block makes the
-    reduction over blocks 8x slower, and a block that is not a power of two makes
-    indexing slower in the other passes.
+    The row is the fewest last axes ``shape[a:]`` that hold ``BLOCK`` elements or
+    more (with a long last axis, that axis alone). A block is ``BLOCK`` consecutive
+    elements of it, or all of a row up to ``BLOCK``; where ``BLOCK`` does not divide
+    the row, ``BLOCK / 2`` or the largest divisor between them, else ``BLOCK`` with
+    the last block shorter. Measured on XLA:CPU (benchmarks/int8_design.py): a
+    padded last block makes the reduction over blocks 8x slower, a block that is not
+    a power of two makes indexing slower in the other passes, and a (512, 512, 3, 3)
+    kernel's step took 16x the float32 step with its blocks reduced and spread over
+    axes of 3, 6x over the merged row.
     """
-    if length <= BLOCK:
-        return length
-    half = BLOCK // 2
+    a = len(shape) - 1
+    while a > 0 and math.prod(shape[a:]) < BLOCK:
+        a -= 1
+    length, half = math.prod(shape[a:]), BLOCK // 2
     divisors = (d for d in (BLOCK, half, *range(BLOCK - 1, half, -1)) if length % d == 0)
-    return next(divisors, BLOCK)
+    return (*shape[:a], length), length if length <= BLOCK else next(divisors, BLOCK)
 
 
-def _spread(per_block: jax.Array, length: int) -> jax.Array:
-    """One value per block repeated over its elements (fused by XLA, never stored)."""
-    size = block_size(length)
+def _spread(per_block: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """One value per block (shaped like the scales) repeated over its elements, in the
+    rows of ``shape`` (:func:`rows`; fused by XLA, never stored)."""
+    (*lead, length), size = rows(shape)
+    per_block = per_block.reshape(*lead, -1)
     spread = jnp.broadcast_to(per_block[..., None], (*per_block.shape, size))
-    spread = spread.reshape(*per_block.shape[:-1], -1)
+    spread = spread.reshape(*lead, -1)
     return spread if spread.shape[-1] == length else spread[..., :length]
 
 
 def _view(x: jax.Array) -> jax.Array:
-    """``x`` as blocks, shape ``(..., blocks, size)``, zero-padded to a whole last block.
+    """``x`` as blocks, shape ``(*lead, blocks, size)`` (:func:`rows`), zero-padded to a
+    whole last block.
 
     The optimization barrier keeps the reshape out of the fusion that reduces the
     blocks, which XLA:CPU then runs as one vectorized pass, 8x faster
     (benchmarks/int8_design.py); it moves no data. JAX 0.4 cannot ``vmap`` it: there
     the reshape goes without, for a slower reduction and the same numbers.
     """
-    length = x.shape[-1]
-    size = block_size(length)
+    (*lead, length), size = rows(x.shape)
+    x = x.reshape(*lead, length)
     if length % size:
-        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, -length % size)])
-    return _apart(x.reshape(*x.shape[:-1], -1, size))
+        x = jnp.pad(x, [(0, 0)] * len(lead) + [(0, -length % size)])
+    return _apart(x.reshape(*lead, -1, size))
 
 
 def _apart(x: jax.Array) -> jax.Array:
@@ -153,10 +167,10 @@ def _barrier_batches() -> bool:
 def _decode(codes: jax.Array, scales: jax.Array) -> jax.Array:
     """Codes shaped like the param to values: ``code * (scale / 127)``, ±127 to ±scale
     exactly (XLA may reassociate any product meant to give it), -128 to NaN."""
-    spread = _spread(scales, codes.shape[-1])
-    values = codes.astype(jnp.float32)
+    spread = _spread(scales, codes.shape)
+    values = codes.reshape(spread.shape).astype(jnp.float32)
     exact = jnp.where(jnp.abs(values) == 127, jnp.sign(values) * spread, values * _STEP * spread)
-    return jnp.where(values == _NAN, jnp.nan, exact)
+    return jnp.where(values == _NAN, jnp.nan, exact).reshape(codes.shape)
 
 
 def _encode(x: jax.Array, scales: jax.Array, key: jax.Array | None) -> jax.Array:
@@ -168,38 +182,44 @@ def _encode(x: jax.Array, scales: jax.Array, key: jax.Array | None) -> jax.Array
     element is coded ±127 for sure, at a cost of ``2**-20`` relative to the rest.
     """
     inverse = jnp.where(scales >= _TINY, 127 * _WIDEN / scales, 0.0)  # per block; 0/0 is 0
-    t = jnp.clip(x * _spread(inverse, x.shape[-1]), -127, 127)
+    spread = _spread(inverse, x.shape)
+    shape, x = x.shape, x.reshape(spread.shape)
+    t = jnp.clip(x * spread, -127, 127)
     if key is None:
         q = jnp.round(t)
     else:
         uniform = (_rounding.element_bits(x.shape, key) >> 8).astype(jnp.float32) * 2.0**-24
         low = jnp.floor(t)
         q = low + (uniform < t - low)
-    return jnp.where(jnp.isnan(q), _NAN, q).astype(jnp.int8)
+    return jnp.where(jnp.isnan(q), _NAN, q).astype(jnp.int8).reshape(shape)
 
 
-def _scales(blocks: jax.Array) -> jax.Array:
-    return jnp.max(jnp.abs(blocks), axis=-1)
+def _scales(blocks: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """The largest magnitude of each of ``_view``'s ``blocks`` of an array of ``shape``,
+    shaped like its scales: the row's axis holds the blocks, the axes after it length 1."""
+    scales = jnp.max(jnp.abs(blocks), axis=-1)
+    return scales.reshape(*scales.shape, *(1,) * (len(shape) - scales.ndim))
 
 
 def _refuse_split_blocks(x: jax.Array) -> None:
-    """Refuse a last axis split over explicit mesh axes inside its blocks: JAX cannot view
+    """Refuse an array split over explicit mesh axes inside its blocks: JAX cannot view
     such an array as blocks without an output sharding, and no block may span devices."""
     typeof = getattr(jax, "typeof", None)  # JAX 0.4 has no explicit axes
     sharding = getattr(typeof(x), "sharding", None) if typeof else None
     spec = tuple(getattr(sharding, "spec", None) or ())
-    axes = spec[x.ndim - 1] if len(spec) >= x.ndim else None
-    if axes is None:
-        return
-    names = axes if isinstance(axes, tuple) else (axes,)
-    per_device = x.shape[-1] // math.prod(sharding.mesh.shape[n] for n in names)  # type: ignore[union-attr]
-    size = block_size(x.shape[-1])
-    if per_device % size:
+    (*lead, length), size = rows(x.shape)
+    a = len(lead)
+    for axis in range(a, min(len(spec), x.ndim)):
+        names = spec[axis] if isinstance(spec[axis], tuple) else (spec[axis],)
+        devices = math.prod(sharding.mesh.shape[n] for n in names if n)  # type: ignore[union-attr]
+        if devices == 1 or (axis == a and length // devices % size == 0):
+            continue
         raise _checks.error(
             ValueError,
             f"an int8 buffer of shape {x.shape} split over explicit mesh axes {names} holds "
-            f"{per_device} columns per device, which cuts its blocks of {size}: split the last "
-            f"axis in multiples of {size}, or use accumulator_dtype=jnp.bfloat16.",
+            f"{x.shape[axis] // devices} indices of axis {axis} per device, which cuts its "
+            f"blocks of {size} consecutive elements from axis {a} on: split only axis {a}, "
+            f"into whole blocks, or use accumulator_dtype=jnp.bfloat16.",
         )
 
 
@@ -207,7 +227,7 @@ def quantize(x: jax.Array) -> Int8Buffer:
     """The :class:`Int8Buffer` of ``x``, rounded to nearest."""
     _refuse_split_blocks(x)
     x = x.astype(jnp.float32)
-    scales = _scales(_view(x))
+    scales = _scales(_view(x), x.shape)
     return Int8Buffer(_encode(x, scales, None), scales)
 
 
@@ -231,9 +251,11 @@ def step_with_scales(step: Any, g: jax.Array, p: Any, *buffers: Any) -> Any:
         return wide, values, old
     # A NaN's code reads as the largest here: no select, which XLA:CPU would not fuse.
     codes = [jnp.maximum(_view(b.codes), -127).astype(jnp.float32) * _STEP for b in buffers]
-    blocked = [c * _apart(b.scales)[..., None] for c, b in zip(codes, buffers, strict=True)]
+    blocked = [
+        c * _apart(b.scales).reshape(*c.shape[:-1], 1) for c, b in zip(codes, buffers, strict=True)
+    ]
     _, again, _ = step(_view(g), None if p is None else _view(p), *blocked)
-    paired = [_Pending(v, _scales(a)) for v, a in zip(values, again, strict=True)]
+    paired = [_Pending(v, _scales(x, g.shape)) for v, x in zip(values, again, strict=True)]
     return wide, tuple(paired), old
 
 
