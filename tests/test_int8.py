@@ -668,3 +668,18 @@ def test_lion_with_an_int8_buffer_trains_like_float32() -> None:
     # round-to-nearest zeroes those below half a code of their block, and ends noisier.
     assert abs(run(**SR) - reference) < 0.1 * reference
     assert run(**INT8) < 3 * reference
+
+
+def test_scales_of_another_shape_are_refused() -> None:
+    """Codes with scales that are not their blocks' (a state built by hand, or by a format
+    with other blocks) would read back as other values: refused, naming both shapes."""
+    tx = momentum_jax.momentum(0.1, 0.9, **INT8)
+    params = jnp.ones((64, 64))
+    state = tx.init(params)
+    assert state.velocity.scales.shape == (16, 1)  # 256 elements (4 rows) a block
+    wrong = state._replace(velocity=state.velocity._replace(scales=jnp.ones((64, 1))))
+    message = r"codes of shape \(64, 64\) need scales of shape \(16, 1\), got \(64, 1\)\.$"
+    with pytest.raises(ValueError, match=r"^momentum_jax.momentum: an Int8Buffer's " + message):
+        tx.update(params, wrong, params)
+    with pytest.raises(ValueError, match=r"^momentum_jax.dequantize: an Int8Buffer's " + message):
+        momentum_jax.dequantize(wrong)

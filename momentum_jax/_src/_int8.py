@@ -167,6 +167,14 @@ def _barrier_batches() -> bool:
 def _decode(codes: jax.Array, scales: jax.Array) -> jax.Array:
     """Codes shaped like the param to values: ``code * (scale / 127)``, ±127 to ±scale
     exactly (XLA may reassociate any product meant to give it), -128 to NaN."""
+    (*lead, length), size = rows(codes.shape)
+    expected = (*lead, -(-length // size), *(1,) * (codes.ndim - len(lead) - 1))
+    if scales.shape != expected:
+        raise _checks.error(
+            ValueError,
+            f"an Int8Buffer's codes of shape {codes.shape} need scales of shape {expected}, "
+            f"got {scales.shape}.",
+        )
     spread = _spread(scales, codes.shape)
     values = codes.reshape(spread.shape).astype(jnp.float32)
     exact = jnp.where(jnp.abs(values) == 127, jnp.sign(values) * spread, values * _STEP * spread)
