@@ -110,9 +110,9 @@ def rows(shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
     the row, ``BLOCK / 2`` or the largest divisor between them, else ``BLOCK`` with
     the last block shorter. Measured on XLA:CPU (benchmarks/int8_design.py): a
     padded last block makes the reduction over blocks 8x slower, a block that is not
-    a power of two makes indexing slower in the other passes, and a (512, 512, 3, 3)
-    kernel's step took 16x the float32 step with its blocks reduced and spread over
-    axes of 3, 6x over the merged row.
+    a power of two makes indexing slower in the other passes, and passes over axes of
+    3 (a conv kernel's) do not vectorize: the blocks are reduced and spread over the
+    merged row.
     """
     a = len(shape) - 1
     while a > 0 and math.prod(shape[a:]) < BLOCK:
