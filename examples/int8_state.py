@@ -1,14 +1,15 @@
 """Eight-bit optimizer state: int8 buffers against float32 and bfloat16, for momentum and Lion.
 
-An MLP (64-256-256-10, every kernel large enough for an int8 buffer) is trained
-on the digits with minibatches of 256, its buffer stored five ways:
+An MLP (64-256-256-10: the two hidden kernels large enough for an int8 buffer,
+96% of its params) is trained on the digits with minibatches of 256, its buffer
+stored five ways:
 
 * ``float32``: float32 params and buffer (8 bytes per param);
 * ``bf16, nearest`` and ``bf16, stochastic``: ``accumulator_dtype=jnp.bfloat16``,
   round-to-nearest or ``stochastic_rounding=True`` (6 bytes);
 * ``int8, nearest`` and ``int8, stochastic``: ``accumulator_dtype=jnp.int8``,
-  int8 codes and a float32 scale per block of 256 (about 5 bytes; the small
-  bias buffers stay float32).
+  int8 codes and a float32 scale per block of 256 (about 5.1 bytes; the
+  256x10 kernel's and the biases' buffers stay float32).
 
 ``momentum_jax.momentum`` runs at μ = 0.9, 0.99 and 0.999 with the same
 effective step α/(1-μ) = 0.1, and ``momentum_jax.lion`` at α = 1e-4 (its

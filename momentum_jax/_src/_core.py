@@ -118,8 +118,9 @@ def momentum(
         dtype. ``jnp.float32`` keeps an exact buffer for bfloat16 params;
         ``jnp.int8`` int8 codes: each array of 4096 elements or more an
         :class:`momentum_jax.Int8Buffer` (int8 codes and a float32 scale per
-        block of 128 to 256 consecutive elements: 1.016 to 1.031 bytes per
-        param), the other arrays float32.
+        block of at most 256 consecutive elements, at least 128 but for a
+        row's last block: 1.016 to 1.031 bytes per param), the other arrays
+        float32.
       stochastic_rounding: with a bfloat16, float16 or int8 velocity, compute
         the new velocity in float32 and round (quantize) it stochastically into
         the buffer (unbiased: small contributions survive on average); no

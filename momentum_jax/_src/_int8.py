@@ -66,8 +66,9 @@ class Int8Buffer(NamedTuple):
 
     Attributes:
       codes: ``int8``, shaped like the param, in ``[-127, 127]`` (-128 is NaN).
-      scales: ``float32``, one per block of 256 consecutive elements (128 to 256
-        where 256 does not divide the row), the block's largest magnitude. A row
+      scales: ``float32``, one per block of 256 consecutive elements (a divisor
+        of the row from 128 to 256 where 256 does not divide it, else 256 with
+        the last block shorter), the block's largest magnitude. A row
         is the last axis when it holds 256 elements or more, else the fewest last
         axes that hold 256 together; the scales are shaped like the param with
         one entry per block on the row's first axis and length 1 on the others:
