@@ -192,6 +192,53 @@ def test_flax_nnx_optimizer_with_int8_buffers_is_the_plain_jax_run(make: Any) ->
         nnx_step(model, optimizer)
         params, state = step(params, state)
     chex.assert_trees_all_equal(nnx.to_pure_dict(nnx.state(model, nnx.Param)), params)
+    # dequantize reads the written-back mappings as buffers: the plain run's values, no codes.
+    read = jax.tree.leaves(momentum_jax.dequantize(nnx.state(optimizer, nnx.optimizer.OptState)))
+    assert not [x for x in read if x.dtype == jnp.int8]
+    kernels = [x for x in read if x.shape == (64, 128)]
+    expected = [x for x in jax.tree.leaves(momentum_jax.dequantize(state)) if x.shape == (64, 128)]
+    assert len(kernels) == len(expected) > 0
+    for got, want in zip(kernels, expected, strict=True):
+        chex.assert_trees_all_equal(got, want)
+
+
+def test_flax_nnx_int8_state_is_a_scan_carry_after_one_update() -> None:
+    """docs/clients.md: after one update the state has the form NNX writes back, which a
+    lax.scan over nnx.split state then carries unchanged (before it, the carry's
+    structure would change at the first step)."""
+    x = jax.random.normal(jax.random.key(3), (16, 64))
+
+    def update(model: nnx.Linear, optimizer: nnx.Optimizer) -> None:
+        grads = nnx.grad(lambda m: jnp.mean(jnp.sin(m(x)) ** 2))(model)
+        if _NNX_UPDATE_TAKES_MODEL:
+            optimizer.update(model, grads)
+        else:  # Flax 0.10: Optimizer.update(grads)
+            optimizer.update(grads)  # type: ignore[call-arg]
+
+    def build() -> tuple[nnx.Linear, nnx.Optimizer]:
+        model = nnx.Linear(64, 128, rngs=nnx.Rngs(0))  # an 8192-element kernel: int8 codes
+        tx = momentum_jax.momentum(0.1, 0.9, accumulator_dtype=jnp.int8)
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    model, optimizer = build()
+    update(model, optimizer)
+    graphdef, state = nnx.split((model, optimizer))
+
+    def body(state: Any, _: Any) -> Any:
+        model, optimizer = nnx.merge(graphdef, state)
+        update(model, optimizer)
+        return nnx.state((model, optimizer)), None
+
+    state, _ = jax.jit(lambda s: jax.lax.scan(body, s, None, length=3))(state)
+    scanned, _ = nnx.merge(graphdef, state)
+    model, optimizer = build()
+    for _ in range(4):
+        nnx.jit(update)(model, optimizer)
+    chex.assert_trees_all_close(
+        nnx.to_pure_dict(nnx.state(scanned, nnx.Param)),
+        nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+        rtol=1e-5,
+    )
 
 
 # --- Equinox ------------------------------------------------------------------------

@@ -255,8 +255,11 @@ def step_with_scales(step: Any, g: jax.Array, p: Any, *buffers: Any) -> Any:
     of the param, and the step takes twice as long (tests/test_int8.py checks the
     temporaries).
     """
+    coded = [b.codes for b in buffers if isinstance(b, Int8Buffer)]
+    for x in [g, *coded] if coded else []:  # placed by hand, or restored: not by init
+        _refuse_split_blocks(x)
     wide, values, old = step(g, p, *buffers)
-    if not any(isinstance(b, Int8Buffer) for b in buffers):
+    if not coded:
         return wide, values, old
     # A NaN's code reads as the largest here: no select, which XLA:CPU would not fuse.
     codes = [jnp.maximum(_view(b.codes), -127).astype(jnp.float32) * _STEP for b in buffers]
@@ -274,8 +277,9 @@ def dequantize(tree: Any) -> Any:
 
     A state's buffers are int8 codes with block scales when it was built with
     ``accumulator_dtype=jnp.int8``; this reads them as arrays shaped like the
-    params. Other leaves (the float32 buffers of small arrays, counts) come
-    back as they are.
+    params. A mapping of the two fields (Flax NNX's ``Optimizer`` writes a
+    buffer back that way) is read as the buffer. Other leaves (the float32
+    buffers of small arrays, counts) come back as they are.
 
     Args:
       tree: a state, a field of one (``state.velocity``), or one buffer.
@@ -292,9 +296,12 @@ def dequantize(tree: Any) -> Any:
       >>> type(state.velocity).__name__, momentum_jax.dequantize(state.velocity)[0, :3]
       ('Int8Buffer', Array([0.1, 0.1, 0.1], dtype=float32))
     """
-    return jax.tree.map(
-        lambda b: _decode(*b) if isinstance(b, Int8Buffer) else b, tree, is_leaf=is_leaf
-    )
+
+    def read(x: Any) -> Any:
+        x = _from_fields(x)
+        return _decode(*x) if isinstance(x, Int8Buffer) else x
+
+    return jax.tree.map(read, tree, is_leaf=lambda x: is_leaf(_from_fields(x)))
 
 
 def plain(tree: Any) -> Any:
