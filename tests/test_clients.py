@@ -106,6 +106,13 @@ class NnxModel(nnx.Module):
 _NNX_UPDATE_TAKES_MODEL = "model" in inspect.signature(nnx.Optimizer.update).parameters
 
 
+def _nnx_update(optimizer: nnx.Optimizer, model: nnx.Module, grads: Any) -> None:
+    if _NNX_UPDATE_TAKES_MODEL:
+        optimizer.update(model, grads)
+    else:  # Flax 0.10 (the newest for Python 3.10): Optimizer.update(grads)
+        optimizer.update(grads)  # type: ignore[call-arg]
+
+
 def _frozen_body(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(
         lambda path, _: "frozen" if path[0].key == "body" else "train", params
@@ -127,10 +134,7 @@ def _train_nnx(tx: optax.GradientTransformation) -> tuple[list[jax.Array], Any, 
             return jnp.mean((model(x) - y) ** 2)
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)
-        if _NNX_UPDATE_TAKES_MODEL:
-            optimizer.update(model, grads)
-        else:  # Flax 0.10 (the newest for Python 3.10): Optimizer.update(grads)
-            optimizer.update(grads)  # type: ignore[call-arg]
+        _nnx_update(optimizer, model, grads)
         return loss
 
     losses = [step(model, optimizer, X, Y) for _ in range(STEPS)]
@@ -173,11 +177,7 @@ def test_flax_nnx_optimizer_with_int8_buffers_is_the_plain_jax_run(make: Any) ->
 
     @nnx.jit
     def nnx_step(model: nnx.Linear, optimizer: nnx.Optimizer) -> None:
-        grads = nnx.grad(lambda m: jnp.mean(jnp.sin(m(x)) ** 2))(model)
-        if _NNX_UPDATE_TAKES_MODEL:
-            optimizer.update(model, grads)
-        else:  # Flax 0.10: Optimizer.update(grads)
-            optimizer.update(grads)  # type: ignore[call-arg]
+        _nnx_update(optimizer, model, nnx.grad(lambda m: jnp.mean(jnp.sin(m(x)) ** 2))(model))
 
     @jax.jit
     def step(params: Any, state: Any) -> Any:
@@ -209,11 +209,7 @@ def test_flax_nnx_int8_state_is_a_scan_carry_after_one_update() -> None:
     x = jax.random.normal(jax.random.key(3), (16, 64))
 
     def update(model: nnx.Linear, optimizer: nnx.Optimizer) -> None:
-        grads = nnx.grad(lambda m: jnp.mean(jnp.sin(m(x)) ** 2))(model)
-        if _NNX_UPDATE_TAKES_MODEL:
-            optimizer.update(model, grads)
-        else:  # Flax 0.10: Optimizer.update(grads)
-            optimizer.update(grads)  # type: ignore[call-arg]
+        _nnx_update(optimizer, model, nnx.grad(lambda m: jnp.mean(jnp.sin(m(x)) ** 2))(model))
 
     def build() -> tuple[nnx.Linear, nnx.Optimizer]:
         model = nnx.Linear(64, 128, rngs=nnx.Rngs(0))  # an 8192-element kernel: int8 codes
