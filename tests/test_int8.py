@@ -683,3 +683,12 @@ def test_scales_of_another_shape_are_refused() -> None:
         tx.update(params, wrong, params)
     with pytest.raises(ValueError, match=r"^momentum_jax.dequantize: an Int8Buffer's " + message):
         momentum_jax.dequantize(wrong)
+
+
+def test_params_named_codes_and_scales_are_not_a_buffer() -> None:
+    """A mapping is read as an Int8Buffer's fields only with int8 codes: a model whose
+    params are named ``codes`` and ``scales`` keeps float buffers, read as they are."""
+    params = {"codes": jnp.ones((64, 64)), "scales": jnp.ones((16, 1))}
+    tx = momentum_jax.momentum(0.1, 0.9)
+    _, state = tx.update(params, tx.init(params), params)
+    chex.assert_trees_all_equal(momentum_jax.dequantize(state), state)
