@@ -688,7 +688,12 @@ def test_scales_of_another_shape_are_refused() -> None:
 def test_params_named_codes_and_scales_are_not_a_buffer() -> None:
     """A mapping is read as an Int8Buffer's fields only with int8 codes: a model whose
     params are named ``codes`` and ``scales`` keeps float buffers, read as they are."""
-    params = {"codes": jnp.ones((64, 64)), "scales": jnp.ones((16, 1))}
-    tx = momentum_jax.momentum(0.1, 0.9)
-    _, state = tx.update(params, tx.init(params), params)
-    chex.assert_trees_all_equal(momentum_jax.dequantize(state), state)
+    for params in (
+        {"codes": jnp.ones((64, 64)), "scales": jnp.ones((16, 1))},
+        {"codes": {"w": jnp.ones((64, 64))}, "scales": {"w": jnp.ones(3)}},  # two submodules
+    ):
+        tx = momentum_jax.momentum(0.1, 0.9, **INT8)
+        _, state = tx.update(params, tx.init(params), params)
+        read = momentum_jax.dequantize(state)
+        chex.assert_trees_all_equal(read.count, state.count)
+        assert jax.tree.structure(read.velocity) == jax.tree.structure(params)

@@ -339,7 +339,7 @@ def _from_fields(x: Any) -> Any:
     """``x``, or the :class:`Int8Buffer` of a mapping of its two fields (int8 codes: not
     two params that happen to be named ``codes`` and ``scales``)."""
     is_fields = isinstance(x, Mapping) and set(x) == set(Int8Buffer._fields)
-    return Int8Buffer(**x) if is_fields and jnp.result_type(x["codes"]) == INT8 else x
+    return Int8Buffer(**x) if is_fields and getattr(x["codes"], "dtype", None) == INT8 else x
 
 
 def store(new: Any, like: Any, seed: Any, count: Any) -> tuple[Any, Any]:
