@@ -292,9 +292,10 @@ def test_convergence_rates(tmp_path: Path) -> None:
 
 
 def test_low_precision(tmp_path: Path) -> None:
-    result = low_precision.main(["--steps", "400", "--seeds", "2", "--out", str(tmp_path)])
+    result = low_precision.main(["--quick", "--out", str(tmp_path)])
     loss = result["loss"]  # (setting, column, seed, eval)
-    assert loss.shape == (3, 5, 2, 400 // 50 + 1)
+    quick = low_precision.QUICK
+    assert loss.shape == (3, 5, quick["seeds"], quick["steps"] // 50 + 1)
     assert np.isfinite(loss).all()
     rows = read_csv(tmp_path / "low_precision.csv")
     assert list(rows[0]) == low_precision.CSV_HEADER

@@ -311,6 +311,8 @@ def _leaf_problem(x: Any, ref: Any, what: str) -> tuple[type[Exception], str] | 
             if wrong
             else None
         )
+    if not hasattr(x, "shape") and not isinstance(x, int | float | complex):
+        return ValueError, f"is {'None' if x is None else f'a {type(x).__name__}'}, not an array."
     dtype, shape = jnp.result_type(x), jnp.shape(x)
     if gradient and not jnp.issubdtype(dtype, jnp.inexact):
         return TypeError, f"is {dtype}, not floating point."
@@ -336,12 +338,6 @@ def check_tree(tree: Any, reference: Any, what: str = "gradient") -> list[Any]:
             f"the {what}s do not match the state's params. {what.capitalize()}s: "
             f"{jax.tree.structure(tree, is_leaf=is_none)}; params: {ref_def}.",
         )
-    for index, (x, ref) in enumerate(zip(leaves, ref_leaves, strict=True)):
-        if ref is not None and not hasattr(x, "shape") and not isinstance(x, int | float | complex):
-            kind = "None" if x is None else f"a {type(x).__name__}"
-            raise error(
-                ValueError, f"the {what} at {path(reference, index)} is {kind}, not an array."
-            )
     for index, (x, ref) in enumerate(zip(leaves, ref_leaves, strict=True)):
         if problem := _leaf_problem(x, ref, what):
             kind = "param" if ref is None else what
