@@ -30,6 +30,7 @@ def _keras_trajectory(
     )
     opt = keras.optimizers.SGD(learning_rate=lr, **options)
     variables = {"w": keras.Variable(_problems.W0), "b": keras.Variable(_problems.B0)}
+    opt.build(list(variables.values()))  # with its momentum variables, even if momenta(0) == 0
     grad = _problems.gradient()
     out = []
     for t in range(STEPS):
@@ -77,15 +78,48 @@ def _momenta(count: Any) -> Any:
     return 0.5 + 0.45 * (count % 3) / 2  # 0.5, 0.725, 0.95, 0.5, ...
 
 
+def _momenta_with_zeros(count: Any) -> Any:
+    """A warm-up from 0 and momentum 0 at some later steps: 0, 0, 0.9, 0, 0.8, 0.95, ..."""
+    return jnp.asarray([0.0, 0.0, 0.9, 0.0, 0.8, 0.95])[count % 6]
+
+
+@pytest.mark.parametrize("momenta", [_momenta, _momenta_with_zeros], ids=["moving", "zeros"])
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_a_momentum_schedule_matches_keras_setting_its_momentum_every_step(
-    nesterov: bool,
+    nesterov: bool, momenta: Any
 ) -> None:
-    # Keras' Nesterov step uses this step's momentum twice; momentum_jax.nesterov would look
-    # one step ahead (mu_{t+1}), which Keras cannot express.
-    reference = _keras_trajectory({"momentum": 0.5, "nesterov": nesterov}, True, _momenta)
-    ours = _problems.trajectory(compat.keras_sgd(_schedule, _momenta, nesterov), STEPS)
+    """Keras' Nesterov step uses this step's momentum twice (momentum_jax.nesterov would look
+    one step ahead, which Keras cannot express); at a step whose momentum is 0 Keras takes a
+    plain SGD step and leaves its velocity as it is. So do the schedule and, set before each
+    step, a momentum injected with optax.inject_hyperparams."""
+    reference = _keras_trajectory({"momentum": 0.5, "nesterov": nesterov}, True, momenta)
+    ours = _problems.trajectory(compat.keras_sgd(_schedule, momenta, nesterov), STEPS)
     _problems.assert_trajectories_close(ours, reference)
+    injected = optax.inject_hyperparams(compat.keras_sgd, static_args=("nesterov",))
+    tx = injected(learning_rate=_schedule, momentum=0.5, nesterov=nesterov)
+    params, grad = _problems.initial_params(), _problems.gradient()
+    state = tx.init(params)
+    for t in range(STEPS):
+        state.hyperparams["momentum"] = jnp.asarray(momenta(t), jnp.float32)
+        updates, state = tx.update(grad(params), state, params)
+        params = optax.apply_updates(params, updates)
+    _problems.assert_trajectories_close([params], reference[-1:])
+
+
+def test_accumulating_an_update_whose_momentum_is_0_is_nan() -> None:
+    """Keras steps on the mean gradient there and keeps its velocity: no state keeps both."""
+    tx = compat.keras_sgd(
+        0.1, lambda n: jnp.asarray([0.9, 0.0])[n % 2], gradient_accumulation_steps=2
+    )
+    theta = jnp.ones(2)
+    state, outs = tx.init(theta), []
+    for g in (1.0, 2.0, 3.0, 4.0):
+        updates, state = tx.update(jnp.full(2, g), state, theta)
+        outs.append(np.asarray(updates))
+    np.testing.assert_allclose(outs[1], -0.15, rtol=1e-6)  # -lr * mean(1, 2), mu = 0.9
+    assert (outs[0] == 0).all()
+    assert (outs[2] == 0).all()
+    assert np.isnan(outs[3]).all()
 
 
 @pytest.mark.parametrize("nesterov", [False, True])

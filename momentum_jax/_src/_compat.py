@@ -210,7 +210,9 @@ def keras_sgd(
       momentum: :math:`\mu \in [0, 1)`, or a schedule: Keras with its
         ``optimizer.momentum`` set before each step, so the Nesterov form reads
         this step's value in both lines (no look-ahead to the next, unlike
-        :func:`momentum_jax.nesterov`).
+        :func:`momentum_jax.nesterov`). At a step whose momentum (a schedule's
+        value, or an injected one) is 0, Keras takes a plain SGD step and
+        leaves the velocity as it is; so does this.
       nesterov: Keras' Nesterov form.
       weight_decay: decoupled decay :math:`\lambda \ge 0`, or ``None`` for none;
         needs ``params`` in ``update``.
@@ -229,7 +231,9 @@ def keras_sgd(
         schedule is evaluated at the number of calls, :math:`K n + K - 1` at
         the ``K``-th call of update :math:`n` (so with a schedule this differs
         from ``optax.MultiSteps(keras_sgd(...), K)``, which evaluates it at
-        :math:`n`). It refuses ``nesterov=True``.
+        :math:`n`). It refuses ``nesterov=True``. An update whose momentum is a
+        0 that is not a Python ``0`` (Keras' step on the mean gradient, which no
+        state keeps) is NaN.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` (a chain of the momentum

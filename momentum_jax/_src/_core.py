@@ -193,7 +193,12 @@ def heavy_ball(
     """The rule of :func:`momentum`; Nesterov's look-ahead reads a momentum schedule at the
     next count. As ``keras`` (whose momentum is one number per step) it reads it at this one,
     and the hyperparameters are cast to each buffer's dtype, as Keras casts them to the
-    variable's (a float32 schedule value meets a bfloat16 buffer as a Python number does)."""
+    variable's (a float32 schedule value meets a bfloat16 buffer as a Python number does).
+    At a step whose momentum is 0, Keras leaves its velocity alone (``v = 1 * v + 0 * g``)
+    and steps ``-lr * g``; accumulating, that step needs the mean gradient, which no state
+    keeps: it is NaN."""
+    idles = keras and type(momentum) not in (int, float)  # a schedule or an array may be 0
+    steps = int(options.get(_checks.ACCUMULATION) or 1)
 
     def coefficients(state: MomentumState) -> tuple[Any, Any, Any]:
         mu = hyper("momentum", momentum, state.count, 1.0)
@@ -209,13 +214,16 @@ def heavy_ball(
 
     def velocity(c: Any, g: jax.Array, v: jax.Array) -> jax.Array:
         lr, mu, _ = cast(c, v)
+        if idles:
+            mu, lr = jnp.where(c[1] == 0, 1, mu), jnp.where(c[1] == 0, 0, lr)
         return mu * v + lr * g
 
     def update(c: Any, g: jax.Array, v: jax.Array) -> jax.Array:
         lr, _, mu_next = cast(c, v)
         # -1 * v rather than -v: XLA:CPU then runs apply_updates' add as a faster loop
         # (benchmarks/xla_cpu_probes.py forms).
-        return -mu_next * v - lr * g if nesterov else -1 * v
+        out = -mu_next * v - lr * g if nesterov else -1 * v
+        return jnp.where(c[1] == 0, -lr * g if steps == 1 else jnp.nan, out) if idles else out
 
     block = buffer_transform(
         MomentumState, coefficients, velocity, update, options, weight_decay=weight_decay
