@@ -263,6 +263,17 @@ def test_a_run_saved_mid_update_resumes_bit_for_bit(tmp_path: Path) -> None:
         _problems.assert_trees_equal(resumed, straight, how)
 
 
+@pytest.mark.parametrize(("saved", "resumed"), [(None, 2), (2, None), (2, 1)])
+def test_restoring_with_or_without_accumulation_names_the_argument(
+    saved: int | None, resumed: int | None
+) -> None:
+    params = _problems.initial_params()
+    old = compat.torch_sgd(0.1, 0.9, gradient_accumulation_steps=saved)
+    new = compat.torch_sgd(0.1, 0.9, gradient_accumulation_steps=resumed)
+    with pytest.raises(ValueError, match=r"state\[0\] was saved with another gradient_acc"):
+        momentum_jax.restore_state(old.init(params), new, params)
+
+
 def test_a_micro_step_beyond_k_completes_an_update_instead_of_stalling() -> None:
     # E.g. a state saved with K = 8 after five calls, restored into K = 2: read modulo 2.
     tx = momentum_jax.momentum(0.1, 0.9, gradient_accumulation_steps=2)

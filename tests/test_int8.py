@@ -490,6 +490,28 @@ def test_dequantize_reads_any_tree() -> None:
     )
     assert read.count is state.count
     assert read.velocity["bias"] is state.velocity["bias"]
+    # A state's shapes from jax.eval_shape (a checkpoint's target): float32 shapes.
+    abstract = jax.eval_shape(momentum_jax.momentum(0.1, **INT8).init, params)
+    shapes = momentum_jax.dequantize(abstract).velocity
+    assert shapes["kernel"] == jax.ShapeDtypeStruct((64, 512), jnp.float32)
+
+
+def test_a_state_of_another_accumulator_dtype_is_refused_with_the_fix() -> None:
+    """A float32 state (an old checkpoint) would keep 4 bytes per param in an int8 transform,
+    and an int8 state cannot run in a float one: restore_state moves either."""
+    params = _params()
+    grads = jax.tree.map(jnp.ones_like, params)
+    int8, plain = momentum_jax.momentum(0.1, **INT8), momentum_jax.momentum(0.1)
+    cases = [
+        (int8, plain, r"\['kernel'\] is float32, not int8 codes"),
+        (plain, int8, r"\['kernel'\] is int8 codes, not a float array"),
+        (momentum_jax.momentum(0.1, accumulator_dtype=jnp.bfloat16), plain, "not bfloat16"),
+    ]
+    for tx, other, says in cases:
+        state = other.init(params)
+        with pytest.raises(ValueError, match=f"{says}; move a state of another accumulator"):
+            tx.update(grads, state)
+        tx.update(grads, momentum_jax.restore_state(state, tx, params))
 
 
 def test_tree_map_params_gives_shardings_with_int8_buffers_as_leaves() -> None:

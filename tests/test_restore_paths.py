@@ -287,3 +287,6 @@ def test_arguments_are_named_as_in_the_api() -> None:
     assert isinstance(state, momentum_jax.MomentumState)
     with pytest.raises(TypeError, match=r"argument 'transform'\. Did you mean tx\?"):
         momentum_jax.restore_state(state, transform=tx, params=params)
+    # In another order: the transform must be second.
+    with pytest.raises(TypeError, match=r"tx must be an optax transform, got an ArrayImpl; call"):
+        momentum_jax.restore_state(tx, params, state)  # type: ignore[arg-type]

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -137,3 +139,10 @@ def test_rounding_with_nothing_to_round_warns_at_init() -> None:
         momentum_jax.momentum(0.1, 0.9, stochastic_rounding=True).init(jnp.ones(3))
     with pytest.warns(UserWarning, match=r"stochastic_round_params\(\) has no effect"):
         momentum_jax.stochastic_round_params().init(jnp.ones(3))
+    # int8 codes only for arrays of 4096 elements or more: below, every buffer is float32.
+    int8 = momentum_jax.momentum(0.1, accumulator_dtype=jnp.int8, stochastic_rounding=True)
+    with pytest.warns(UserWarning, match="no buffer is bfloat16, float16 or int8: int8 codes"):
+        int8.init({"w": jnp.ones((32, 64)), "b": jnp.ones(64)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        int8.init({"w": jnp.ones((64, 64)), "b": jnp.ones(64)})

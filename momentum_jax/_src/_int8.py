@@ -282,7 +282,9 @@ def dequantize(tree: Any) -> Any:
     buffers of small arrays, counts) come back as they are.
 
     Args:
-      tree: a state, a field of one (``state.velocity``), or one buffer.
+      tree: a state, a field of one (``state.velocity``), or one buffer; its
+        leaves may be ``jax.ShapeDtypeStruct`` (a state from ``jax.eval_shape``),
+        which come back as float32 ones.
 
     Returns:
       The same tree, each int8 buffer replaced by a float32 array.
@@ -299,16 +301,12 @@ def dequantize(tree: Any) -> Any:
 
     def read(x: Any) -> Any:
         x = _from_fields(x)
-        return _decode(*x) if isinstance(x, Int8Buffer) else x
+        if not isinstance(x, Int8Buffer):
+            return x
+        abstract = isinstance(x.codes, jax.ShapeDtypeStruct)  # from jax.eval_shape
+        return jax.eval_shape(_decode, *x) if abstract else _decode(*x)
 
     return jax.tree.map(read, tree, is_leaf=lambda x: is_leaf(_from_fields(x)))
-
-
-def plain(tree: Any) -> Any:
-    """``tree`` with each :class:`Int8Buffer` replaced by its codes (shaped like its param)."""
-    return jax.tree.map(
-        lambda b: b.codes if isinstance(b, Int8Buffer) else b, tree, is_leaf=is_leaf
-    )
 
 
 def converted(old: Any, new: Any) -> Any:

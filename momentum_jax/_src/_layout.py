@@ -275,6 +275,12 @@ def restore_state(
       >>> print(moved[0].buffer["b"], moved[0].count)
       [0.271 0.271] 3
     """
+    if not callable(getattr(tx, "init", None)):
+        raise _checks.error(
+            TypeError,
+            f"tx must be an optax transform, got {_describe(tx)}; "
+            "call restore_state(old_state, tx, params).",
+        )
     fresh = tx.init(params)
     return jax.tree.map(_place_like, _carry(old_state, fresh, "state", params), fresh)
 
@@ -355,6 +361,9 @@ def _carry(old: Any, new: Any, path: str, params: Any) -> Any:
     old_children = _children(old)
     if old_children is None:
         raise _error(path, f"is {_describe(old)} in the old state, but has fields in the new one")
+    if ("micro_step" in old_children) != ("micro_step" in new_children):  # AccumulationState
+        fix = "rebuild the transform with the saved value"
+        raise _error(path, "was saved with another gradient_accumulation_steps", fix)
     lost = [k for k in old_children if k not in new_children and jax.tree.leaves(old_children[k])]
     if lost:
         raise _error(_where(path, lost[0]), "has no place in the new state")
@@ -415,7 +424,8 @@ def _where(path: str, name: str) -> str:
 
 
 def _describe(value: Any) -> str:
-    return "None" if value is None else f"a {type(value).__name__}"
+    name = type(value).__name__
+    return "None" if value is None else f"a{'n' * (name[0] in 'AEIOU')} {name}"
 
 
 def _error(path: str, what: str, fix: str | None = None) -> Exception:

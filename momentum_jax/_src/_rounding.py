@@ -133,10 +133,9 @@ def salt(tree: Any, is_leaf: Any) -> int:
     return value
 
 
-def warn_no_effect(what: str, nothing: str, fix: str) -> None:
+def warn_no_effect(what: str, why: str, fix: str) -> None:
     warnings.warn(
-        f"{_checks.caller()}: {what} has no effect: {nothing} is bfloat16 or float16. "
-        f"{fix}, or leave it out.",
+        f"{_checks.caller()}: {what} has no effect: {why}. {fix}, or leave it out.",
         stacklevel=4,
     )
 
@@ -240,7 +239,11 @@ def stochastic_round_params(seed: int | jax.Array = 0) -> optax.GradientTransfor
 
     def init_fn(params: Any) -> StochasticRoundParamsState:
         if not any(narrow(jnp.result_type(p)) for p in jax.tree.leaves(params)):
-            warn_no_effect("stochastic_round_params()", "no param", "Cast params to bfloat16")
+            warn_no_effect(
+                "stochastic_round_params()",
+                "no param is bfloat16 or float16",
+                "Cast params to bfloat16",
+            )
         return StochasticRoundParamsState(jnp.zeros([], jnp.int32))
 
     def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:

@@ -98,6 +98,26 @@ def zeros(param: Any, dtype: Any) -> Any:
     return _int8.quantize(buffer) if int8 and _int8.quantizes(buffer) else buffer
 
 
+def _refuse_other_buffers(grads: list[Any], buffers: list[Any], tree: Any, dtype: Any) -> None:
+    """Refuse buffers this transform's init would not make: a state built with another
+    ``accumulator_dtype`` would keep its own (restore_state moves it)."""
+    for index, (g, b) in enumerate(zip(grads, buffers, strict=True)):
+        if b is None:
+            continue
+        got = "int8 codes" if isinstance(b, _int8.Int8Buffer) else np.dtype(b.dtype).name
+        if dtype == _int8.INT8:
+            wanted = "int8 codes" if _int8.quantizes(g) else "float32"
+        else:  # None: the param's dtype, which update does not know
+            wanted = dtype and np.dtype(jax.dtypes.canonicalize_dtype(dtype)).name
+        if got != wanted and (wanted or got == "int8 codes"):
+            raise _checks.error(
+                ValueError,
+                f"the buffer at {_checks.path(tree, index)} is {got}, not "
+                f"{wanted or 'a float array'}; move a state of another accumulator_dtype "
+                "with restore_state.",
+            )
+
+
 def leaves_of(tree: Any) -> list[Any]:
     """``tree``'s leaves (an int8 buffer is one), with ``None`` where a param does not train."""
     return jax.tree.leaves(tree, is_leaf=_is_leaf)
@@ -172,11 +192,12 @@ def buffer_transform(
 
     def init_fn(params: Any) -> Any:
         trees = tuple(jax.tree.map(lambda p: zeros(p, dtype), params) for _ in range(size))
-        narrow = int8 or any(_rounding.narrow(b.dtype) for b in jax.tree.leaves(trees))
-        if rounding and not narrow:
-            _rounding.warn_no_effect(
-                "stochastic_rounding=True", "no buffer", "Pass accumulator_dtype=jnp.bfloat16"
-            )
+        leaves = jax.tree.leaves(trees)
+        if rounding and not any(_rounding.narrow(b.dtype) or b.dtype == _int8.INT8 for b in leaves):
+            why = ", float16 or int8: int8 codes need 4096 elements or more" * int8
+            why = f"no buffer is bfloat16{why or ' or float16'}"
+            fix = "Pass accumulator_dtype=jnp.bfloat16"
+            _rounding.warn_no_effect("stochastic_rounding=True", why, fix)
         fields = () if extra is None else extra(None)
         state = state_type(jnp.zeros([], jnp.int32), trees if num_buffers else trees[0], *fields)
         return state if steps == 1 else AccumulationState(jnp.zeros([], jnp.int32), state)
@@ -196,8 +217,12 @@ def buffer_transform(
             )
         if int8:
             trees = tuple(_int8.as_buffers(t, updates) for t in trees)
-        reference = _int8.plain(trees[0]) if int8 else trees[0]
+        # Shaped like the params: each Int8Buffer (this transform's or not) as its codes.
+        reference = jax.tree.map(
+            lambda b: b.codes if isinstance(b, _int8.Int8Buffer) else b, trees[0], is_leaf=_is_leaf
+        )
         grads = _checks.check_tree(updates, reference)
+        _refuse_other_buffers(grads, leaves_of(trees[0]), reference, dtype)
         thetas = [None] * len(grads)
         if decay:
             if params is None:
