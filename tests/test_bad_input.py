@@ -578,7 +578,7 @@ def test_complex_gradient_into_a_real_state_is_refused() -> None:
     state = tx.init(jnp.zeros(2))
     with pytest.raises(
         TypeError,
-        match=r"the gradient at <root> is complex but its buffer is float32; init with complex params\.",
+        match=r"the gradient at <root> is complex but its buffer is float32; init with complex params and accumulator_dtype None or complex\.",
     ):
         tx.update(jnp.ones(2, jnp.complex64), state)
 

@@ -317,7 +317,8 @@ def _leaf_problem(x: Any, ref: Any, what: str) -> tuple[type[Exception], str] | 
     if gradient and not jnp.issubdtype(dtype, jnp.inexact):
         return TypeError, f"is {dtype}, not floating point."
     if gradient and jnp.iscomplexobj(x) and not jnp.issubdtype(ref.dtype, jnp.complexfloating):
-        return TypeError, f"is complex but its buffer is {ref.dtype}; init with complex params."
+        fix = "init with complex params and accumulator_dtype None or complex"
+        return TypeError, f"is complex but its buffer is {ref.dtype}; {fix}."
     return None if shape == ref.shape else (ValueError, f"has shape {shape}, expected {ref.shape}.")
 
 
