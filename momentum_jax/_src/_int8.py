@@ -228,7 +228,8 @@ def _refuse_split_blocks(x: jax.Array) -> None:
             f"an int8 buffer of shape {x.shape} split over explicit mesh axes {names} holds "
             f"{x.shape[axis] // devices} indices of axis {axis} per device, which cuts its "
             f"blocks of {size} consecutive elements from axis {a} on: split only axis {a}, "
-            f"into whole blocks, or use accumulator_dtype=jnp.bfloat16.",
+            f"into whole blocks (a multiple of {size} of each row's elements per device), or use "
+            "accumulator_dtype=jnp.bfloat16.",
         )
 
 
