@@ -867,3 +867,21 @@ def test_a_misspelt_keyword_names_the_right_one() -> None:
         compat.torch_sgd(learning_rate=0.1)
     with pytest.raises(TypeError, match=r"keras_sgd: .*'lr'\. Did you mean learning_rate\?"):
         compat.keras_sgd(lr=0.1)
+
+
+def test_an_injected_accumulator_dtype_is_refused_with_static_args() -> None:
+    """A dtype is callable: inject_hyperparams takes it for a schedule unless it is static,
+    and JAX deprecates reading a dtype from the array that schedule gives."""
+    inject = optax.inject_hyperparams(momentum_jax.momentum)
+    tx = inject(learning_rate=0.1, momentum=0.9, accumulator_dtype=jnp.float32)
+    with pytest.raises(
+        TypeError,
+        match=r"got Array\(0\., dtype=float32\); under optax\.inject_hyperparams pass "
+        r"static_args=\('accumulator_dtype',\)\.",
+    ):
+        tx.init(jnp.ones(3, jnp.bfloat16))
+    static = optax.inject_hyperparams(momentum_jax.momentum, static_args=("accumulator_dtype",))
+    state = static(learning_rate=0.1, momentum=0.9, accumulator_dtype=jnp.float32).init(
+        jnp.ones(3, jnp.bfloat16)
+    )
+    assert state.inner_state.velocity.dtype == jnp.float32

@@ -22,6 +22,7 @@ import chex
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 from flax import nnx
@@ -235,6 +236,32 @@ def test_flax_nnx_int8_state_is_a_scan_carry_after_one_update() -> None:
         nnx.to_pure_dict(nnx.state(model, nnx.Param)),
         rtol=1e-5,
     )
+
+
+@pytest.mark.parametrize("how", ["accumulation", "guard after"])
+def test_flax_nnx_int8_accumulates_and_is_guarded_as_clients_md_says(how: str) -> None:
+    """docs/clients.md: with int8 buffers in NNX's Optimizer, gradient_accumulation_steps
+    and an apply_if_finite chained after the transform run (around it they fail there)."""
+    int8 = {"accumulator_dtype": jnp.int8}
+    tx = (
+        momentum_jax.momentum(0.1, 0.9, gradient_accumulation_steps=2, **int8)
+        if how == "accumulation"
+        else optax.chain(
+            momentum_jax.momentum(0.1, 0.9, **int8), optax.apply_if_finite(optax.identity(), 3)
+        )
+    )
+    model = nnx.Linear(64, 128, rngs=nnx.Rngs(0))  # an 8192-element kernel: int8 codes
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    start = np.asarray(model.kernel[...])
+
+    @nnx.jit
+    def step(model: nnx.Linear, optimizer: nnx.Optimizer, x: jax.Array) -> None:
+        _nnx_update(optimizer, model, nnx.grad(lambda m: jnp.mean(jnp.sin(m(x)) ** 2))(model))
+
+    for k in range(4):
+        step(model, optimizer, jax.random.normal(jax.random.key(k), (16, 64)))
+    assert np.isfinite(np.asarray(model.kernel[...])).all()
+    assert not np.array_equal(np.asarray(model.kernel[...]), start)
 
 
 # --- Equinox ------------------------------------------------------------------------

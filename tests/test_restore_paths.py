@@ -264,6 +264,38 @@ def test_a_stacked_state_is_refused_with_the_vmap_fix() -> None:
     _same(restored, states)
 
 
+def test_a_stacked_packed_checkpoint_read_without_target_restores_under_vmap(
+    tmp_path: Path,
+) -> None:
+    packed = momentum_jax.momentum(0.1, 0.9, layout="packed")
+    members = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), _params())
+    _, states = jax.vmap(packed.update)(members, jax.vmap(packed.init)(members))
+    raw = _raw(states, tmp_path / "stacked")
+    for tx in (momentum_jax.momentum(0.1, 0.9), packed):
+
+        def restore(state: Any, params: Any, tx: Any = tx) -> Any:
+            return momentum_jax.restore_state(state, tx, params)
+
+        _same(jax.vmap(restore)(raw, members), jax.vmap(restore)(states, members))
+
+
+def test_a_packed_checkpoint_read_without_target_for_other_params_is_refused() -> None:
+    """Flax serialization keeps the layout a packed state was written in: params whose
+    packs have the same sizes but other arrays (shapes or names changed) are refused, where
+    slicing the packs by the new params would hand each array another one's buffer."""
+    serialization = pytest.importorskip("flax.serialization")
+    tx = momentum_jax.momentum(0.1, 0.9, layout="packed")
+    written = {"a": jnp.ones(3), "b": jnp.ones(5)}
+    _, state = tx.update({"a": jnp.full(3, 1.0), "b": jnp.full(5, 2.0)}, tx.init(written))
+    raw = serialization.msgpack_restore(serialization.to_bytes(state))
+    moved = momentum_jax.restore_state(raw, momentum_jax.momentum(0.1, 0.9), written)
+    _same(moved.velocity, {"a": jnp.full(3, 0.1), "b": jnp.full(5, 0.2)})
+    for other in ({"a": jnp.ones(5), "b": jnp.ones(3)}, {"Dense": jnp.ones(5), "a": jnp.ones(3)}):
+        for target in (momentum_jax.momentum(0.1, 0.9), tx):
+            with pytest.raises(ValueError, match="was packed for other params"):
+                momentum_jax.restore_state(raw, target, other)
+
+
 def test_a_typed_prng_key_in_the_chain_is_carried() -> None:
     # optax.add_noise keeps a jax.random.key (optax 0.2.4: raw uint32 key data): a scalar
     # whose dtype NumPy cannot hold.

@@ -157,12 +157,17 @@ def _kind(test: Callable[[Any], bool], wanted: str, kind: type[Exception] = Type
     return check
 
 
-def _dtype(value: Any) -> bool:
+def _dtype(arg: str, value: Any) -> None:
+    """A float dtype or int8, never an array: ``optax.inject_hyperparams`` takes a dtype, a
+    callable, for a schedule of one unless it is static."""
     try:
-        dtype = jnp.dtype(value)
+        dtype = None if isinstance(value, np.ndarray | jax.Array) else jnp.dtype(value)
     except TypeError:
-        return False
-    return dtype == np.int8 or bool(jnp.issubdtype(dtype, jnp.inexact))
+        dtype = None
+    if dtype is None or not (dtype == np.int8 or jnp.issubdtype(dtype, jnp.inexact)):
+        fix = f"; under optax.inject_hyperparams pass static_args=({arg!r},)"
+        fix *= isinstance(value, np.ndarray | jax.Array)
+        _fail(TypeError, arg, f"must be None, a float dtype or jnp.int8, got {value!r}{fix}.")
 
 
 def _integer(low: int, high: int = 2**31 - 1) -> Any:
@@ -210,7 +215,7 @@ CHECKS: dict[str, Callable[[str, Any], object]] = {
     "weight_decay": _DECAY,
     "momenta": _momenta,
     **dict.fromkeys(("nesterov", "use_nesterov", "maximize", "stochastic_rounding"), _FLAG),
-    "accumulator_dtype": _kind(_dtype, "None, a float dtype or jnp.int8"),
+    "accumulator_dtype": _dtype,
     "seed": _integer(0),
     "layout": _kind(lambda v: v in LAYOUTS, "'per_leaf' or 'packed'", ValueError),
     **dict.fromkeys(("steps_per_stage", "total_steps"), _integer(1)),

@@ -236,7 +236,10 @@ def restore_state(
     ``layout="packed"`` and resumed with ``layout="per_leaf"``, or the other
     way round), or a checkpoint restored without a target (nested dicts and
     lists). Fields are matched by their key paths in the new state: a packed
-    block is recognised where the new state has a block, never by a name.
+    block is recognised where the new state has a block, never by a name, and
+    its packs are sliced by the params' arrays: a layout saved with it (flax
+    serialization keeps one, orbax does not) must be theirs, so pass the
+    params it was written for.
     Every field of every stage is carried, momentum_jax's and optax's alike
     (``optax.inject_hyperparams``, ``MultiSteps``, ``apply_if_finite``,
     ``masked``, ``partition``...), matched by its name: each stage keeps its
@@ -297,7 +300,7 @@ def _place_like(value: Any, fresh: Any) -> Any:
 
 
 def _on_this_host(x: Any) -> bool:
-    return isinstance(x, jax.Array) and x.is_fully_addressable
+    return isinstance(x, jax.Array) and not _checks.is_traced(x) and x.is_fully_addressable
 
 
 def _through_host(value: Any, fresh: Any) -> Any:
@@ -347,6 +350,10 @@ def _carry(old: Any, new: Any, path: str, params: Any) -> Any:
         # float buffers, the only ones a packed block has), then carried as an unpacked one.
         block = _int8.dequantize(new.unpacked() if isinstance(new, PackedState) else new)
         layout = _written_layout(raw, block, params)
+        saved = (_children(old) or {}).get("layout")  # kept by flax serialization, not orbax
+        if saved is not None and _nested(saved) != _nested(layout):
+            fix = "restore it with the params it was written for"
+            raise _error(path, "was packed for other params (shapes, names or dtypes)", fix)
         shape_of = jax.ShapeDtypeStruct  # the template's structure and shapes, not its values
         shapes = jax.tree.map(lambda x: shape_of(x.shape, x.dtype), block)  # type: ignore[no-untyped-call]
         # Sliced on the host: the packs may have been written on other devices than these.
@@ -396,6 +403,16 @@ def _written_layout(raw: Any, block: Any, params: Any) -> Layout:
     rest = _lookup(raw, (field, "0", "0") if field == "buffers" else (field, "0"))
     own = [i for i, (keys, _) in enumerate(paths) if _is_value(_lookup(rest, map(_name, keys)))]
     return Layout.of(template, own)
+
+
+def _nested(x: Any) -> Any:
+    """A layout, or one read without a target, as nested dicts of Python values."""
+    if isinstance(x, tuple) and hasattr(x, "_asdict"):
+        x = x._asdict()
+    if isinstance(x, Mapping | list | tuple):
+        items = x.items() if isinstance(x, Mapping) else enumerate(x)
+        return {str(k): _nested(v) for k, v in items}
+    return None if x is None else np.asarray(x).item()
 
 
 def _lookup(node: Any, names: Any) -> Any:
