@@ -876,7 +876,7 @@ def test_an_injected_accumulator_dtype_is_refused_with_static_args() -> None:
     tx = inject(learning_rate=0.1, momentum=0.9, accumulator_dtype=jnp.float32)
     with pytest.raises(
         TypeError,
-        match=r"got Array\(0\., dtype=float32\); under optax\.inject_hyperparams pass "
+        match=r"got Array\(0\.?, dtype=\w+\); under optax\.inject_hyperparams pass "
         r"static_args=\('accumulator_dtype',\)\.",
     ):
         tx.init(jnp.ones(3, jnp.bfloat16))

@@ -107,6 +107,13 @@ def test_float16_rounds_up_to_infinity_only_where_round_to_nearest_does() -> Non
     np.testing.assert_array_equal(stored[:, 0], nearest)
 
 
+def test_float16_keeps_the_sign_of_what_rounds_to_zero() -> None:
+    # What rounds to 0 from below is -0, as with bfloat16 and round-to-nearest.
+    stored = _round_float16(np.repeat([-1e-9, 1e-9], 500), 1)[0]
+    assert (stored == 0).mean() > 0.9
+    np.testing.assert_array_equal(np.signbit(stored), np.repeat([True, False], 500))
+
+
 def test_float16_velocity_keeps_contributions_below_its_normal_range() -> None:
     # lr * g = 1e-8, below float16's smallest normal (6.1e-5) and its subnormal
     # spacing (6e-8): round-to-nearest, or rounding at the value's own exponent,

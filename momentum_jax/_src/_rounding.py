@@ -101,6 +101,7 @@ def stochastic_round(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
         # stays 65504, from there on it is x, which the store makes infinite, both as
         # round-to-nearest does.
         rounded = jnp.where(jnp.abs(x) < 65520, jnp.clip(rounded - offset, -65504, 65504), x)
+        rounded = jnp.copysign(rounded, x)  # -0 and what rounds to 0 from below stay -0
     # A NaN's added bits could carry into the sign bit (0x7FFFFFFF, the NaN of NVIDIA GPUs).
     return jnp.where(jnp.isnan(x), x, rounded)
 
