@@ -442,7 +442,7 @@ def _where(path: str, name: str) -> str:
 
 def _describe(value: Any) -> str:
     name = type(value).__name__
-    return "None" if value is None else f"a{'n' * (name[0] in 'AEIOU')} {name}"
+    return "None" if value is None else f"a{'n' * (name[0] in 'AEIOUaeiou')} {name}"
 
 
 def _error(path: str, what: str, fix: str | None = None) -> Exception:
