@@ -153,6 +153,29 @@ def test_schedules_accept_traced_hyperparameters() -> None:
     np.testing.assert_allclose(sweep(lengths, horizons), expected, rtol=1e-6)
 
 
+def test_traced_arguments_out_of_range_make_the_values_and_the_update_nan() -> None:
+    # Built under vmap (a sweep), no argument is checked in Python: out of range is NaN.
+    sweep = jax.vmap(
+        lambda mu, s, b, t: jnp.stack([schedules.sutskever(mu, s)(600), schedules.demon(b, t)(50)])
+    )
+    got = sweep(
+        jnp.asarray([0.99, 1.5, 0.99, -0.1]),
+        jnp.asarray([100, 100, 0, 100]),
+        jnp.asarray([0.9, -0.5, 0.9, 1.0]),
+        jnp.asarray([100, 100, -9, 100]),
+    )
+    np.testing.assert_allclose(got[0], [sutskever_formula(600, 0.99, 100), 0.45 / 0.55], rtol=1e-6)
+    assert np.isnan(np.asarray(got[1:])).all()
+
+    @jax.jit
+    def first_update(steps_per_stage: jax.Array) -> jax.Array:
+        tx = momentum_jax.nesterov(0.1, schedules.sutskever(0.9, steps_per_stage))
+        return tx.update(jnp.ones(3), tx.init(jnp.zeros(3)))[0]
+
+    assert np.isfinite(np.asarray(first_update(250))).all()
+    assert np.isnan(np.asarray(first_update(0))).all()
+
+
 # --------------------------------------------------------------------------
 # As the momentum of every transform
 # --------------------------------------------------------------------------

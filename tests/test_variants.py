@@ -323,6 +323,22 @@ def test_aggmo_with_a_learning_rate_schedule() -> None:
     assert not np.allclose(constant[-1]["w"], ours[-1]["w"], rtol=1e-3)
 
 
+def test_aggmo_float16_updates_are_the_mean_where_the_sum_overflows() -> None:
+    # Three float16 buffers near 30000 sum past float16's largest value (65504); their
+    # mean, and the update -(lr/K) sum b_i, fit.
+    momenta, lr = (0.0, 0.5, 0.9), 1e-3
+    grads = [np.array([30000.0, -20000.0]), np.array([25000.0, 30000.0]), np.array([-1.0, 2e4])]
+    tx = aggmo(lr, momenta)
+    state = tx.init(jnp.zeros(2, jnp.float16))
+    buffers = [np.zeros(2) for _ in momenta]
+    for g in grads:
+        updates, state = tx.update(jnp.asarray(g, jnp.float16), state)
+        buffers = [beta * b + g for beta, b in zip(momenta, buffers, strict=True)]
+        expected = -lr / len(momenta) * sum(buffers)  # the paper's step, in float64
+        assert updates.dtype == jnp.float16
+        np.testing.assert_allclose(np.asarray(updates, np.float64), expected, rtol=2e-3)
+
+
 def test_aggmo_accepts_an_array_of_momenta() -> None:
     momenta = (0.0, 0.9, 0.99)
     direct = _problems.trajectory(aggmo(0.05, momenta), 10)

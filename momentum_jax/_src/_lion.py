@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -113,7 +114,10 @@ def lion(
 
     def coefficients(state: LionState) -> tuple[Any, Any, Any, Any]:
         beta1, beta2 = hyper("b1", b1, state.count, 1.0), hyper("b2", b2, state.count, 1.0)
-        if not isinstance(beta2, int | float):  # NaN if out of range: the sign must show it too
+        # b2 out of range is NaN: the sign, which reads the old buffer, must show it too.
+        if isinstance(beta2, int | float):
+            beta1 = beta2 if math.isnan(beta2) else beta1
+        else:
             beta1 = jnp.where(jnp.isnan(beta2), jnp.nan, beta1)
         return beta1, 1 - beta1, beta2, 1 - beta2
 

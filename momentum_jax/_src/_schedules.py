@@ -38,7 +38,8 @@ def sutskever(
 
     Returns:
       A schedule ``count -> momentum`` returning a float32 scalar; pass it as
-      the ``momentum`` of any momentum_jax transform.
+      the ``momentum`` of any momentum_jax transform. Its values are NaN when a
+      traced argument is out of range, which makes the update NaN.
 
     Example:
       >>> import jax.numpy as jnp
@@ -58,7 +59,8 @@ def sutskever(
         # 2^(-1 - log2(n)) is exactly 1 / (2n); this form avoids the float32
         # rounding of log2 and exp2, so stage values come out exact.
         rising = 1.0 - 0.5 / (stage.astype(jnp.float32) + 1.0)
-        return jnp.minimum(rising, jnp.asarray(max_momentum, jnp.float32)).astype(jnp.float32)
+        value = jnp.minimum(rising, jnp.asarray(max_momentum, jnp.float32))
+        return _nan_unless_valid(value, max_momentum, steps_per_stage)
 
     return schedule
 
@@ -86,7 +88,8 @@ def demon(init_momentum: float | jax.Array, total_steps: int | jax.Array) -> opt
 
     Returns:
       The function ``count -> momentum`` (a float32 scalar), for the
-      ``momentum`` argument of any transform here.
+      ``momentum`` argument of any transform here. Its values are NaN when a
+      traced argument is out of range, which makes the update NaN.
 
     Example:
       >>> from momentum_jax import schedules
@@ -109,6 +112,15 @@ def demon(init_momentum: float | jax.Array, total_steps: int | jax.Array) -> opt
         done = jnp.clip(jnp.asarray(count), 0, total_steps)
         left = (total_steps - done).astype(jnp.float32)
         beta = jnp.asarray(init_momentum, jnp.float32)
-        return (beta * (left / (total_steps - beta * done.astype(jnp.float32)))).astype(jnp.float32)
+        value = beta * (left / (total_steps - beta * done.astype(jnp.float32)))
+        return _nan_unless_valid(value, init_momentum, total_steps)
 
     return schedule
+
+
+def _nan_unless_valid(value: jax.Array, momentum: Any, steps: Any) -> jax.Array:
+    """``value`` (float32), or NaN where a traced argument, which no check saw when the
+    schedule was built, is out of range: a momentum outside ``[0, 1)``, steps below 1."""
+    mu = jnp.asarray(momentum, jnp.float32)
+    valid = (mu >= 0) & (mu < 1) & (jnp.asarray(steps) >= 1)
+    return jnp.where(valid, value, jnp.nan).astype(jnp.float32)

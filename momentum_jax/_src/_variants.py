@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from momentum_jax._src import _checks
@@ -258,7 +259,11 @@ def scale_by_aggmo(
         return tuple(beta * b + g for beta, b in zip(betas, bs, strict=True))
 
     def output(betas: Any, g: jax.Array, *bs: jax.Array) -> jax.Array:
-        return functools.reduce(operator.add, [b.astype(g.dtype) for b in bs]) / count
+        # Summed in float32 at least: K float16 buffers may overflow where their mean fits.
+        wide = jnp.promote_types(g.dtype, jnp.float32)
+        return (functools.reduce(operator.add, [b.astype(wide) for b in bs]) / count).astype(
+            g.dtype
+        )
 
     accumulation(options[_checks.ACCUMULATION], layout=options["layout"])
     block = buffer_transform(AggMoState, coefficients, buffers, output, options, num_buffers=count)
@@ -307,7 +312,8 @@ def aggmo(
         :func:`scale_by_aggmo`, the update is 0 on ``N - 1`` calls out of
         ``N``, and a learning-rate schedule sees completed updates:
         ``optax.MultiSteps(aggmo(...), N)``'s trajectory without its
-        param-sized accumulator.
+        param-sized accumulator. (A schedule that ``optax.inject_hyperparams``
+        evaluates sees its call count; see the production guide.)
 
     Returns:
       ``optax.chain(scale_by_aggmo(momenta), optax.scale_by_learning_rate(learning_rate))``:
