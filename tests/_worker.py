@@ -396,7 +396,7 @@ def zero1(devices: np.ndarray) -> dict[str, Any]:
             *jax.device_put((expected, expected_state, grads), replicated)
         )
     velocity = opt_state.velocity["w"]
-    return {
+    report = {
         "num_devices": len(mesh.devices.flat),
         "velocity_bytes_total": int(velocity.size * velocity.dtype.itemsize),
         "velocity_bytes_per_device": int(velocity.addressable_shards[0].data.nbytes),
@@ -418,6 +418,11 @@ def zero1(devices: np.ndarray) -> dict[str, Any]:
             for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected), strict=True)
         ),
     }
+    # restore_state keeps the split velocity, so the step's in_shardings still fit.
+    moved = momentum_jax.restore_state(opt_state, optimizer, params)
+    report["restored_velocity_spec"] = list(moved.velocity["w"].sharding.spec)
+    step(params, moved, grads)
+    return report
 
 
 def packed_on_a_mesh(devices: np.ndarray) -> dict[str, list[str]]:
@@ -557,7 +562,38 @@ def sharding(args: list[str]) -> dict[str, Any]:
     report["detector"] = detector_self_test(make_mesh(devices.reshape(2, 4)))
     report["zero1"] = zero1(devices)
     report["packed"] = packed_on_a_mesh(devices)
+    report["orbax_recipe"] = orbax_recipe(make_mesh(devices.reshape(2, 4)))
     return report
+
+
+def orbax_recipe(mesh: Any) -> dict[str, Any]:
+    """docs/production.md's orbax recipe on its sharded params: restored, then a jitted step
+    without in_shardings (the counters must be where the params are)."""
+    import tempfile
+
+    import orbax.checkpoint as ocp
+
+    params = {
+        "kernel": jax.device_put(jnp.ones((16, 8)), NamedSharding(mesh, P("data", "model"))),
+        "bias": jax.device_put(jnp.ones(8), NamedSharding(mesh, P())),
+    }
+    optimizer = momentum_jax.nesterov(0.1, momentum=0.9)
+    step = jax.jit(apply_step(optimizer), donate_argnums=(0, 1))
+    grads = jax.tree.map(lambda p: p * 0.5, params)
+    params, opt_state = step(params, optimizer.init(params), grads)
+    path = Path(tempfile.mkdtemp()) / "step_1"
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, {"params": params, "opt_state": opt_state})
+    saved = jax.tree.map(np.asarray, opt_state)
+    params_like = jax.tree.map(jnp.zeros_like, params)
+    target = {"params": params_like, "opt_state": jax.jit(optimizer.init)(params_like)}
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(path, abstract)
+    same = jax.tree.map(np.array_equal, saved, jax.tree.map(np.asarray, restored["opt_state"]))
+    problems = sharding_problems(restored["opt_state"], params, mesh, eager=False)
+    step(restored["params"], restored["opt_state"], grads)  # raises if placed apart
+    return {"bit_identical": all(jax.tree.leaves(same)), "problems": problems}
 
 
 # --- checkpoints: save, then resume in a new process ----------------------------------

@@ -124,6 +124,13 @@ def test_optimizer_state_sharding_zero1(report: dict[str, Any]) -> None:
     assert "all-gather" in zero1["full_step_collectives"]
     # Splitting the velocity changes where numbers live, not the numbers.
     assert zero1["same_as_replicated_run"]
+    assert zero1["restored_velocity_spec"] == ["data"]  # and restore_state keeps it split
+
+
+def test_the_orbax_recipe_restores_sharded_params_and_state(report: dict[str, Any]) -> None:
+    # A jitted step runs on what it restored (an eager init's counters, as a target, were
+    # restored onto device 0 alone: "incompatible devices").
+    assert report["orbax_recipe"] == {"bit_identical": True, "problems": []}
 
 
 def test_nan_guard_on_a_mesh(report: dict[str, Any]) -> None:

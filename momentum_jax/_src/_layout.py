@@ -245,8 +245,9 @@ def restore_state(
     ``masked``, ``partition``...), matched by its name: each stage keeps its
     own count. Values take the dtypes (weak types included) of
     ``tx.init(params)`` and its placement: each buffer sharded like its
-    param, and counters, hyperparameters and keys left uncommitted where a
-    fresh init leaves them (copied through the host). A field the new state has
+    param, unless it is split over the same devices already (a ZeRO-1
+    velocity keeps its sharding), and counters, hyperparameters and keys left
+    uncommitted where a fresh init leaves them (copied through the host). A field the new state has
     and the old one lacks, a field that would be dropped, or a shape that
     differs raises a ``ValueError`` naming the field; the one exception is an
     ``inject_hyperparams`` hyperparameter that the old state did not inject
@@ -291,12 +292,23 @@ def restore_state(
 def _place_like(value: Any, fresh: Any) -> Any:
     if not isinstance(fresh, jax.Array) or _checks.is_traced(fresh) or _checks.is_traced(value):
         return value
-    if getattr(fresh, "_committed", True):  # a buffer: sharded like its param, never gathered
+    if getattr(fresh, "_committed", True):  # a buffer: where it was if split here (ZeRO-1),
+        if _split_like(value, fresh):  # else sharded like its param
+            return value
         return jax.device_put(value, fresh.sharding)
     # A counter, hyperparameter or key, or a value on other devices: uncommitted, as in init.
     if jnp.size(fresh) <= _SMALL or getattr(value, "sharding", fresh.sharding) != fresh.sharding:
         return _through_host(value, fresh)
     return jnp.asarray(value, fresh.dtype)
+
+
+def _split_like(value: Any, fresh: jax.Array) -> bool:
+    """``value`` is split over ``fresh``'s devices, with its shape and dtype: a state's own
+    layout (ZeRO-1's velocity over the data axis), kept."""
+    if not isinstance(value, jax.Array) or (value.shape, value.dtype) != (fresh.shape, fresh.dtype):
+        return False
+    sharding = value.sharding
+    return sharding.device_set == fresh.sharding.device_set and not sharding.is_fully_replicated
 
 
 def _on_this_host(x: Any) -> bool:
