@@ -742,7 +742,7 @@ def test_real_accumulator_for_complex_params_is_refused() -> None:
     tx = momentum_jax.scale_by_momentum(0.9, accumulator_dtype=jnp.float32)
     with pytest.raises(
         TypeError,
-        match=r"a param is complex; accumulator_dtype=float32 would drop its imaginary part\.",
+        match=r"the param at \['z'\] is complex; accumulator_dtype=float32 drops its imaginary part\.",
     ):
         tx.init({"z": jnp.zeros(2, jnp.complex64)})
 

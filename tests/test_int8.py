@@ -572,7 +572,8 @@ def test_int8_where_it_cannot_work_is_refused() -> None:
     momentum_jax.qhm(0.1, accumulator_dtype="int8")  # a name is fine
     tx = momentum_jax.scale_by_aggmo(**INT8)
     with pytest.raises(
-        TypeError, match=r"^momentum_jax.scale_by_aggmo: a param is complex; accumulator_dtype=int8"
+        TypeError,
+        match=r"^momentum_jax.scale_by_aggmo: the param at \['w'\] is complex; accumulator_dtype=int8",
     ):
         tx.init({"w": jnp.zeros((64, 512), jnp.complex64)})
 

@@ -66,7 +66,7 @@ def accumulation(steps: int | None, nesterov: bool = False, layout: str = "per_l
     return k
 
 
-def zeros(param: Any, dtype: Any) -> Any:
+def zeros(param: Any, dtype: Any, path: tuple[Any, ...] = ()) -> Any:
     """A zero buffer for ``param`` (``None`` if it does not train), sharded like it.
 
     Under ``jit`` on a mesh with auto axes a constant would be replicated or put
@@ -81,10 +81,10 @@ def zeros(param: Any, dtype: Any) -> Any:
         return None
     real = dtype is not None and not jnp.issubdtype(dtype, jnp.complexfloating)
     if real and jnp.issubdtype(jnp.result_type(param), jnp.complexfloating):
-        name = np.dtype(dtype).name
+        at, name = jax.tree_util.keystr(path) or "<root>", np.dtype(dtype).name
         raise _checks.error(
             TypeError,
-            f"a param is complex; accumulator_dtype={name} would drop its imaginary part.",
+            f"the param at {at} is complex; accumulator_dtype={name} drops its imaginary part.",
         )
     int8 = dtype == _int8.INT8
     dtype = jnp.float32 if int8 else dtype or jnp.result_type(param)
@@ -191,7 +191,10 @@ def buffer_transform(
     narrowed = rounding or int8  # the new buffers leave the step in float32, stored after it
 
     def init_fn(params: Any) -> Any:
-        trees = tuple(jax.tree.map(lambda p: zeros(p, dtype), params) for _ in range(size))
+        zero = functools.partial(
+            jax.tree_util.tree_map_with_path, lambda at, p: zeros(p, dtype, at)
+        )
+        trees = tuple(zero(params) for _ in range(size))
         leaves = jax.tree.leaves(trees)
         if rounding and not any(_rounding.narrow(b.dtype) or b.dtype == _int8.INT8 for b in leaves):
             why = ", float16 or int8: int8 codes need 4096 elements or more" * int8
