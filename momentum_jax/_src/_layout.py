@@ -201,6 +201,8 @@ def packed(block: optax.GradientTransformation) -> optax.GradientTransformationE
     """``block``, an elementwise buffer transform, with the buffers of small arrays packed."""
 
     def init_fn(params: Any) -> Any:
+        if any(map(jnp.iscomplexobj, jax.tree.leaves(params))):  # errors name the param's path
+            jax.eval_shape(block.init, params)
         layout = Layout.of(params)
         return PackedState(block.init(layout.pack(params, "param")), layout)
 
