@@ -117,17 +117,23 @@ def test_every_array_of_4096_elements_or_more_keeps_at_most_1_031_bytes_per_para
         assert per_param <= 1 + 4 / 128, (shape, per_param)
 
 
-@pytest.mark.parametrize("shape", [(1024, 32), (64, 64, 3, 3), (97, 3, 5, 7), (40, 300)])
+@pytest.mark.parametrize(
+    "shape", [(1024, 32), (64, 64, 3, 3), (97, 3, 5, 7), (40, 300), (512, 200), (64, 3, 7, 7)]
+)
 def test_a_block_is_a_run_of_consecutive_elements(shape: tuple[int, ...]) -> None:
     """A block is a run of consecutive elements of the row ``shape[a:]``, ``a`` the last
     axis from which the array holds 256 elements a row: 256 of them, or a divisor of the
-    row from 128 to 256 (192 for 576, 150 for 300), else 256 with the last block shorter
-    (10185 = 39 x 256 + 201). Its scale is its largest magnitude, the scales have one
+    row from 128 to 256 (192 for 576, 150 for 300, 224 for 3 x 7 x 7 = 147 merged into the
+    whole 9408), else 256 with the last block shorter (10185 = 39 x 256 + 201). Its scale is its largest magnitude, the scales have one
     entry per block along ``a`` and length 1 after it, and every element reads back
     within half a code of it."""
-    a, size = {(1024, 32): (0, 256), (64, 64, 3, 3): (1, 192), (97, 3, 5, 7): (0, 256)}.get(
-        shape, (1, 150)
-    )
+    a, size = {
+        (1024, 32): (0, 256),
+        (64, 64, 3, 3): (1, 192),
+        (97, 3, 5, 7): (0, 256),
+        (512, 200): (0, 256),
+        (64, 3, 7, 7): (0, 224),
+    }.get(shape, (1, 150))
     rng = np.random.default_rng(3)
     magnitudes = 10.0 ** rng.integers(-3, 3, (*shape[: a + 1], *(1,) * (len(shape) - a - 1)))
     x = (rng.standard_normal(shape) * magnitudes).astype(np.float32)
@@ -237,7 +243,9 @@ def test_nan_stays_nan_and_infinity_makes_its_block_nan() -> None:
     x[1, 301] = -np.inf
     x[2, 600] = -np.inf  # block (2, 2)
     for kwargs in ({}, {"stochastic_rounding": True}):
-        got = np.asarray(momentum_jax.dequantize(_stored(jnp.asarray(x), **kwargs)))
+        stored = _stored(jnp.asarray(x), **kwargs)
+        assert np.asarray(stored.codes)[0, 3] == -128  # NaN's own code
+        got = np.asarray(momentum_jax.dequantize(stored))
         assert np.isnan(got[0, 3])
         assert np.all(np.isnan(got[1, 256:512]))
         assert np.all(np.isnan(got[2, 512:768]))

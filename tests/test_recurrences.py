@@ -201,3 +201,31 @@ def test_scale_by_momentum_chain_equals_optax_sgd(nesterov: bool) -> None:
     _problems.assert_trajectories_close(
         _problems.trajectory(ours, 30), _problems.trajectory(reference, 30), rtol=1e-6, atol=1e-7
     )
+
+
+@pytest.mark.parametrize("maximize", [False, True], ids=["minimize", "maximize"])
+def test_torch_sgd_follows_pytorchs_written_algorithm(maximize: bool) -> None:
+    """PyTorch's SGD as its documentation writes it, with a momentum that is 0 for two steps:
+    g <- -g if maximize; g <- g + wd*theta; at a momentum other than 0, b <- g the first time
+    (undamped), else b <- mu*b + (1 - dampening)*g, and g <- b; theta <- theta - lr*g. The
+    buffer is untouched while the momentum is 0."""
+    lr, wd, dampening = 0.1, 0.1, 0.3
+    momenta = np.array([0.0, 0.0, 0.9, 0.9, 0.5], np.float32)
+    grads = [np.array([1.0, -2.0]), np.array([2.0, 0.5]), np.array([3.0, 1.0])]
+    grads += [np.array([4.0, -1.0]), np.array([-2.0, 3.0])]
+    theta, buffer, expected = np.array([1.0, -0.5]), None, []
+    for mu, g in zip(momenta.astype(np.float64), grads, strict=True):
+        d = (-g if maximize else g) + wd * theta
+        if mu != 0:
+            buffer = d.copy() if buffer is None else mu * buffer + (1 - dampening) * d
+            d = buffer
+        theta = theta - lr * d
+        expected.append(theta)
+    schedule = lambda n: jnp.asarray(momenta)[jnp.minimum(n, len(momenta) - 1)]  # noqa: E731
+    tx = compat.torch_sgd(lr, schedule, dampening=dampening, weight_decay=wd, maximize=maximize)
+    params = jnp.asarray([1.0, -0.5])
+    state = tx.init(params)
+    for g, want in zip(grads, expected, strict=True):
+        updates, state = tx.update(jnp.asarray(g, jnp.float32), state, params)
+        params = optax.apply_updates(params, updates)
+        np.testing.assert_allclose(params, want, rtol=1e-6)

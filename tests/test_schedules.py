@@ -303,27 +303,27 @@ def test_nesterov_under_a_schedule_is_sutskevers_look_ahead(
         (
             lambda: schedules.sutskever(0.9, 0),
             ValueError,
-            r"sutskever: steps_per_stage must be a positive integer.*steps_per_stage=0",
+            r"sutskever: steps_per_stage must be in \[1, 2147483647\], got steps_per_stage=0\.",
         ),
         (
             lambda: schedules.sutskever(0.9, -250),
             ValueError,
-            r"sutskever: steps_per_stage must be a positive integer.*steps_per_stage=-250",
+            r"sutskever: steps_per_stage must be in \[1, 2147483647\], got steps_per_stage=-250\.",
         ),
         (
             lambda: schedules.sutskever(0.9, 2.5),
             TypeError,
-            r"sutskever: steps_per_stage must be a positive integer, got float 2\.5",
+            r"sutskever: steps_per_stage must be an integer, got 2\.5\.",
         ),
         (
             lambda: schedules.sutskever(0.9, True),
             TypeError,
-            r"sutskever: steps_per_stage must be a positive integer, got the boolean True",
+            r"sutskever: steps_per_stage must be an integer, got True\.",
         ),
         (
             lambda: schedules.sutskever("0.9"),
             TypeError,
-            r"sutskever: max_momentum must be a number.*'0\.9'",
+            r"sutskever: max_momentum must be a real number, got '0\.9'\.",
         ),
         (
             lambda: schedules.demon(1.0, 100),
@@ -333,17 +333,17 @@ def test_nesterov_under_a_schedule_is_sutskevers_look_ahead(
         (
             lambda: schedules.demon(0.9, 0),
             ValueError,
-            r"demon: total_steps must be a positive integer.*total_steps=0",
+            r"demon: total_steps must be in \[1, 2147483647\], got total_steps=0\.",
         ),
         (
             lambda: schedules.demon(0.9, 100.0),
             TypeError,
-            r"demon: total_steps must be a positive integer, got float 100\.0",
+            r"demon: total_steps must be an integer, got 100\.0\.",
         ),
     ],
 )
 def test_bad_input(build: Callable[[], Any], error: type[Exception], match: str) -> None:
-    with _refused(error, match=r"momentum_jax\.schedules\." + match):
+    with pytest.raises(error, match=r"^momentum_jax\.schedules\." + match):
         build()
 
 
@@ -366,13 +366,6 @@ def test_injected_nesterov_keeps_the_exact_look_ahead_only_with_a_static_schedul
     )
     with pytest.raises(AssertionError):
         _problems.assert_trajectories_close(_problems.trajectory(injected, STEPS), plain)
-
-
-def _refused(*args: object, **kwargs: object) -> object:
-    """The error's type and text changed with 0.5.0's one-sentence errors: these cases check
-    that the input is refused (a TypeError or ValueError); their messages are to be pinned
-    again."""
-    return pytest.raises((TypeError, ValueError))
 
 
 @pytest.mark.parametrize("total_steps", [2**24 + 3, 50_000_000])
