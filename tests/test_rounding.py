@@ -210,6 +210,26 @@ def test_bits_differ_across_steps_buffers_elements_and_seeds() -> None:
     np.testing.assert_array_equal(again[0]["a"], a)
 
 
+def test_the_velocity_and_the_params_of_one_step_draw_unrelated_bits() -> None:
+    """Same seed, same step, same elements: the velocity's rounding and the params' must not
+    decide alike. v = 1 + 2**-8 lies halfway between two bfloat16 values, and so does
+    4 - (1 + 2**-7) = 3 - 2**-7, the param after a velocity rounded up: with the same bits
+    every such param would round to 3; with unrelated bits about half do."""
+    n = 8192
+    tx = optax.chain(
+        momentum_jax.momentum(1.0, 0.0, accumulator_dtype=jnp.bfloat16, stochastic_rounding=True),
+        momentum_jax.stochastic_round_params(),
+    )
+    params = jnp.full(n, 4.0, jnp.bfloat16)
+    updates, state = tx.update(jnp.full(n, 1 + 2**-8, jnp.float32), tx.init(params), params)
+    velocity = np.asarray(state[0].velocity, np.float32)
+    up = velocity == 1 + 2**-7
+    assert 0.45 < up.mean() < 0.55  # the velocity's own rounding: a fair coin
+    after = np.asarray(optax.apply_updates(params, updates), np.float32)[up]
+    assert set(after) <= {3.0, 3 - 2**-6}
+    assert 0.45 < (after == 3.0).mean() < 0.55
+
+
 def test_vmap_over_an_ensemble_and_over_seeds() -> None:
     members = 3
     params = jax.tree.map(lambda p: jnp.stack([p] * members), _bf16_model())
