@@ -243,9 +243,14 @@ def train_mlps(
             carry, _ = jax.lax.scan(step, carry, t0 + jnp.arange(eval_every))
             return carry, cross_entropy(carry[0], x, y)
 
-        starts = jnp.arange(0, steps, eval_every)
-        (params_end, _), losses = jax.lax.scan(block, (params, optimizer.init(params)), starts)
-        losses = jnp.concatenate([cross_entropy(params, x, y)[None], losses])
+        starts = jnp.arange(0, steps - steps % eval_every, eval_every)
+        carry, losses = jax.lax.scan(block, (params, optimizer.init(params)), starts)
+        parts = [cross_entropy(params, x, y)[None], losses]
+        if steps % eval_every:  # the last steps, evaluated once more at the end
+            carry, _ = jax.lax.scan(step, carry, jnp.arange(steps - steps % eval_every, steps))
+            parts.append(cross_entropy(carry[0], x, y)[None])
+        params_end = carry[0]
+        losses = jnp.concatenate(parts)
         accuracy = jnp.mean(jnp.argmax(logits(params_end, x_test), -1) == y_test)
         return losses, accuracy
 
@@ -258,7 +263,7 @@ def train_mlps(
         return jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs])
 
     loss, acc = program(jnp.asarray(hypers, jnp.float32), jnp.asarray(seeds))
-    eval_steps = np.arange(0, steps + 1, eval_every)
+    eval_steps = np.unique(np.append(np.arange(0, steps + 1, eval_every), steps))
     return eval_steps, np.asarray(loss, np.float64), np.asarray(acc, np.float64)
 
 
@@ -346,14 +351,15 @@ def steps_verdict(a: np.ndarray, b: np.ndarray) -> str:
 def clearly_less(a: np.ndarray, b: np.ndarray) -> bool:
     """a is lower than b beyond the seed spread: mean(a) + std(a) < mean(b) - std(b).
 
-    Needs two seeds or more. NaN means "never reached": a wins if it has none and
-    b has some; a NaN in a is never a win.
+    Needs two seeds or more. NaN means "never reached": a NaN in a is never a win;
+    where b has some, a wins if every seed of a is below every value b reached.
     """
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     if min(a.size, b.size) < 2 or not np.isfinite(a).all():
         return False
     if not np.isfinite(b).all():
-        return True
+        reached = b[np.isfinite(b)]
+        return bool(reached.size == 0 or a.max() < reached.min())
     (mean_a, std_a), (mean_b, std_b) = spread(a), spread(b)
     return bool(mean_a + std_a < mean_b - std_b)
 

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import momentum_jax
+
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
@@ -189,7 +191,34 @@ def test_clearly_less() -> None:
     assert _common.clearly_less(np.array([100, 110.0]), np.array([200, 210.0]))
     assert not _common.clearly_less(np.array([100.0]), np.array([200.0]))  # one seed: no spread
     assert _common.clearly_less(np.array([100, 110.0]), np.array([200, np.nan]))
+    # b missed in one seed but was far below a in every other: no win for a.
+    slow, fast = np.array([1900, 1950, 1990.0]), np.array([100, 110, np.nan])
+    assert not _common.clearly_less(slow, fast)
+    assert not _common.clearly_less(fast, slow)
+    assert _common.clearly_less(np.array([100, 110.0]), np.array([np.nan, np.nan]))
     assert not _common.clearly_less(np.array([100, np.nan]), np.array([200, 210.0]))
+
+
+def test_train_mlps_trains_exactly_the_steps_asked_for() -> None:
+    """A step count that is not a multiple of the evaluation interval: every step trained
+    (no more), and one loss per evaluation step, the last at the end."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((32, 6)).astype(np.float32), rng.integers(0, 10, 32)
+    data = (x, y, x, y)
+    optimizers = {"momentum": lambda h: momentum_jax.momentum(0.1, h)}
+
+    def run(steps: int, every: int) -> tuple[np.ndarray, np.ndarray]:
+        eval_steps, loss, _ = _common.train_mlps(
+            data, optimizers, [0.9], [0], steps=steps, eval_every=every, batch_size=8, hidden=(8,)
+        )
+        assert loss.shape == (1, 1, 1, len(eval_steps))
+        return eval_steps, loss[0, 0, 0]
+
+    eval_steps, loss = run(7, 3)
+    np.testing.assert_array_equal(eval_steps, [0, 3, 6, 7])
+    np.testing.assert_allclose(loss[-1], run(7, 7)[1][-1], rtol=1e-5)
+    assert not np.isclose(loss[-1], run(6, 3)[1][-1], rtol=1e-5)  # the seventh step was taken
+    np.testing.assert_allclose(loss[:3], run(6, 3)[1], rtol=1e-5)
 
 
 def test_one_vocabulary() -> None:
