@@ -142,10 +142,10 @@ def momentum(
         param-sized accumulator (the state is a
         :class:`momentum_jax.AccumulationState`). Schedules see completed
         updates (one that ``optax.inject_hyperparams`` evaluates sees its call
-        count: see the production guide). It refuses ``nesterov=True`` and ``layout="packed"``. The
-        default is ``None``, not 1: ``optax.inject_hyperparams`` injects every
-        numeric default, which would change the state of existing
-        checkpoints.
+        count: see the production guide). It refuses ``nesterov=True`` and
+        ``layout="packed"``. The default is ``None``, not 1:
+        ``optax.inject_hyperparams`` injects every numeric default, which would
+        change the state of existing checkpoints.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a

@@ -249,11 +249,12 @@ def restore_state(
     ``tx.init(params)`` and its placement: each buffer sharded like its
     param, unless it is split over the same devices already (a ZeRO-1
     velocity keeps its sharding), and counters, hyperparameters and keys left
-    uncommitted where a fresh init leaves them (copied through the host). A field the new state has
-    and the old one lacks, a field that would be dropped, or a shape that
-    differs raises a ``ValueError`` naming the field; the one exception is an
-    ``inject_hyperparams`` hyperparameter that the old state did not inject
-    (it was static then), which takes the value ``tx`` is built with.
+    uncommitted where a fresh init leaves them (copied through the host). A
+    field the new state has and the old one lacks, a field that would be
+    dropped, or a shape that differs raises a ``ValueError`` naming the
+    field; the one exception is an ``inject_hyperparams`` hyperparameter that
+    the old state did not inject (it was static then), which takes the value
+    ``tx`` is built with.
 
     Under ``jax.vmap`` (an ensemble's stacked states) map it over the members:
     ``jax.vmap(lambda s, p: restore_state(s, tx, p))(states, params)``.
