@@ -581,15 +581,14 @@ def orbax_recipe(mesh: Any) -> dict[str, Any]:
     step = jax.jit(apply_step(optimizer), donate_argnums=(0, 1))
     grads = jax.tree.map(lambda p: p * 0.5, params)
     params, opt_state = step(params, optimizer.init(params), grads)
-    path = Path(tempfile.mkdtemp()) / "step_1"
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path, {"params": params, "opt_state": opt_state})
     saved = jax.tree.map(np.asarray, opt_state)
     params_like = jax.tree.map(jnp.zeros_like, params)
     target = {"params": params_like, "opt_state": jax.jit(optimizer.init)(params_like)}
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    with ocp.StandardCheckpointer() as checkpointer:
-        restored = checkpointer.restore(path, abstract)
+    with tempfile.TemporaryDirectory() as folder, ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(Path(folder) / "step_1", {"params": params, "opt_state": opt_state})
+        checkpointer.wait_until_finished()
+        restored = checkpointer.restore(Path(folder) / "step_1", abstract)
     same = jax.tree.map(np.array_equal, saved, jax.tree.map(np.asarray, restored["opt_state"]))
     problems = sharding_problems(restored["opt_state"], params, mesh, eager=False)
     step(restored["params"], restored["opt_state"], grads)  # raises if placed apart
