@@ -80,6 +80,19 @@ def _run(tx: optax.GradientTransformation, steps: int = 3) -> tuple[list[bool], 
         (lambda: momentum_jax.qhm(0.1, 0.9, optax.constant_schedule(2.0)), 0),
         # Lion's sign reads the old buffer: a b2 of 1.0 must show at once, as an array's does.
         (lambda: momentum_jax.lion(0.1, b2=lambda count: 1.0), 0),
+        # Nesterov needs dampening 0 (PyTorch's rule): a traced 0.3 is as wrong as 1.5.
+        (
+            lambda: optax.inject_hyperparams(compat.torch_sgd, static_args=("nesterov",))(
+                lr=0.1, momentum=0.9, dampening=0.3, nesterov=True
+            ),
+            0,
+        ),
+        (
+            lambda: optax.inject_hyperparams(
+                momentum_jax.scale_by_momentum, static_args=("nesterov",)
+            )(dampening=0.3, nesterov=True),
+            0,
+        ),
         # Integers injected as int32 arrays, traced by the jitted init.
         (lambda: optax.inject_hyperparams(momentum_jax.momentum)(learning_rate=-1, momentum=0), 0),
         (lambda: optax.inject_hyperparams(momentum_jax.momentum)(learning_rate=0.1, momentum=2), 0),
@@ -99,6 +112,8 @@ def _run(tx: optax.GradientTransformation, steps: int = 3) -> tuple[list[bool], 
         "python_lr_schedule",
         "python_nu_schedule",
         "python_lion_b2_schedule",
+        "torch_nesterov_dampening",
+        "block_nesterov_dampening",
         "int_lr",
         "int_momentum",
     ],

@@ -394,6 +394,8 @@ def gradient_buffer(
         if damped:
             fresh = (state.count == 0) | (~state.started if started else False)
             tau = jnp.asarray(hyper("dampening", dampening, state.count, 1.0))
+            if nesterov:  # a traced dampening (not checked when built) must be 0 there
+                tau = jnp.where(tau == 0, tau, jnp.nan)
             # 1 + 0 * tau: a dampening out of range (NaN) makes the undamped first update NaN too.
             scale = jnp.where(fresh, 1.0 + 0 * tau, 1.0 - tau)
         if not torch_rule:
