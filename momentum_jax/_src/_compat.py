@@ -133,7 +133,8 @@ def torch_sgd(
         schedule or array, the buffer holds the mean gradient of the updates
         whose momentum is 0 until PyTorch's buffer starts; an update whose
         momentum is 0 after that (PyTorch's output is then the mean gradient,
-        kept nowhere) is NaN.
+        kept nowhere) is NaN: for such a schedule, use
+        ``optax.MultiSteps(torch_sgd(...), K)``.
 
     Returns:
       The chain above, an ``optax.GradientTransformationExtraArgs``; its buffer
@@ -233,7 +234,9 @@ def keras_sgd(
         from ``optax.MultiSteps(keras_sgd(...), K)``, which evaluates it at
         :math:`n`). It refuses ``nesterov=True``. An update whose momentum is a
         0 that is not a Python ``0`` (Keras' step on the mean gradient, which no
-        state keeps) is NaN.
+        state keeps) is NaN: for such a schedule, use ``optax.MultiSteps`` around
+        ``keras_sgd`` with the schedules read at ``n * K + K - 1``, as
+        docs/porting.md does for clipping.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` (a chain of the momentum
