@@ -58,6 +58,14 @@ def out_help(name: str) -> str:
     return f"output folder (default: examples/out/{name}/, {name}_quick/ with --quick)"
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def sized_parser(
     doc: str, name: str, full: dict[str, int], quick: dict[str, int], unit: str = "steps"
 ) -> argparse.ArgumentParser:
@@ -72,12 +80,12 @@ def sized_parser(
     )
     options.add_argument(
         "--steps",
-        type=int,
+        type=positive,
         help=f"{unit} (default: {full['steps']}, {quick['steps']} with --quick)",
     )
     options.add_argument(
         "--seeds",
-        type=int,
+        type=positive,
         help=f"number of seeds (default: {full['seeds']}, {quick['seeds']} with --quick)",
     )
     options.add_argument("--out", type=Path, help=out_help(name))
@@ -275,6 +283,7 @@ def train_mlps(
 # verdict mean the same: that run's loss never got to the target.
 NEVER = "never"
 MISSED = "did not reach the target"
+ONE_SEED = "not compared (one seed: no spread)"
 DIVERGED_RULES = (
     "NaN/inf",
     "rose above 10x its initial loss",
@@ -366,6 +375,8 @@ def clearly_less(a: np.ndarray, b: np.ndarray) -> bool:
 
 def verdict(a: np.ndarray, b: np.ndarray, less: str = "lower", more: str = "higher") -> str:
     """``less`` or ``more`` where a differs from b beyond the seed spread (see clearly_less)."""
+    if min(np.size(a), np.size(b)) < 2:
+        return ONE_SEED
     if clearly_less(a, b):
         return less
     return more if clearly_less(b, a) else "no clear difference"

@@ -130,14 +130,17 @@ def memory(lr: float) -> dict[str, tuple[float, float, float]]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = _common.sized_parser(__doc__, "accumulation", FULL, QUICK, "micro-batches")
     parser.add_argument("--learning-rate", type=float, default=0.05, help="learning rate α")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps % K:
+        parser.error(f"--steps {args.steps} is not a multiple of {K}, the micro-batches per update")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     preset = QUICK if args.quick else FULL
     every = 10 * K  # evaluate every 10 updates
-    steps = max(every, (args.steps or preset["steps"]) // every * every)
+    steps = args.steps or preset["steps"]
     seeds = list(range(args.seeds or preset["seeds"]))
     out = _common.out_dir("accumulation", args.quick, args.out)
     start = time.perf_counter()

@@ -124,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         help=f"condition numbers, each > 1 (default: {' '.join(f'{k:g}' for k in KAPPAS)}; "
         f"{' '.join(f'{k:g}' for k in QUICK_KAPPAS)} with --quick)",
     )
-    parser.add_argument("--dim", type=int, default=100, help="dimension of the quadratic")
+    parser.add_argument(
+        "--dim", type=_common.positive, default=100, help="dimension of the quadratic"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the start and minimizer")
     parser.add_argument("--tol", type=float, default=1e-6, help="error for 'steps to tol'")
     parser.add_argument("--fit-from", type=float, default=1e-4, help="start of the fit window")
@@ -135,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     kappas = args.kappas or (QUICK_KAPPAS if args.quick else KAPPAS)
     if min(kappas) <= 1:
         parser.error(f"every κ must be > 1, got {min(kappas):g}")
+    if not 0 < args.floor < args.fit_from:
+        parser.error(f"need 0 < --floor < --fit-from, got {args.floor:g} and {args.fit_from:g}")
     out = _common.out_dir("convergence_rates", args.quick, args.out)
 
     rng = np.random.default_rng(args.seed)
@@ -181,8 +185,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print("\nverdicts (speed = 1 − rate, the share of the error removed per step):")
     for method in METHODS:
         rows = [r for r in results if r["method"] == method]
-        share = [(1 - r["measured_rate"]) / (1 - r["theory_rate"]) for r in rows]
-        line = f"  {LABELS[method]}: measured speed {min(share):.2f}–{max(share):.2f}x theory"
+        share = np.array([(1 - r["measured_rate"]) / (1 - r["theory_rate"]) for r in rows])
+        fitted = share[np.isfinite(share)]  # NaN: too few steps in the fit window
+        line = f"  {LABELS[method]}: measured speed " + (
+            f"{fitted.min():.2f}–{fitted.max():.2f}x theory" if fitted.size else "not fitted"
+        )
+        if fitted.size < share.size:
+            line += f" ({share.size - fitted.size}/{share.size} κ with too few steps to fit)"
         reached = [r for r in rows if np.isfinite(r["steps_to_tol"])]
         if len(reached) >= 2:
             slope = np.polyfit(

@@ -165,9 +165,16 @@ verdict = _common.float32_verdict
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = _common.sized_parser(__doc__, "low_precision", FULL, QUICK)
     parser.add_argument(
-        "--eval-every", type=int, default=50, help="steps between training-loss evaluations"
+        "--eval-every",
+        type=_common.positive,
+        default=50,
+        help="steps between training-loss evaluations (--steps must be a multiple of it)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    steps = args.steps or (QUICK if args.quick else FULL)["steps"]
+    if steps > args.eval_every and steps % args.eval_every:
+        parser.error(f"--steps {steps} is not a multiple of --eval-every {args.eval_every}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -176,7 +183,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     steps = args.steps or preset["steps"]
     seeds = list(range(args.seeds or preset["seeds"]))
     every = min(args.eval_every, steps)
-    steps -= steps % every
     out = _common.out_dir("low_precision", args.quick, args.out)
     start = time.perf_counter()
     loss = np.stack([train(c, seeds, steps, every) for c in COLUMNS], 1)

@@ -196,7 +196,7 @@ def compare(steps_a: np.ndarray, steps_b: np.ndarray, momenta: np.ndarray) -> st
         else:
             key, detail = said, f"({_common.mean_std(a)} vs {_common.mean_std(b)})"
         groups.setdefault(key, []).append(f"{mu:g} {detail}")
-    order = ["faster", "slower", "no clear difference", _common.MISSED]
+    order = ["faster", "slower", "no clear difference", _common.ONE_SEED, _common.MISSED]
     return "; ".join(f"{key} at {', '.join(groups[key])}" for key in order if key in groups)
 
 

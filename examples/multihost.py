@@ -291,6 +291,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         first = latest
         if main_process:
             print(f"resumed from the checkpoint of step {latest} in {directory}")
+            if latest >= args.steps:
+                print(f"  step {latest} is not before --steps {args.steps}: nothing to train")
 
     count, index = jax.process_count(), jax.process_index()
     share = args.batch_size // count  # each process's rows of every minibatch
@@ -318,7 +320,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if main_process:
         print(
             f"{count} process(es), {jax.device_count()} devices: test accuracy {accuracy:.3f} "
-            f"after {args.steps} steps; checkpoints in {directory}"
+            f"after {max(first, args.steps)} steps; checkpoints in {directory}"
         )
     return {"losses": losses, "accuracy": accuracy, "first_step": first}
 

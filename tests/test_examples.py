@@ -234,6 +234,38 @@ def test_one_vocabulary() -> None:
     assert _common.steps_verdict(np.array([100, np.nan]), slow) == (
         "did not reach the target (1/2 seeds)"
     )
+    # One seed has no spread: no verdict, neither a win nor "within the spread".
+    one, two = np.array([0.62]), np.array([0.58])
+    assert _common.float32_verdict(one, two) == "not compared (one seed: no spread)"
+    assert accumulation.verdict(one, two) == "not compared (one seed: no spread)"
+    assert _common.steps_verdict(np.array([100.0]), np.array([400.0])) == _common.ONE_SEED
+    lines = momentum_sweep.verdict_lines(
+        np.array([0.0, 0.9]), np.array([[[400.0], [100.0]]] * 2), np.zeros((2, 2, 1), "<U40")
+    )
+    assert lines[0] == "heavy ball vs SGD: not compared (one seed: no spread) at 0.9 (100 vs 400)"
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "message"),
+    [
+        ("low_precision", ["--steps", "100", "--eval-every", "30"], "not a multiple"),
+        ("low_precision", ["--eval-every", "0"], "must be at least 1"),
+        ("accumulation", ["--steps", "10"], "not a multiple of 4"),
+        ("int8_state", ["--seeds", "0"], "must be at least 1"),
+        ("momentum_sweep", ["--steps", "0"], "must be at least 1"),
+        ("convergence_rates", ["--floor", "1e-3"], "--floor < --fit-from"),
+        ("convergence_rates", ["--dim", "0"], "must be at least 1"),
+    ],
+)
+def test_options_that_cannot_run_as_asked_are_refused(
+    module: str, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A step count the script would round, or a count below 1, is an error, not a
+    silently different run."""
+    with pytest.raises(SystemExit) as exited:
+        importlib.import_module(module).main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_divergence_and_steps_to() -> None:
