@@ -88,3 +88,31 @@ def test_model_shape_sets_have_the_published_sizes() -> None:
     assert (len(gpt2), bench._numel(gpt2)) == (148, 124_439_808)
     assert (len(resnet), bench._numel(resnet)) == (161, 25_557_032)
     assert set(bench.CPU_SETS) | set(bench.GPU_SETS) <= set(bench.PARAM_SETS)
+
+
+def test_the_jitted_loop_pays_every_steps_gradient_work() -> None:
+    """With the same gradients at every step XLA hoists the work that reads only them out of
+    the loop (the packed layout's concatenation), which a real step pays: the device time
+    would leave it out."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import momentum_jax
+
+    bench = _load("bench_step")
+    shapes = [(64,)] * 8 + [(16, 16)] * 4
+    params = [jnp.ones(shape) for shape in shapes]
+    pairs = [jnp.stack([jnp.full(shape, 1e-3), jnp.full(shape, -1e-3)]) for shape in shapes]
+    tx = momentum_jax.momentum(1e-3, 0.9, layout="packed")
+
+    def step(params: list, state: object, grads: list) -> tuple:
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    program = jax.jit(bench.looped(step, 4)).lower(params, tx.init(params), pairs).compile()
+    text = program.as_text()
+    entry = text[text.index("\nENTRY ") :]
+    entry = entry[: entry.index("\n}")]
+    assert "concatenate(" in text
+    assert "concatenate(" not in entry  # inside the loop's body, not hoisted before it
