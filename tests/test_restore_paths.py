@@ -322,3 +322,8 @@ def test_arguments_are_named_as_in_the_api() -> None:
     # In another order: the transform must be second.
     with pytest.raises(TypeError, match=r"tx must be an optax transform, got an ArrayImpl; call"):
         momentum_jax.restore_state(tx, params, state)  # type: ignore[arg-type]
+    # The state and the params swapped: said so, not a field of the params "with no place".
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    for tx in (momentum_jax.momentum(0.1, 0.9), momentum_jax.qhm(0.1, layout="packed")):
+        with pytest.raises(TypeError, match=r"params holds an optimizer state; call restore_st"):
+            momentum_jax.restore_state(params, tx, tx.init(params))

@@ -289,7 +289,15 @@ def restore_state(
             "call restore_state(old_state, tx, params).",
         )
     fresh = tx.init(params)
-    return jax.tree.map(_place_like, _carry(old_state, fresh, "state", params), fresh)
+    try:
+        carried = _carry(old_state, fresh, "state", params)
+    except ValueError:
+        counted = jax.tree.leaves(params, is_leaf=lambda x: "count" in getattr(x, "_fields", ()))
+        if any(hasattr(x, "_fields") for x in counted):  # a state passed as the params
+            fix = "call restore_state(old_state, tx, params)"
+            raise _checks.error(TypeError, f"params holds an optimizer state; {fix}.") from None
+        raise
+    return jax.tree.map(_place_like, carried, fresh)
 
 
 def _place_like(value: Any, fresh: Any) -> Any:
