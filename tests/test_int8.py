@@ -118,21 +118,24 @@ def test_every_array_of_4096_elements_or_more_keeps_at_most_1_031_bytes_per_para
 
 
 @pytest.mark.parametrize(
-    "shape", [(1024, 32), (64, 64, 3, 3), (97, 3, 5, 7), (40, 300), (512, 200), (64, 3, 7, 7)]
+    "shape",
+    [(1024, 32), (64, 64, 3, 3), (97, 3, 5, 7), (40, 300), (512, 200), (64, 3, 7, 7), (32, 384)],
 )
 def test_a_block_is_a_run_of_consecutive_elements(shape: tuple[int, ...]) -> None:
     """A block is a run of consecutive elements of the row ``shape[a:]``, ``a`` the last
-    axis from which the array holds 256 elements a row: 256 of them, or a divisor of the
-    row from 128 to 256 (192 for 576, 150 for 300, 224 for 3 x 7 x 7 = 147 merged into the
-    whole 9408), else 256 with the last block shorter (10185 = 39 x 256 + 201). Its scale is its largest magnitude, the scales have one
-    entry per block along ``a`` and length 1 after it, and every element reads back
-    within half a code of it."""
+    axis from which the array holds 256 elements a row: 256 of them; where 256 does not
+    divide the row, 128, or else the largest divisor between them (128 for 384, not 192;
+    192 for 576, 150 for 300, 224 for 3 x 7 x 7 = 147 merged into the whole 9408); else
+    256 with the last block shorter (10185 = 39 x 256 + 201). Its scale is its largest
+    magnitude, the scales have one entry per block along ``a`` and length 1 after it, and
+    every element reads back within half a code of it."""
     a, size = {
         (1024, 32): (0, 256),
         (64, 64, 3, 3): (1, 192),
         (97, 3, 5, 7): (0, 256),
         (512, 200): (0, 256),
         (64, 3, 7, 7): (0, 224),
+        (32, 384): (1, 128),
     }.get(shape, (1, 150))
     rng = np.random.default_rng(3)
     magnitudes = 10.0 ** rng.integers(-3, 3, (*shape[: a + 1], *(1,) * (len(shape) - a - 1)))
@@ -269,6 +272,30 @@ def test_nan_stays_nan_and_infinity_makes_its_block_nan() -> None:
         assert np.all(np.isfinite(velocity[3:]))
 
 
+def test_a_nan_leaves_the_rest_of_its_block_as_it_would_be() -> None:
+    """A NaN's code (-128) counts as the block's largest magnitude (127) when the next
+    scale is computed: its block's other values decay exactly like the other blocks'."""
+    tx = momentum_jax.scale_by_momentum(0.9, **INT8)
+    params = jnp.zeros((16, 256))
+    codes = np.full((16, 256), 10, np.int8)
+    codes[0, 3] = -128
+    old = momentum_jax.Int8Buffer(jnp.asarray(codes), jnp.ones((16, 1)))
+    _, state = jax.jit(tx.update)(jnp.zeros_like(params), tx.init(params)._replace(velocity=old))
+    got = np.asarray(momentum_jax.dequantize(state.velocity))
+    assert np.isnan(got[0, 3])
+    np.testing.assert_allclose(np.delete(got, 3, axis=1), np.float32(0.9 * 10 / 127), rtol=1e-6)
+
+
+def test_plus_and_minus_127_read_back_as_their_scale_under_jit() -> None:
+    rng = np.random.default_rng(5)
+    scales = rng.uniform(0.1, 10.0, (64, 1)).astype(np.float32)
+    codes = rng.integers(-127, 128, (64, 256)).astype(np.int8)
+    codes[:, :2] = [127, -127]
+    buffer = momentum_jax.Int8Buffer(jnp.asarray(codes), jnp.asarray(scales))
+    got = np.asarray(jax.jit(momentum_jax.dequantize)(buffer))
+    np.testing.assert_array_equal(got[:, :2], np.concatenate([scales, -scales], axis=1))
+
+
 # --- stochastic quantization -------------------------------------------------------------
 
 
@@ -327,6 +354,23 @@ def test_bits_differ_across_arrays_and_seeds_and_repeat_for_the_same_ones() -> N
         np.asarray(state.inner_states[k].inner_state.velocity[k].codes)[:, 1:] > 0 for k in "ab"
     ]
     assert abs((codes[0] == codes[1]).mean() - 0.5) < _bound(0.5, n)
+
+
+def test_int8_codes_and_the_params_stage_draw_unrelated_bits() -> None:
+    """One seed, one step, the same elements: the int8 velocity's round-ups and
+    stochastic_round_params' are two fair coins that agree half of the time."""
+    x = np.full((40, 256), 0.5 * STEP, np.float32)
+    x[:, 0] = 1.0  # each block's scale: every other element halfway between codes 0 and 1
+    tx = momentum_jax.scale_by_momentum(0.0, **SR)
+    _, state = tx.update(jnp.asarray(x), tx.init(jnp.asarray(x)))
+    velocity_up = np.asarray(state.velocity.codes)[:, 1:] > 0
+    params = jnp.ones(x.shape, jnp.bfloat16)  # 1 + 2**-8: halfway between two bfloat16 values
+    rounder = momentum_jax.stochastic_round_params()
+    updates, _ = rounder.update(jnp.full(x.shape, 2.0**-8), rounder.init(params), params)
+    params_up = np.asarray(optax.apply_updates(params, updates), np.float32)[:, 1:] > 1
+    n = velocity_up.size
+    for p in (velocity_up.mean(), params_up.mean(), (velocity_up == params_up).mean()):
+        assert abs(p - 0.5) < _bound(0.5, n), p
 
 
 def test_a_resumed_run_is_bit_identical_and_the_state_holds_no_key() -> None:

@@ -139,10 +139,11 @@ def test_masks_and_partitions_see_the_real_params() -> None:
 
 def test_default_threshold_packs_biases_but_not_kernels() -> None:
     params = {"kernel": jnp.zeros((768, 768)), "bias": jnp.zeros(768), "norm": jnp.zeros(3072)}
+    params |= {"edge": jnp.zeros((256, 256)), "over": jnp.zeros(2**16 + 1)}  # 2**16: packed
     layout = momentum_jax.momentum(0.1, layout="packed").init(params).layout
-    assert layout.groups == (("float32", 768 + 3072),)
-    assert [slot is None for slot in layout.slots] == [False, True, False]  # bias, kernel, norm
-    assert layout.groups == (("float32", 3840),)
+    # bias, edge, kernel, norm, over
+    assert [slot is None for slot in layout.slots] == [False, False, True, False, True]
+    assert layout.groups == (("float32", 768 + 2**16 + 3072),)
 
 
 def test_layout_is_static_hashable_and_a_plain_named_tuple() -> None:

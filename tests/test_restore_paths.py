@@ -252,6 +252,18 @@ def test_shape_only_params_in_the_packed_layout() -> None:
     _same(restored, trained)
 
 
+def test_a_float32_state_restored_into_16_bit_buffers_on_committed_params() -> None:
+    """Params placed on a device (committed) keep the fresh state's buffers where they
+    are: the restored velocity has the new transform's dtype, not the old state's."""
+    params = jax.device_put(jnp.linspace(-1.0, 1.0, 4096), jax.devices()[0])
+    old = momentum_jax.momentum(0.1, 0.9)
+    _, state = old.update(params, old.init(params), params)
+    tx = momentum_jax.momentum(0.1, 0.9, accumulator_dtype=jnp.bfloat16)
+    restored = momentum_jax.restore_state(state, tx, params)
+    assert restored.velocity.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(restored.velocity, state.velocity.astype(jnp.bfloat16))
+
+
 def test_a_stacked_state_is_refused_with_the_vmap_fix() -> None:
     tx = momentum_jax.momentum(0.1, 0.9)
     members = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), _params())

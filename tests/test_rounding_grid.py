@@ -61,10 +61,13 @@ def test_partition_groups_with_one_seed_draw_unrelated_bits(layout: str) -> None
     ups = _round_ups(masked, params, grads)
     assert 0.45 < float(np.mean(ups["['a']"] == ups["['b']"])) < 0.55
     # Labels for whole subtrees: "q", the second array of its group, and "r", the first of
-    # the other after the first group's placeholder, have one position in their trees.
+    # the other after the first group's placeholder, have one position in their trees, whose
+    # placeholders stand at positions {2} and {0, 2}: the first one counts too.
     params = {"a": {"p": jnp.zeros(N), "q": jnp.zeros(N)}, "b": {"r": jnp.zeros(N)}}
+    params["c"] = {"s": jnp.zeros(N)}
     grads = jax.tree.map(lambda p: jnp.full_like(p, 1.0 + 2**-8), params)
-    ups = _round_ups(partition({"x": block, "y": block}, {"a": "x", "b": "y"}), params, grads)
+    labels = {"a": "x", "b": "y", "c": "x"}
+    ups = _round_ups(partition({"x": block, "y": block}, labels), params, grads)
     assert 0.45 < float(np.mean(ups["['a']['q']"] == ups["['b']['r']"])) < 0.55
 
 
