@@ -134,7 +134,8 @@ def momentum(
         option for GPUs and models with many small arrays. Both give the same
         numbers, but for the bits that stochastic rounding draws.
       gradient_accumulation_steps: ``K``, the number of calls whose mean
-        gradient makes one update; ``None`` (the default) or 1 for none. With
+        gradient makes one update; ``None`` (the default: optax.inject_hyperparams
+        leaves it static) or 1 for none. With
         ``K >= 2`` the first call of an update decays the velocity and adds
         :math:`\alpha_t g / K`, each later call adds :math:`\alpha_t g / K`,
         and the update is :math:`-v_t` on the ``K``-th call and 0 on the others:
