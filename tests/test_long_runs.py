@@ -19,6 +19,7 @@ import optax
 import pytest
 
 import momentum_jax
+from momentum_jax import schedules
 from tests._problems import assert_trees_equal, counts, fixed_grads, jitted_step, small_params
 from tests._table import BUFFER_TRANSFORMS, STATELESS, Row, ids
 
@@ -77,6 +78,19 @@ def test_step_counter_saturates_at_int32_max(row: Row) -> None:
         optax.tree_utils.tree_set(ordinary, count=jnp.asarray(0, jnp.int32)),
         "state with a saturated counter",
     )
+
+
+def test_a_schedule_reads_the_saturated_count() -> None:
+    """At int32's largest count Nesterov's look-ahead reads the schedule at that count, not
+    at a count wrapped to -2**31 (where Sutskever's momentum is its first stage's 0.5)."""
+    tx = momentum_jax.nesterov(0.1, schedules.sutskever(0.9))
+    _, state = tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))  # v = 0.1
+    for count in (INT32_MAX - 1, INT32_MAX):
+        at = state._replace(count=jnp.asarray(count, jnp.int32))
+        updates, after = jax.jit(tx.update)(jnp.ones(2), at)
+        # v = 0.9 * 0.1 + 0.1 * 1; the update -(0.9 * v + 0.1 * 1), the paper's look-ahead.
+        np.testing.assert_allclose(updates, -(0.9 * 0.19 + 0.1), rtol=1e-6)
+        assert int(after.count) == INT32_MAX
 
 
 def _quadratic_grad(x: jax.Array) -> jax.Array:

@@ -55,6 +55,8 @@ def test_sutskever_published_values() -> None:
     got = [_value(schedule, t) for t in (0, 250, 500, 750, 1000, 1250, 10_000)]
     np.testing.assert_allclose(got, [0.5, 0.75, 0.833333, 0.875, 0.9, 0.9, 0.9], atol=1e-6)
     assert round(got[2], 3) == 0.833
+    # Counts below 0 (optax.join_schedules evaluates a later schedule there) read as 0.
+    assert [_value(schedule, t) for t in (-1, -250, -(2**31))] == [0.5] * 3
 
 
 @pytest.mark.parametrize(
@@ -100,6 +102,8 @@ def test_demon_closed_form_and_clamp_beyond_the_horizon() -> None:
             assert got == pytest.approx(expected, rel=1e-6, abs=1e-7), f"t={t}"
             if t >= total_steps:
                 assert got == 0.0
+        for t in (-1, -total_steps, -(2**31)):  # below 0: as at 0
+            assert _value(schedule, t) == _value(schedule, 0), f"t={t}"
 
 
 def test_demon_decays_the_total_future_weight_linearly() -> None:

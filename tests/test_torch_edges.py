@@ -109,6 +109,33 @@ def test_accumulating_from_momentum_zero_matches_torch_on_the_mean_gradient(
         np.testing.assert_allclose(params, theta.detach().numpy(), rtol=1e-6, atol=1e-7)
 
 
+def test_accumulating_past_a_momentum_of_0_keeps_pytorchs_buffer() -> None:
+    """Once the buffer has started, an update with momentum 0 is NaN (PyTorch's output is the
+    mean gradient, which no buffer keeps), but the buffer stays PyTorch's, untouched, and
+    the updates after it are PyTorch's again."""
+    torch = pytest.importorskip("torch")
+    k, momenta = 2, [0.9, 0.0, 0.9, 0.8]
+    tx = compat.torch_sgd(0.1, lambda n: jnp.asarray(momenta)[n], gradient_accumulation_steps=k)
+    state = tx.init(jnp.zeros(3))
+    theta = torch.zeros(3, dtype=torch.float32, requires_grad=True)
+    optimizer = torch.optim.SGD([theta], lr=0.1, momentum=0.0)
+    for n, mu in enumerate(momenta):
+        for call in range(k):
+            updates, state = tx.update(jnp.asarray(_grads(k * n + call)), state)
+        before = theta.detach().clone()
+        optimizer.param_groups[0]["momentum"] = mu
+        theta.grad = torch.from_numpy((_grads(k * n) + _grads(k * n + 1)) / k)
+        optimizer.step()
+        buffer = optimizer.state[theta]["momentum_buffer"].numpy()
+        np.testing.assert_allclose(state[0].inner.velocity, buffer, rtol=1e-6)
+        assert bool(state[0].inner.started)
+        if mu == 0:
+            assert np.isnan(updates).all()
+        else:
+            expected = (theta.detach() - before).numpy()
+            np.testing.assert_allclose(updates, expected, rtol=1e-6, atol=1e-7)
+
+
 def test_bfloat16_buffers_keep_pytorchs_momentum_when_it_is_given_in_float32() -> None:
     # One gradient, then none: the buffer decays by mu per step. PyTorch multiplies a
     # bfloat16 buffer by 0.9 in float32; a Python 0.9 meets a bfloat16 buffer as 0.8984375.

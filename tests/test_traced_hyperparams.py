@@ -93,6 +93,35 @@ def _run(tx: optax.GradientTransformation, steps: int = 3) -> tuple[list[bool], 
             )(dampening=0.3, nesterov=True),
             0,
         ),
+        # Every traced hyperparameter with a range, in every transform that takes it.
+        (lambda: optax.inject_hyperparams(momentum_jax.lion)(learning_rate=1e-3, b1=1.5), 0),
+        (
+            lambda: optax.inject_hyperparams(momentum_jax.lion)(
+                learning_rate=1e-3, weight_decay=-0.5
+            ),
+            0,
+        ),
+        (lambda: optax.inject_hyperparams(momentum_jax.qhm)(learning_rate=0.1, momentum=1.5), 0),
+        (
+            lambda: optax.inject_hyperparams(momentum_jax.aggmo)(
+                learning_rate=0.1, momenta=jnp.asarray([0.0, 1.5])
+            ),
+            0,
+        ),
+        (
+            lambda: optax.inject_hyperparams(compat.torch_sgd)(
+                lr=0.1, momentum=0.9, weight_decay=-0.5
+            ),
+            0,
+        ),
+        (
+            lambda: optax.inject_hyperparams(compat.keras_sgd)(
+                learning_rate=0.1, momentum=0.9, weight_decay=-0.5
+            ),
+            0,
+        ),
+        (lambda: momentum_jax.lion(0.1, b1=lambda count: 1.0), 0),
+        (lambda: momentum_jax.qhm(0.1, lambda count: 1.0), 0),
         # Integers injected as int32 arrays, traced by the jitted init.
         (lambda: optax.inject_hyperparams(momentum_jax.momentum)(learning_rate=-1, momentum=0), 0),
         (lambda: optax.inject_hyperparams(momentum_jax.momentum)(learning_rate=0.1, momentum=2), 0),
@@ -114,6 +143,14 @@ def _run(tx: optax.GradientTransformation, steps: int = 3) -> tuple[list[bool], 
         "python_lion_b2_schedule",
         "torch_nesterov_dampening",
         "block_nesterov_dampening",
+        "lion_b1",
+        "lion_weight_decay",
+        "qhm_momentum",
+        "aggmo_momenta",
+        "torch_weight_decay",
+        "keras_weight_decay",
+        "python_lion_b1_schedule",
+        "python_qhm_momentum_schedule",
         "int_lr",
         "int_momentum",
     ],

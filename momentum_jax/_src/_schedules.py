@@ -38,8 +38,9 @@ def sutskever(
 
     Returns:
       A schedule ``count -> momentum`` returning a float32 scalar; pass it as
-      the ``momentum`` of any momentum_jax transform. Its values are NaN when a
-      traced argument is out of range, which makes the update NaN.
+      the ``momentum`` of any momentum_jax transform. A count below 0 reads as
+      0. Its values are NaN when a traced argument is out of range, which makes
+      the update NaN.
 
     Example:
       >>> import jax.numpy as jnp
@@ -88,8 +89,9 @@ def demon(init_momentum: float | jax.Array, total_steps: int | jax.Array) -> opt
 
     Returns:
       The function ``count -> momentum`` (a float32 scalar), for the
-      ``momentum`` argument of any transform here. Its values are NaN when a
-      traced argument is out of range, which makes the update NaN.
+      ``momentum`` argument of any transform here. A count below 0 reads as 0.
+      Its values are NaN when a traced argument is out of range, which makes
+      the update NaN.
 
     Example:
       >>> from momentum_jax import schedules
