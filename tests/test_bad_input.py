@@ -748,10 +748,14 @@ def test_real_accumulator_for_complex_params_is_refused() -> None:
 
 
 def test_complex_params_train_with_a_complex_state() -> None:
-    tx = momentum_jax.momentum(0.1, 0.9)
-    state = tx.init(jnp.zeros(2, jnp.complex64))
-    updates, state = tx.update(jnp.full(2, 1 + 2j, jnp.complex64), state)
-    np.testing.assert_allclose(updates, -0.1 * (1 + 2j), rtol=1e-6)
+    # A complex accumulator_dtype is valid too: the one the error above names as the fix.
+    for options in ({}, {"accumulator_dtype": jnp.complex64}):
+        tx = momentum_jax.momentum(0.1, 0.9, **options)
+        state = tx.init(jnp.zeros(2, jnp.complex64))
+        for g in (1 + 2j, -3 + 1j):  # v = 0.1 g, then 0.9 v + 0.1 g
+            updates, state = tx.update(jnp.full(2, g, jnp.complex64), state)
+        assert state.velocity.dtype == jnp.complex64
+        np.testing.assert_allclose(updates, -(0.09 * (1 + 2j) + 0.1 * (-3 + 1j)), rtol=1e-6)
 
 
 # --- the state ----------------------------------------------------------------------

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,6 +136,21 @@ def test_accumulating_past_a_momentum_of_0_keeps_pytorchs_buffer() -> None:
         else:
             expected = (theta.detach() - before).numpy()
             np.testing.assert_allclose(updates, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("preset", [compat.torch_sgd, compat.keras_sgd], ids=["torch", "keras"])
+def test_only_a_python_zero_momentum_keeps_no_buffer(preset: Any) -> None:
+    """A Python 0 is plain SGD with an empty state (PyTorch and Keras keep no buffer); a
+    NumPy or JAX zero keeps one, as optax.inject_hyperparams' array does, with the same
+    updates."""
+    params, grads = jnp.zeros(3), [jnp.asarray(_grads(t)) for t in range(3)]
+    for zero, buffers in ((0, 0), (0.0, 0), (np.float32(0.0), 1), (jnp.asarray(0.0), 1)):
+        tx = preset(0.1, zero)
+        state = tx.init(params)
+        assert sum(x.shape == (3,) for x in jax.tree.leaves(state)) == buffers, zero
+        for g in grads:
+            updates, state = tx.update(g, state, params)
+            np.testing.assert_allclose(updates, -0.1 * g, rtol=1e-6)
 
 
 def test_bfloat16_buffers_keep_pytorchs_momentum_when_it_is_given_in_float32() -> None:
