@@ -747,6 +747,17 @@ def test_real_accumulator_for_complex_params_is_refused() -> None:
         tx.init({"z": jnp.zeros(2, jnp.complex64)})
 
 
+def test_python_number_gradients_for_scalar_params() -> None:
+    tx = momentum_jax.momentum(0.1, 0.9, nesterov=np.False_)  # a NumPy bool is a flag too
+    _, state = tx.update(1.0, tx.init(jnp.zeros(())))
+    updates, _ = tx.update(2.0, state)
+    np.testing.assert_allclose(updates, -(0.9 * 0.1 + 0.1 * 2.0), rtol=1e-6)
+    updates, _ = tx.update(1 + 2j, tx.init(jnp.zeros((), jnp.complex64)))
+    np.testing.assert_allclose(updates, -0.1 * (1 + 2j), rtol=1e-6)
+    with pytest.raises(TypeError, match=r"the gradient at <root> is complex but its buffer is"):
+        tx.update(1 + 2j, tx.init(jnp.zeros(())))
+
+
 def test_complex_params_train_with_a_complex_state() -> None:
     # A complex accumulator_dtype is valid too: the one the error above names as the fix.
     for options in ({}, {"accumulator_dtype": jnp.complex64}):
@@ -809,9 +820,10 @@ def test_bad_stochastic_rounding_and_seed_raise_at_build_time(row: Row) -> None:
     for seed, error, pattern in BAD_SEEDS:
         with pytest.raises(error, match=rf"^{name}: {pattern}"):
             build(stochastic_rounding=True, seed=seed)
-    # Valid: the range's ends, a NumPy integer, an integer array.
+    # Valid: the range's ends, a NumPy integer, an integer array; a NumPy bool.
     for seed in (0, 2**31 - 1, np.int64(5), jnp.asarray(7, jnp.uint32)):
         build(stochastic_rounding=True, seed=seed)
+    build(stochastic_rounding=np.True_)
 
 
 def test_bad_seed_for_the_params_stage() -> None:
@@ -856,6 +868,12 @@ def test_every_error_names_the_function_the_user_called(row: Row, layout: str) -
     state = tx.init(params)
     with pytest.raises(ValueError, match=rf"^{name}: the gradient at \['w'\] has shape \(3,\)"):
         tx.update({"w": jnp.ones(3)}, state, params)
+    # As many elements in another shape: refused too, never broadcast into the state.
+    with pytest.raises(
+        ValueError,
+        match=rf"^{name}: the gradient at \['w'\] has shape \(2, 1\), expected \(2,\)\.$",
+    ):
+        tx.update({"w": jnp.ones((2, 1))}, state, params)
     with pytest.raises(
         TypeError, match=rf"^{name}: the gradient at \['w'\] is int32, not floating point\.$"
     ):
