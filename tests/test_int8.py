@@ -360,11 +360,11 @@ def test_int8_codes_and_the_params_stage_draw_unrelated_bits() -> None:
     """One seed, one step, the same elements: the int8 velocity's round-ups and
     stochastic_round_params' are two fair coins that agree half of the time."""
     x = np.full((40, 256), 0.5 * STEP, np.float32)
-    x[:, 0] = 1.0  # each block's scale: every other element halfway between codes 0 and 1
+    x[:, 0] = 1.0  # each block's scale; the other elements halfway between codes 0 and 1
     tx = momentum_jax.scale_by_momentum(0.0, **SR)
     _, state = tx.update(jnp.asarray(x), tx.init(jnp.asarray(x)))
     velocity_up = np.asarray(state.velocity.codes)[:, 1:] > 0
-    params = jnp.ones(x.shape, jnp.bfloat16)  # 1 + 2**-8: halfway between two bfloat16 values
+    params = jnp.ones(x.shape, jnp.bfloat16)  # 1 + 2**-8 lies halfway between two bfloat16s
     rounder = momentum_jax.stochastic_round_params()
     updates, _ = rounder.update(jnp.full(x.shape, 2.0**-8), rounder.init(params), params)
     params_up = np.asarray(optax.apply_updates(params, updates), np.float32)[:, 1:] > 1

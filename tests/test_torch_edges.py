@@ -4,7 +4,9 @@
   ``optax.inject_hyperparams``): PyTorch leaves its buffer alone at such a step and
   starts it, undamped (``buf = clone(grad)``), at the first step whose momentum is
   not 0. Checked against the closed form and against ``torch.optim.SGD`` itself, also
-  accumulating gradients, where the buffer holds the mean gradient until it starts.
+  accumulating gradients, where the buffer holds the mean gradient until it starts, and
+  stays PyTorch's past an accumulated update with momentum 0 (that update is NaN).
+* Only a Python 0 keeps no buffer; a NumPy or JAX zero keeps one, with the same updates.
 * Weight decay keeps the gradient's dtype (PyTorch adds it in place), so mixed
   precision params and a strongly typed decay work in the packed layout too.
 """
