@@ -93,7 +93,7 @@ def _run(tx: optax.GradientTransformation, steps: int = 3) -> tuple[list[bool], 
             )(dampening=0.3, nesterov=True),
             0,
         ),
-        # Every traced hyperparameter with a range, in every transform that takes it.
+        # Lion's b1 and decay, QHM's momentum, AggMo's momenta, the presets' weight decay.
         (lambda: optax.inject_hyperparams(momentum_jax.lion)(learning_rate=1e-3, b1=1.5), 0),
         (
             lambda: optax.inject_hyperparams(momentum_jax.lion)(
